@@ -1,0 +1,46 @@
+# Entry points: make (set up), make run, make test, make bench, make system-deps (root).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: all run test test-pure bench system-deps wheel clean
+
+all: $(STAMP)
+
+# A venv with the package installed editable; pip builds the Cython extension in place.
+$(STAMP): pyproject.toml setup.py gochat/_fastpath.pyx
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -c "import gochat._fastpath"  # fail here, not in the tests, if it did not compile
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gochat --mode bootnode --listen 127.0.0.1:9595
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The whole suite once more with the extension disabled (the fallback users without a
+# compiler get); the differential tests already run both in `make test`.
+test-pure: $(STAMP)
+	GOCHAT_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	mkdir -p bench-results
+	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(BIN)/python -m benchmarks.bootnode_load --peers 100000 --seconds 5 --json bench-results/load-100k.json
+	$(BIN)/python -m benchmarks.bootnode_load --peers 1000000 --seconds 5 --json bench-results/load-1m.json
+
+# The same wheel the Dockerfile builds.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
+# System packages the tests use (network namespaces, NAT, terminal tests). Needs root.
+system-deps:
+	apt-get update
+	apt-get install -y --no-install-recommends iproute2 nftables iptables tmux procps
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info gochat/_fastpath.c gochat/*.so .pytest_cache .benchmarks

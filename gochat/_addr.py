@@ -1,0 +1,38 @@
+"""Endpoint <-> fixed 16-byte address key conversions shared by both fast paths.
+
+The session table stores every endpoint as 16 address bytes (IPv4 as IPv4-mapped IPv6)
+plus a port, so one slot layout serves IPv4, IPv6 and dual-stack sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Tuple
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+
+
+def endpoint_key(addr: tuple) -> Tuple[bytes, int]:
+    """(host, port[, flowinfo, scope]) -> (16-byte address, port)."""
+    host = addr[0].split("%", 1)[0]
+    try:
+        return _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, host), int(addr[1])
+    except OSError:
+        return socket.inet_pton(socket.AF_INET6, host), int(addr[1])
+
+
+def key_endpoint(addr16: bytes, port: int) -> Tuple[str, int]:
+    """Inverse of endpoint_key, with IPv4-mapped addresses shown as IPv4 text."""
+    if addr16[:12] == _V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
+    return socket.inet_ntop(socket.AF_INET6, addr16), port
+
+
+def sockaddr_for(family: int, endpoint: tuple) -> tuple:
+    """The address tuple a socket of ``family`` accepts for ``endpoint``."""
+    addr16, port = endpoint_key(endpoint)
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, addr16), port, 0, 0
+    if addr16[:12] != _V4_MAPPED_PREFIX:
+        raise OSError(f"cannot reach IPv6 endpoint {endpoint[0]} from an IPv4 socket")
+    return socket.inet_ntop(socket.AF_INET, addr16[12:]), port

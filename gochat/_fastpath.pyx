@@ -1,0 +1,838 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Bootnode per-packet work in C: the session table with its timing wheel, batched
+receive (recvmmsg) with heartbeats handled without touching Python, batched send
+(sendmmsg). Policy-free: limits, cookies and announcements live in rendezvous.py.
+
+gochat/_purepath.py is the pure-Python twin with the same API; keep them in step
+(tests/test_fastpath.py runs every case against both).
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport calloc, malloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+from libc.errno cimport errno, EAGAIN, EINTR
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+import os
+import socket as _socket
+
+from gochat._addr import endpoint_key, key_endpoint
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    struct timespec:
+        pass
+    int recvmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+    int sendmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    int MSG_DONTWAIT
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        uint8_t s6_addr[16]
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+cdef enum:
+    MAGIC = 0x47
+    VERSION = 1
+    T_HEARTBEAT = 0x05
+    T_HEARTBEAT_ACK = 0x06
+    T_UNKNOWN_SESSION = 0x07
+    FLAG_ACK_REQUESTED = 0x01
+    HEARTBEAT_SIZE = 16
+    BUF_SIZE = 2048            # > MAX_DATAGRAM_bytes: oversize input is still seen whole enough to count
+    CARD_CELL = 64             # card bytes kept inline per slot; longer cards spill to a dict
+    TICK_SHIFT = 7             # wheel tick = 128 ms
+    TICK_SPACE_MASK = 0x1FFFFFF  # 2**32 ms >> 7: tick numbers wrap together with the clock
+    NONE = -1
+
+cdef uint8_t V4_PREFIX[12]
+memset(V4_PREFIX, 0, 10)
+V4_PREFIX[10] = 0xff
+V4_PREFIX[11] = 0xff
+
+ctypedef struct Slot:
+    uint64_t secret      # 0: free
+    uint8_t addr[16]     # IPv4 stored IPv4-mapped
+    uint16_t port        # host byte order
+    uint8_t card_len     # 0 when the card spilled to the dict
+    uint8_t expiring     # handed out by expire(), waiting for remove()
+    uint32_t last_ms     # last heartbeat, 32-bit millisecond clock (wraps every 49 days)
+    int32_t wprev        # timing wheel list
+    int32_t wnext
+    int32_t room         # index into rooms
+    int32_t rprev        # room member list
+    int32_t rnext
+
+ctypedef struct Room:
+    uint8_t id[16]
+    uint8_t tag[8]
+    int32_t head
+    int32_t count        # 0 and head == NONE: free (then head reused as free-list link)
+
+
+from gochat._purepath import TableFull  # one exception class for both twins
+
+
+cdef inline uint32_t ms_of(double now):
+    return <uint32_t>(<uint64_t>(now * 1000.0))
+
+
+cdef inline uint64_t mix64(uint64_t x):
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+cdef class SessionTable:
+    """Sessions in fixed-size slots, addressed directly by the token's slot index;
+    expiry by a timing wheel whose per-slot lists stay sorted by deadline, so one
+    expire() costs O(expired + wheel slots crossed)."""
+
+    cdef Slot *slots
+    cdef uint8_t *cards
+    cdef dict spill
+    cdef readonly int capacity
+    cdef int32_t high          # slots ever used (allocation is sequential: RSS follows use)
+    cdef int32_t free_head
+    cdef int32_t used
+    cdef uint32_t timeout_ms
+    cdef int32_t *wheel_head
+    cdef int32_t *wheel_tail
+    cdef uint32_t wheel_mask
+    cdef uint32_t cursor       # tick number processed up to (inclusive, partially)
+    cdef uint32_t last_ms
+    cdef Room *rooms
+    cdef int32_t rooms_cap
+    cdef int32_t rooms_high
+    cdef int32_t rooms_free
+    cdef int32_t rooms_used
+    cdef int32_t *room_index
+    cdef uint32_t room_index_mask
+    cdef uint64_t key0, key1
+
+    def __cinit__(self, int capacity, double timeout_s, double now):
+        cdef uint32_t ticks, w
+        if capacity <= 0 or capacity >= 0x7FFFFFFF:
+            raise ValueError("capacity must be between 1 and 2**31-2")
+        if not (0 < timeout_s <= 86400):
+            raise ValueError("timeout_s must be in (0, 86400]")
+        self.capacity = capacity
+        self.slots = <Slot *>calloc(capacity, sizeof(Slot))
+        self.cards = <uint8_t *>malloc(<size_t>capacity * CARD_CELL)  # untouched pages cost no RSS
+        self.spill = {}
+        self.high = 0
+        self.free_head = NONE
+        self.used = 0
+        self.timeout_ms = <uint32_t>(timeout_s * 1000.0)
+        ticks = (self.timeout_ms >> TICK_SHIFT) + 2
+        w = 64
+        while w < ticks:
+            w <<= 1
+        self.wheel_mask = w - 1
+        self.wheel_head = <int32_t *>malloc(w * sizeof(int32_t))
+        self.wheel_tail = <int32_t *>malloc(w * sizeof(int32_t))
+        self.rooms_cap = 0
+        self.rooms = NULL
+        self.room_index = NULL
+        if self.slots == NULL or self.cards == NULL or self.wheel_head == NULL or self.wheel_tail == NULL:
+            raise MemoryError()
+        memset(self.wheel_head, 0xff, w * sizeof(int32_t))
+        memset(self.wheel_tail, 0xff, w * sizeof(int32_t))
+        self.last_ms = ms_of(now)
+        self.cursor = self.last_ms >> TICK_SHIFT
+        rnd = os.urandom(16)
+        memcpy(&self.key0, PyBytes_AS_STRING(rnd), 8)
+        memcpy(&self.key1, PyBytes_AS_STRING(rnd) + 8, 8)
+        self.rooms_high = 0
+        self.rooms_free = NONE
+        self.rooms_used = 0
+        self._grow_rooms(64)
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.cards)
+        free(self.wheel_head)
+        free(self.wheel_tail)
+        free(self.rooms)
+        free(self.room_index)
+
+    def __len__(self):
+        return self.used
+
+    @property
+    def room_count(self):
+        return self.rooms_used
+
+    # --- rooms: open addressing with a keyed hash, backward-shift deletion ---------
+
+    cdef uint32_t _room_hash(self, const uint8_t *rid) noexcept:
+        cdef uint64_t a, b
+        memcpy(&a, rid, 8)
+        memcpy(&b, rid + 8, 8)
+        return <uint32_t>mix64(mix64(a ^ self.key0) ^ b ^ self.key1)
+
+    cdef int _grow_rooms(self, int32_t new_cap) except -1:
+        cdef Room *r = <Room *>realloc(self.rooms, new_cap * sizeof(Room))
+        if r == NULL:
+            raise MemoryError()
+        self.rooms = r
+        self.rooms_cap = new_cap
+        cdef uint32_t size = 1
+        while size < <uint32_t>new_cap * 2:
+            size <<= 1
+        free(self.room_index)
+        self.room_index = <int32_t *>malloc(size * sizeof(int32_t))
+        if self.room_index == NULL:
+            raise MemoryError()
+        memset(self.room_index, 0xff, size * sizeof(int32_t))
+        self.room_index_mask = size - 1
+        cdef int32_t i
+        cdef uint32_t h
+        for i in range(self.rooms_high):
+            if self.rooms[i].count > 0:
+                h = self._room_hash(self.rooms[i].id) & self.room_index_mask
+                while self.room_index[h] != NONE:
+                    h = (h + 1) & self.room_index_mask
+                self.room_index[h] = i
+        return 0
+
+    cdef int32_t _find_room(self, const uint8_t *rid) noexcept:
+        cdef uint32_t h = self._room_hash(rid) & self.room_index_mask
+        cdef int32_t r
+        while True:
+            r = self.room_index[h]
+            if r == NONE:
+                return NONE
+            if memcmp(self.rooms[r].id, rid, 16) == 0:
+                return r
+            h = (h + 1) & self.room_index_mask
+
+    cdef int32_t _room_for_add(self, const uint8_t *rid, const uint8_t *tag) except -2:
+        cdef int32_t r = self._find_room(rid)
+        cdef uint32_t h
+        if r != NONE:
+            return r
+        if self.rooms_free != NONE:
+            r = self.rooms_free
+            self.rooms_free = self.rooms[r].head
+        else:
+            if self.rooms_high == self.rooms_cap:
+                self._grow_rooms(self.rooms_cap * 2)
+            r = self.rooms_high
+            self.rooms_high += 1
+        memcpy(self.rooms[r].id, rid, 16)
+        memcpy(self.rooms[r].tag, tag, 8)
+        self.rooms[r].head = NONE
+        self.rooms[r].count = 0
+        h = self._room_hash(rid) & self.room_index_mask
+        while self.room_index[h] != NONE:
+            h = (h + 1) & self.room_index_mask
+        self.room_index[h] = r
+        self.rooms_used += 1
+        return r
+
+    cdef void _drop_room(self, int32_t r) noexcept:
+        cdef uint32_t mask = self.room_index_mask
+        cdef uint32_t i = self._room_hash(self.rooms[r].id) & mask
+        cdef uint32_t j, k
+        while self.room_index[i] != r:
+            i = (i + 1) & mask
+        j = i
+        while True:  # backward-shift deletion keeps probe chains intact without tombstones
+            j = (j + 1) & mask
+            if self.room_index[j] == NONE:
+                break
+            k = self._room_hash(self.rooms[self.room_index[j]].id) & mask
+            if (i <= j and (k <= i or k > j)) or (i > j and (k <= i and k > j)):
+                self.room_index[i] = self.room_index[j]
+                i = j
+        self.room_index[i] = NONE
+        self.rooms[r].count = 0
+        self.rooms[r].head = self.rooms_free
+        self.rooms_free = r
+        self.rooms_used -= 1
+
+    # --- timing wheel ---------------------------------------------------------------
+
+    cdef inline void _wheel_link(self, int32_t i) noexcept:
+        cdef uint32_t w = ((self.slots[i].last_ms + self.timeout_ms) >> TICK_SHIFT) & self.wheel_mask
+        cdef int32_t tail = self.wheel_tail[w]
+        self.slots[i].wprev = tail
+        self.slots[i].wnext = NONE
+        if tail == NONE:
+            self.wheel_head[w] = i
+        else:
+            self.slots[tail].wnext = i
+        self.wheel_tail[w] = i
+
+    cdef inline void _wheel_unlink(self, int32_t i) noexcept:
+        cdef Slot *s = &self.slots[i]
+        cdef uint32_t w
+        if s.wprev == NONE or s.wnext == NONE:
+            w = ((s.last_ms + self.timeout_ms) >> TICK_SHIFT) & self.wheel_mask
+            if s.wprev == NONE:
+                self.wheel_head[w] = s.wnext
+            if s.wnext == NONE:
+                self.wheel_tail[w] = s.wprev
+        if s.wprev != NONE:
+            self.slots[s.wprev].wnext = s.wnext
+        if s.wnext != NONE:
+            self.slots[s.wnext].wprev = s.wprev
+
+    cdef inline uint32_t _clock(self, double now) noexcept:
+        cdef uint32_t t = ms_of(now)
+        if <int32_t>(t - self.last_ms) > 0:
+            self.last_ms = t
+        return self.last_ms   # never runs backwards: keeps every wheel list sorted
+
+    cdef inline void _touch(self, int32_t i, uint32_t now_ms) noexcept:
+        cdef Slot *s = &self.slots[i]
+        if s.last_ms == now_ms or s.expiring:
+            return
+        self._wheel_unlink(i)
+        s.last_ms = now_ms
+        self._wheel_link(i)
+
+    def expire(self, double now):
+        """Unlink and return the slots whose deadline (last heartbeat + timeout) is <= now.
+        The caller announces them and then calls remove() on each."""
+        cdef uint32_t now_ms = self._clock(now)
+        cdef uint32_t target = now_ms >> TICK_SHIFT
+        cdef uint32_t steps = (target - self.cursor) & TICK_SPACE_MASK
+        cdef uint32_t t, w
+        cdef int32_t i, nxt
+        cdef list out = []
+        if steps > self.wheel_mask:
+            steps = self.wheel_mask
+            self.cursor = (target - steps) & TICK_SPACE_MASK
+        for t in range(steps + 1):
+            w = (self.cursor + t) & self.wheel_mask
+            i = self.wheel_head[w]
+            while i != NONE and <int32_t>(now_ms - (self.slots[i].last_ms + self.timeout_ms)) >= 0:
+                nxt = self.slots[i].wnext
+                self.slots[i].expiring = 1
+                out.append(i)
+                i = nxt
+            self.wheel_head[w] = i
+            if i == NONE:
+                self.wheel_tail[w] = NONE
+            else:
+                self.slots[i].wprev = NONE
+        self.cursor = target
+        return out
+
+    # --- sessions -------------------------------------------------------------------
+
+    cdef inline int32_t _index_of(self, const uint8_t *token) noexcept:
+        cdef uint32_t idx = (<uint32_t>token[0] << 24) | (<uint32_t>token[1] << 16) | (<uint32_t>token[2] << 8) | token[3]
+        cdef uint64_t secret
+        if idx >= <uint32_t>self.high:
+            return NONE
+        memcpy(&secret, token + 4, 8)
+        if secret == 0 or self.slots[idx].secret != secret or self.slots[idx].expiring:
+            return NONE
+        return <int32_t>idx
+
+    def add(self, bytes room_id, bytes room_tag, bytes secret, bytes card, tuple addr, double now):
+        """Create a session; returns its slot. Raises TableFull when no slot is free."""
+        cdef int32_t i, r
+        cdef Slot *s
+        if len(room_id) != 16 or len(room_tag) != 8 or len(secret) != 8:
+            raise ValueError("room_id 16, room_tag 8 and secret 8 bytes")
+        if len(card) == 0 or len(card) > 255:
+            raise ValueError("card must be 1..255 bytes")
+        key, port = endpoint_key(addr)
+        if self.free_head != NONE:
+            i = self.free_head
+            self.free_head = self.slots[i].wnext
+        elif self.high < self.capacity:
+            i = self.high
+            self.high += 1
+        else:
+            raise TableFull(f"session table full ({self.capacity} sessions)")
+        r = self._room_for_add(<const uint8_t *>PyBytes_AS_STRING(room_id), <const uint8_t *>PyBytes_AS_STRING(room_tag))
+        s = &self.slots[i]
+        memcpy(&s.secret, PyBytes_AS_STRING(secret), 8)
+        if s.secret == 0:
+            s.secret = 1
+        memcpy(s.addr, PyBytes_AS_STRING(key), 16)
+        s.port = port
+        s.expiring = 0
+        if len(card) <= CARD_CELL:
+            memcpy(self.cards + <size_t>i * CARD_CELL, PyBytes_AS_STRING(card), len(card))
+            s.card_len = len(card)
+        else:
+            self.spill[i] = card
+            s.card_len = 0
+        s.last_ms = self._clock(now)
+        self._wheel_link(i)
+        s.room = r
+        s.rprev = NONE
+        s.rnext = self.rooms[r].head
+        if s.rnext != NONE:
+            self.slots[s.rnext].rprev = i
+        self.rooms[r].head = i
+        self.rooms[r].count += 1
+        self.used += 1
+        return i
+
+    cdef int _check(self, int32_t i) except -1:
+        if i < 0 or i >= self.high or self.slots[i].secret == 0:
+            raise KeyError(f"no session in slot {i}")
+        return 0
+
+    def remove(self, int32_t i):
+        """Free a session (also one handed out by expire())."""
+        self._check(i)
+        cdef Slot *s = &self.slots[i]
+        cdef int32_t r = s.room
+        if not s.expiring:
+            self._wheel_unlink(i)
+        if s.rprev != NONE:
+            self.slots[s.rprev].rnext = s.rnext
+        else:
+            self.rooms[r].head = s.rnext
+        if s.rnext != NONE:
+            self.slots[s.rnext].rprev = s.rprev
+        self.rooms[r].count -= 1
+        if self.rooms[r].count == 0:
+            self._drop_room(r)
+        if s.card_len == 0:
+            self.spill.pop(i, None)
+        s.secret = 0
+        s.expiring = 0
+        s.wnext = self.free_head
+        self.free_head = i
+        self.used -= 1
+
+    def token(self, int32_t i):
+        self._check(i)
+        cdef uint8_t t[12]
+        t[0] = (i >> 24) & 0xff
+        t[1] = (i >> 16) & 0xff
+        t[2] = (i >> 8) & 0xff
+        t[3] = i & 0xff
+        memcpy(t + 4, &self.slots[i].secret, 8)
+        return PyBytes_FromStringAndSize(<char *>t, 12)
+
+    def lookup(self, bytes token):
+        """Slot of a live session token, or -1."""
+        if len(token) != 12:
+            return -1
+        return self._index_of(<const uint8_t *>PyBytes_AS_STRING(token))
+
+    def touch(self, bytes token, tuple addr, double now):
+        """A heartbeat: 0 unknown token, 1 refreshed, 2 refreshed from a new endpoint."""
+        cdef int32_t i = self.lookup(token)
+        if i == NONE:
+            return 0
+        self._touch(i, self._clock(now))
+        key, port = endpoint_key(addr)
+        cdef Slot *s = &self.slots[i]
+        if s.port == port and memcmp(s.addr, PyBytes_AS_STRING(key), 16) == 0:
+            return 1
+        memcpy(s.addr, PyBytes_AS_STRING(key), 16)
+        s.port = port
+        return 2
+
+    def endpoint(self, int32_t i):
+        self._check(i)
+        return key_endpoint(PyBytes_FromStringAndSize(<char *>self.slots[i].addr, 16), self.slots[i].port)
+
+    def card(self, int32_t i):
+        self._check(i)
+        if self.slots[i].card_len == 0:
+            return self.spill[i]
+        return PyBytes_FromStringAndSize(<char *>(self.cards + <size_t>i * CARD_CELL), self.slots[i].card_len)
+
+    def room_of(self, int32_t i):
+        self._check(i)
+        return PyBytes_FromStringAndSize(<char *>self.rooms[self.slots[i].room].id, 16)
+
+    def room_tag(self, bytes room_id):
+        if len(room_id) != 16:
+            return None
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        if r == NONE:
+            return None
+        return PyBytes_FromStringAndSize(<char *>self.rooms[r].tag, 8)
+
+    def room_size(self, bytes room_id):
+        if len(room_id) != 16:
+            return 0
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        return 0 if r == NONE else self.rooms[r].count
+
+    def room_members(self, bytes room_id):
+        """Slots of the room's members, most recent first."""
+        cdef list out = []
+        if len(room_id) != 16:
+            return out
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        cdef int32_t i = NONE if r == NONE else self.rooms[r].head
+        while i != NONE:
+            out.append(i)
+            i = self.slots[i].rnext
+        return out
+
+    def find_in_room(self, bytes room_id, bytes public_key):
+        """Slot of the member with this public key (first 32 bytes of its card), or -1."""
+        if len(room_id) != 16 or len(public_key) != 32:
+            return -1
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        cdef int32_t i = NONE if r == NONE else self.rooms[r].head
+        cdef const char *key = PyBytes_AS_STRING(public_key)
+        while i != NONE:
+            if self.slots[i].card_len == 0:
+                if self.spill[i][:32] == public_key:
+                    return i
+            elif memcmp(self.cards + <size_t>i * CARD_CELL, key, 32) == 0:
+                return i
+            i = self.slots[i].rnext
+        return -1
+
+
+# --- batched socket I/O ------------------------------------------------------------------
+
+
+cdef int fill_sockaddr(int family, const uint8_t *addr16, uint16_t port, sockaddr_storage *out, socklen_t *outlen) noexcept:
+    """Build the destination address for a socket of ``family``; 0 if unreachable from it."""
+    cdef sockaddr_in *a4
+    cdef sockaddr_in6 *a6
+    if family == AF_INET6:
+        a6 = <sockaddr_in6 *>out
+        memset(a6, 0, sizeof(sockaddr_in6))
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(port)
+        memcpy(a6.sin6_addr.s6_addr, addr16, 16)
+        outlen[0] = sizeof(sockaddr_in6)
+        return 1
+    if memcmp(addr16, V4_PREFIX, 12) != 0:
+        return 0
+    a4 = <sockaddr_in *>out
+    memset(a4, 0, sizeof(sockaddr_in))
+    a4.sin_family = AF_INET
+    a4.sin_port = htons(port)
+    memcpy(&a4.sin_addr.s_addr, addr16 + 12, 4)
+    outlen[0] = sizeof(sockaddr_in)
+    return 1
+
+
+cdef inline int sockaddr_key(sockaddr_storage *sa, uint8_t *addr16, uint16_t *port) noexcept:
+    if sa.ss_family == AF_INET:
+        memcpy(addr16, V4_PREFIX, 12)
+        memcpy(addr16 + 12, &(<sockaddr_in *>sa).sin_addr.s_addr, 4)
+        port[0] = ntohs((<sockaddr_in *>sa).sin_port)
+        return 1
+    if sa.ss_family == AF_INET6:
+        memcpy(addr16, (<sockaddr_in6 *>sa).sin6_addr.s6_addr, 16)
+        port[0] = ntohs((<sockaddr_in6 *>sa).sin6_port)
+        return 1
+    return 0
+
+
+cdef object sockaddr_tuple(sockaddr_storage *sa):
+    cdef uint8_t a[16]
+    cdef uint16_t port
+    if sa.ss_family == AF_INET:
+        return (_socket.inet_ntop(AF_INET, PyBytes_FromStringAndSize(<char *>&(<sockaddr_in *>sa).sin_addr.s_addr, 4)),
+                ntohs((<sockaddr_in *>sa).sin_port))
+    if sa.ss_family == AF_INET6:
+        return (_socket.inet_ntop(AF_INET6, PyBytes_FromStringAndSize(<char *>(<sockaddr_in6 *>sa).sin6_addr.s6_addr, 16)),
+                ntohs((<sockaddr_in6 *>sa).sin6_port), (<sockaddr_in6 *>sa).sin6_flowinfo, (<sockaddr_in6 *>sa).sin6_scope_id)
+    return None
+
+
+cdef class _Batch:
+    """Preallocated mmsghdr vectors for one direction."""
+    cdef mmsghdr *msgs
+    cdef iovec *iov
+    cdef sockaddr_storage *addrs
+    cdef char *bufs
+    cdef int n
+    cdef int bufsize
+
+    def __cinit__(self, int n, int bufsize):
+        self.n = n
+        self.bufsize = bufsize
+        self.msgs = <mmsghdr *>calloc(n, sizeof(mmsghdr))
+        self.iov = <iovec *>calloc(n, sizeof(iovec))
+        self.addrs = <sockaddr_storage *>calloc(n, sizeof(sockaddr_storage))
+        self.bufs = <char *>malloc(<size_t>n * bufsize) if bufsize > 0 else NULL
+        if self.msgs == NULL or self.iov == NULL or self.addrs == NULL or (bufsize > 0 and self.bufs == NULL):
+            raise MemoryError()
+        cdef int i
+        for i in range(n):
+            self.iov[i].iov_base = self.bufs + <size_t>i * bufsize if bufsize > 0 else NULL
+            self.iov[i].iov_len = bufsize
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_name = &self.addrs[i]
+            self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+
+    def __dealloc__(self):
+        free(self.msgs)
+        free(self.iov)
+        free(self.addrs)
+        free(self.bufs)
+
+
+cdef int flush(int fd, _Batch b, int count, uint64_t *sent, uint64_t *errors) noexcept:
+    """sendmmsg ``count`` prepared messages; a datagram the kernel refuses is counted and skipped."""
+    cdef int off = 0, r
+    while off < count:
+        r = sendmmsg(fd, b.msgs + off, count - off, MSG_DONTWAIT)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            errors[0] += 1
+            off += 1     # skip the one that failed (unreachable family, full buffer, ...)
+        else:
+            sent[0] += r
+            off += r
+    return 0
+
+
+cdef class FastPath:
+    """A bootnode socket drained in recvmmsg batches: heartbeats are answered and
+    recorded in C; every other datagram is returned to Python as (bytes, address)."""
+
+    cdef int fd
+    cdef int family
+    cdef object sock
+    cdef SessionTable table
+    cdef _Batch rx
+    cdef _Batch tx
+    cdef int tx_count
+    cdef int batch_size
+    cdef readonly bint drained
+    cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_rebinds, c_passed
+    cdef uint64_t c_sent, c_send_errors, c_recv_errors
+
+    def __cinit__(self, sock, SessionTable table, int batch_size=64):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.table = table
+        self.batch_size = batch_size
+        self.rx = _Batch(batch_size, BUF_SIZE)
+        self.tx = _Batch(batch_size, BUF_SIZE)
+        self.drained = True
+
+    @property
+    def counters(self):
+        return {
+            "received": self.c_received,
+            "heartbeats": self.c_heartbeats,
+            "heartbeat_acks": self.c_acks,
+            "unknown_session": self.c_unknown,
+            "rebinds": self.c_rebinds,
+            "passed_to_python": self.c_passed,
+            "sent": self.c_sent,
+            "send_errors": self.c_send_errors,
+            "recv_errors": self.c_recv_errors,
+        }
+
+    cdef inline void _queue_reply(self, int i, uint8_t msg_type) noexcept:
+        """Reply to rx datagram i with a heartbeat-sized message of msg_type (same token)."""
+        cdef int k = self.tx_count
+        cdef char *out = self.tx.bufs + <size_t>k * BUF_SIZE
+        memcpy(out, self.rx.bufs + <size_t>i * BUF_SIZE, HEARTBEAT_SIZE)
+        out[2] = msg_type
+        out[3] = 0
+        self.tx.iov[k].iov_len = HEARTBEAT_SIZE
+        memcpy(&self.tx.addrs[k], &self.rx.addrs[i], sizeof(sockaddr_storage))
+        self.tx.msgs[k].msg_hdr.msg_namelen = self.rx.msgs[i].msg_hdr.msg_namelen
+        self.tx_count = k + 1
+
+    def process_batch(self, double now):
+        """One recvmmsg. Heartbeats are handled here; returns the other datagrams.
+        ``drained`` tells whether the socket was emptied."""
+        cdef int n, i
+        cdef unsigned int ln
+        cdef const uint8_t *p
+        cdef int32_t idx
+        cdef uint8_t key[16]
+        cdef uint16_t port
+        cdef Slot *s
+        cdef SessionTable t = self.table
+        cdef uint32_t now_ms = t._clock(now)
+        cdef list others = []
+        for i in range(self.batch_size):
+            self.rx.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+        n = recvmmsg(self.fd, self.rx.msgs, self.batch_size, MSG_DONTWAIT, NULL)
+        if n < 0:
+            if errno != EAGAIN and errno != EINTR:
+                self.c_recv_errors += 1
+            self.drained = True
+            return others
+        self.drained = n < self.batch_size
+        self.c_received += n
+        self.tx_count = 0
+        for i in range(n):
+            ln = self.rx.msgs[i].msg_len
+            p = <const uint8_t *>(self.rx.bufs + <size_t>i * BUF_SIZE)
+            if ln == HEARTBEAT_SIZE and p[0] == MAGIC and p[1] == VERSION and p[2] == T_HEARTBEAT:
+                idx = t._index_of(p + 4)
+                if idx == NONE:
+                    self.c_unknown += 1
+                    self._queue_reply(i, T_UNKNOWN_SESSION)
+                    continue
+                self.c_heartbeats += 1
+                t._touch(idx, now_ms)
+                s = &t.slots[idx]
+                if sockaddr_key(&self.rx.addrs[i], key, &port) and (port != s.port or memcmp(key, s.addr, 16) != 0):
+                    memcpy(s.addr, key, 16)
+                    s.port = port
+                    self.c_rebinds += 1
+                if p[3] & FLAG_ACK_REQUESTED:
+                    self.c_acks += 1
+                    self._queue_reply(i, T_HEARTBEAT_ACK)
+            else:
+                self.c_passed += 1
+                others.append((PyBytes_FromStringAndSize(<char *>p, min(ln, <unsigned int>BUF_SIZE)), sockaddr_tuple(&self.rx.addrs[i])))
+        if self.tx_count:
+            flush(self.fd, self.tx, self.tx_count, &self.c_sent, &self.c_send_errors)
+        return others
+
+    def send(self, list datagrams):
+        """sendmmsg a list of (bytes, endpoint); returns how many the kernel took."""
+        cdef uint64_t before = self.c_sent
+        cdef int k = 0
+        cdef bytes data
+        cdef socklen_t alen
+        for data, addr in datagrams:
+            key, port = endpoint_key(addr)
+            if len(data) > BUF_SIZE or not fill_sockaddr(self.family, <const uint8_t *>PyBytes_AS_STRING(key), port, &self.tx.addrs[k], &alen):
+                self.c_send_errors += 1
+                continue
+            memcpy(self.tx.bufs + <size_t>k * BUF_SIZE, PyBytes_AS_STRING(data), len(data))
+            self.tx.iov[k].iov_len = len(data)
+            self.tx.msgs[k].msg_hdr.msg_namelen = alen
+            k += 1
+            if k == self.batch_size:
+                flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
+                k = 0
+        if k:
+            flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
+        return self.c_sent - before
+
+    def send_to_room(self, bytes room_id, bytes data, int exclude_slot=-1):
+        """Send one datagram to every member of a room (but exclude_slot), sendmmsg-batched
+        straight from the table: no Python object per recipient."""
+        cdef SessionTable t = self.table
+        cdef uint64_t before = self.c_sent
+        cdef int32_t r, i
+        cdef int k = 0
+        cdef socklen_t alen
+        if len(room_id) != 16 or len(data) > BUF_SIZE:
+            return 0
+        r = t._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        if r == NONE:
+            return 0
+        for k in range(self.batch_size):
+            self.tx.iov[k].iov_base = PyBytes_AS_STRING(data)
+            self.tx.iov[k].iov_len = len(data)
+        k = 0
+        i = t.rooms[r].head
+        try:
+            while i != NONE:
+                if i != exclude_slot and not t.slots[i].expiring:
+                    if fill_sockaddr(self.family, t.slots[i].addr, t.slots[i].port, &self.tx.addrs[k], &alen):
+                        self.tx.msgs[k].msg_hdr.msg_namelen = alen
+                        k += 1
+                        if k == self.batch_size:
+                            flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
+                            k = 0
+                    else:
+                        self.c_send_errors += 1
+                i = t.slots[i].rnext
+            if k:
+                flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
+        finally:
+            for k in range(self.batch_size):
+                self.tx.iov[k].iov_base = self.tx.bufs + <size_t>k * BUF_SIZE
+        return self.c_sent - before
+
+
+def send_records(sock, tuple addr, bytes records, int record_size, int start, int count):
+    """sendmmsg ``count`` fixed-size records from ``records`` (wrapping around) to one
+    address; for load generators. Returns how many the kernel took."""
+    cdef int n_records = len(records) // record_size
+    cdef int batch = 64
+    cdef _Batch b = _Batch(batch, 0)
+    cdef int fd = sock.fileno()
+    cdef socklen_t alen
+    cdef uint64_t sent = 0, errors = 0
+    cdef int done = 0, k, j
+    cdef const char *base = PyBytes_AS_STRING(records)
+    if n_records == 0:
+        return 0
+    key, port = endpoint_key(addr)
+    if not fill_sockaddr(sock.family, <const uint8_t *>PyBytes_AS_STRING(key), port, &b.addrs[0], &alen):
+        raise OSError("address family mismatch")
+    for k in range(batch):
+        memcpy(&b.addrs[k], &b.addrs[0], sizeof(sockaddr_storage))
+        b.msgs[k].msg_hdr.msg_namelen = alen
+        b.iov[k].iov_len = record_size
+    j = start % n_records
+    while done < count:
+        k = 0
+        while k < batch and done + k < count:
+            b.iov[k].iov_base = <void *>(base + <size_t>j * record_size)
+            j += 1
+            if j == n_records:
+                j = 0
+            k += 1
+        flush(fd, b, k, &sent, &errors)
+        done += k
+    return sent
+
+
+def recv_batch(sock, int max_count=64):
+    """recvmmsg up to max_count datagrams without waiting: list of (bytes, address)."""
+    cdef _Batch b = _Batch(max_count, BUF_SIZE)
+    cdef int n, i
+    cdef list out = []
+    n = recvmmsg(sock.fileno(), b.msgs, max_count, MSG_DONTWAIT, NULL)
+    for i in range(n):
+        out.append((PyBytes_FromStringAndSize(b.bufs + <size_t>i * BUF_SIZE, min(b.msgs[i].msg_len, <unsigned int>BUF_SIZE)),
+                    sockaddr_tuple(&b.addrs[i])))
+    return out

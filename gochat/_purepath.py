@@ -1,0 +1,345 @@
+"""Pure-Python twin of gochat._fastpath: the same API and the same observable
+behaviour (slot numbers, expiry order, counters), written for clarity.
+
+It serves platforms without a C compiler (GOCHAT_PURE_PYTHON=1 forces it) and is the
+oracle of the differential tests. Keep the two in step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Dict, List, Optional
+
+from ._addr import endpoint_key, key_endpoint, sockaddr_for
+
+MAGIC = 0x47
+VERSION = 1
+T_HEARTBEAT = 0x05
+T_HEARTBEAT_ACK = 0x06
+T_UNKNOWN_SESSION = 0x07
+FLAG_ACK_REQUESTED = 0x01
+HEARTBEAT_SIZE = 16
+BUF_SIZE = 2048
+TICK_SHIFT = 7
+TICK_SPACE_MASK = 0x1FFFFFF
+_U32 = 0xFFFFFFFF
+
+
+class TableFull(Exception):
+    """No free slot: the table holds ``capacity`` sessions."""
+
+
+def _ms_of(now: float) -> int:
+    return int(now * 1000.0) & _U32
+
+
+def _after_or_equal(a: int, b: int) -> bool:
+    """a >= b on the wrapping 32-bit millisecond clock."""
+    return ((a - b) & _U32) < 0x80000000
+
+
+class _Session:
+    __slots__ = ("secret", "addr", "port", "last_ms", "room_id", "card", "expiring")
+
+
+class SessionTable:
+    """Sessions addressed by the token's slot index; expiry by a timing wheel whose
+    buckets stay sorted by deadline (see the Cython version for the reasoning)."""
+
+    def __init__(self, capacity: int, timeout_s: float, now: float) -> None:
+        if capacity <= 0 or capacity >= 0x7FFFFFFF:
+            raise ValueError("capacity must be between 1 and 2**31-2")
+        if not (0 < timeout_s <= 86400):
+            raise ValueError("timeout_s must be in (0, 86400]")
+        self.capacity = capacity
+        self._slots: List[Optional[_Session]] = []
+        self._free: List[int] = []
+        self._timeout_ms = int(timeout_s * 1000.0)
+        ticks = (self._timeout_ms >> TICK_SHIFT) + 2
+        w = 64
+        while w < ticks:
+            w <<= 1
+        self._wheel_mask = w - 1
+        self._wheel: Dict[int, Dict[int, None]] = {}
+        self._last_ms = _ms_of(now)
+        self._cursor = self._last_ms >> TICK_SHIFT
+        self._rooms: Dict[bytes, list] = {}  # room_id -> [tag, {slot: None} in join order]
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._used
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def _clock(self, now: float) -> int:
+        t = _ms_of(now)
+        if t != self._last_ms and _after_or_equal(t, self._last_ms):
+            self._last_ms = t
+        return self._last_ms
+
+    def _bucket(self, s: _Session) -> int:
+        return (((s.last_ms + self._timeout_ms) & _U32) >> TICK_SHIFT) & self._wheel_mask
+
+    def _link(self, i: int, s: _Session) -> None:
+        self._wheel.setdefault(self._bucket(s), {})[i] = None
+
+    def _unlink(self, i: int, s: _Session) -> None:
+        b = self._bucket(s)
+        del self._wheel[b][i]
+        if not self._wheel[b]:
+            del self._wheel[b]
+
+    def _touch(self, i: int, now_ms: int) -> None:
+        s = self._slots[i]
+        if s.last_ms == now_ms or s.expiring:
+            return
+        self._unlink(i, s)
+        s.last_ms = now_ms
+        self._link(i, s)
+
+    def expire(self, now: float) -> List[int]:
+        now_ms = self._clock(now)
+        target = now_ms >> TICK_SHIFT
+        steps = (target - self._cursor) & TICK_SPACE_MASK
+        if steps > self._wheel_mask:
+            steps = self._wheel_mask
+            self._cursor = (target - steps) & TICK_SPACE_MASK
+        out: List[int] = []
+        for t in range(steps + 1):
+            b = (self._cursor + t) & self._wheel_mask
+            bucket = self._wheel.get(b)
+            if not bucket:
+                continue
+            for i in list(bucket):
+                s = self._slots[i]
+                if not _after_or_equal(now_ms, (s.last_ms + self._timeout_ms) & _U32):
+                    break
+                del bucket[i]
+                s.expiring = True
+                out.append(i)
+            if not bucket:
+                del self._wheel[b]
+        self._cursor = target
+        return out
+
+    def _index_of(self, token: bytes) -> int:
+        if len(token) != 12:
+            return -1
+        i = int.from_bytes(token[:4], "big")
+        if i >= len(self._slots):
+            return -1
+        s = self._slots[i]
+        secret = token[4:]
+        if s is None or s.expiring or secret == bytes(8) or s.secret != secret:
+            return -1
+        return i
+
+    def add(self, room_id: bytes, room_tag: bytes, secret: bytes, card: bytes, addr: tuple, now: float) -> int:
+        if len(room_id) != 16 or len(room_tag) != 8 or len(secret) != 8:
+            raise ValueError("room_id 16, room_tag 8 and secret 8 bytes")
+        if len(card) == 0 or len(card) > 255:
+            raise ValueError("card must be 1..255 bytes")
+        key, port = endpoint_key(addr)
+        if self._free:
+            i = self._free.pop()
+        elif len(self._slots) < self.capacity:
+            i = len(self._slots)
+            self._slots.append(None)
+        else:
+            raise TableFull(f"session table full ({self.capacity} sessions)")
+        s = _Session()
+        s.secret = secret if secret != bytes(8) else (1).to_bytes(8, "little")
+        s.addr, s.port = key, port
+        s.last_ms = self._clock(now)
+        s.room_id = room_id
+        s.card = bytes(card)
+        s.expiring = False
+        self._slots[i] = s
+        self._link(i, s)
+        self._rooms.setdefault(room_id, [room_tag, {}])[1][i] = None
+        self._used += 1
+        return i
+
+    def _get(self, i: int) -> _Session:
+        s = self._slots[i] if 0 <= i < len(self._slots) else None
+        if s is None:
+            raise KeyError(f"no session in slot {i}")
+        return s
+
+    def remove(self, i: int) -> None:
+        s = self._get(i)
+        if not s.expiring:
+            self._unlink(i, s)
+        members = self._rooms[s.room_id][1]
+        del members[i]
+        if not members:
+            del self._rooms[s.room_id]
+        self._slots[i] = None
+        self._free.append(i)
+        self._used -= 1
+
+    def token(self, i: int) -> bytes:
+        return i.to_bytes(4, "big") + self._get(i).secret
+
+    def lookup(self, token: bytes) -> int:
+        return self._index_of(token)
+
+    def touch(self, token: bytes, addr: tuple, now: float) -> int:
+        i = self._index_of(token)
+        if i < 0:
+            return 0
+        self._touch(i, self._clock(now))
+        s = self._slots[i]
+        key, port = endpoint_key(addr)
+        if (s.addr, s.port) == (key, port):
+            return 1
+        s.addr, s.port = key, port
+        return 2
+
+    def endpoint(self, i: int) -> tuple:
+        s = self._get(i)
+        return key_endpoint(s.addr, s.port)
+
+    def card(self, i: int) -> bytes:
+        return self._get(i).card
+
+    def room_of(self, i: int) -> bytes:
+        return self._get(i).room_id
+
+    def room_tag(self, room_id: bytes) -> Optional[bytes]:
+        room = self._rooms.get(room_id)
+        return room[0] if room else None
+
+    def room_size(self, room_id: bytes) -> int:
+        room = self._rooms.get(room_id)
+        return len(room[1]) if room else 0
+
+    def room_members(self, room_id: bytes) -> List[int]:
+        room = self._rooms.get(room_id)
+        return list(reversed(room[1])) if room else []
+
+    def find_in_room(self, room_id: bytes, public_key: bytes) -> int:
+        if len(public_key) != 32:
+            return -1
+        for i in self.room_members(room_id):
+            if self._slots[i].card[:32] == public_key:
+                return i
+        return -1
+
+
+class FastPath:
+    """Same contract as the Cython FastPath, one recvfrom/sendto per datagram."""
+
+    def __init__(self, sock: socket.socket, table: SessionTable, batch_size: int = 64) -> None:
+        self._sock = sock
+        self._family = sock.family
+        self._table = table
+        self._batch_size = batch_size
+        self.drained = True
+        self._c = dict.fromkeys(
+            ("received", "heartbeats", "heartbeat_acks", "unknown_session", "rebinds",
+             "passed_to_python", "sent", "send_errors", "recv_errors"), 0)
+
+    @property
+    def counters(self) -> dict:
+        return dict(self._c)
+
+    def _sendto(self, data: bytes, addr: tuple) -> None:
+        try:
+            self._sock.sendto(data, addr)
+            self._c["sent"] += 1
+        except OSError:
+            self._c["send_errors"] += 1
+
+    def process_batch(self, now: float) -> list:
+        t = self._table
+        now_ms = t._clock(now)
+        others = []
+        replies = []
+        n = 0
+        self.drained = False
+        while n < self._batch_size:
+            try:
+                data, addr = self._sock.recvfrom(BUF_SIZE)
+            except (BlockingIOError, InterruptedError):
+                self.drained = True
+                break
+            except OSError:
+                self._c["recv_errors"] += 1
+                self.drained = True
+                break
+            n += 1
+            if len(data) == HEARTBEAT_SIZE and data[0] == MAGIC and data[1] == VERSION and data[2] == T_HEARTBEAT:
+                i = t._index_of(data[4:16])
+                if i < 0:
+                    self._c["unknown_session"] += 1
+                    replies.append((data[:2] + bytes([T_UNKNOWN_SESSION, 0]) + data[4:16], addr))
+                    continue
+                self._c["heartbeats"] += 1
+                t._touch(i, now_ms)
+                s = t._slots[i]
+                key, port = endpoint_key(addr)
+                if (s.addr, s.port) != (key, port):
+                    s.addr, s.port = key, port
+                    self._c["rebinds"] += 1
+                if data[3] & FLAG_ACK_REQUESTED:
+                    self._c["heartbeat_acks"] += 1
+                    replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + data[4:16], addr))
+            else:
+                self._c["passed_to_python"] += 1
+                others.append((data, addr))
+        self._c["received"] += n
+        for data, addr in replies:
+            self._sendto(data, addr)
+        return others
+
+    def send(self, datagrams: list) -> int:
+        before = self._c["sent"]
+        for data, addr in datagrams:
+            try:
+                dest = sockaddr_for(self._family, addr)
+            except OSError:
+                self._c["send_errors"] += 1
+                continue
+            self._sendto(data, dest)
+        return self._c["sent"] - before
+
+    def send_to_room(self, room_id: bytes, data: bytes, exclude_slot: int = -1) -> int:
+        t = self._table
+        targets = [
+            (data, t.endpoint(i))
+            for i in t.room_members(room_id)
+            if i != exclude_slot and not t._slots[i].expiring
+        ]
+        return self.send(targets)
+
+
+def send_records(sock, addr: tuple, records: bytes, record_size: int, start: int, count: int) -> int:
+    n_records = len(records) // record_size
+    if n_records == 0:
+        return 0
+    dest = sockaddr_for(sock.family, addr)
+    sent = 0
+    j = start % n_records
+    for _ in range(count):
+        try:
+            sock.sendto(records[j * record_size : (j + 1) * record_size], dest)
+            sent += 1
+        except OSError:
+            pass
+        j = j + 1 if j + 1 < n_records else 0
+    return sent
+
+
+def recv_batch(sock, max_count: int = 64) -> list:
+    out = []
+    for _ in range(max_count):
+        try:
+            out.append(sock.recvfrom(BUF_SIZE))
+        except (BlockingIOError, InterruptedError):
+            break
+    return out

@@ -1,0 +1,514 @@
+"""Wire protocol v1: message values and their exact encoding (pure-Python reference).
+
+This module owns the byte layouts described in docs/PROTOCOL.md and nothing else: it
+does no I/O and keeps no state. Every decoder raises only :class:`DecodeError`, whose
+``reason`` is a short stable string used as a counter label. The Cython fast path
+frames the hot messages (heartbeats) itself; tests check it against this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Tuple, Union
+
+from .constants import (
+    COOKIE_SIZE_bytes,
+    HEADER_SIZE_bytes,
+    MAGIC,
+    MAX_DATAGRAM_bytes,
+    MAX_LOCAL_ENDPOINTS,
+    MAX_NAME_bytes,
+    PUBLIC_KEY_SIZE_bytes,
+    REQUEST_ID_SIZE_bytes,
+    ROOM_ID_SIZE_bytes,
+    ROOM_TAG_SIZE_bytes,
+    TOKEN_SIZE_bytes,
+    VERSION,
+)
+
+Endpoint = Tuple[str, int]
+"""An (IP address text, port) pair; IPv4-mapped IPv6 addresses are shown as IPv4."""
+
+
+class DecodeError(ValueError):
+    """A datagram that is not a valid v1 message. ``reason`` is a counter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class MsgType(enum.IntEnum):
+    REGISTER = 0x01
+    COOKIE = 0x02
+    REGISTERED = 0x03
+    REFUSED = 0x04
+    HEARTBEAT = 0x05
+    HEARTBEAT_ACK = 0x06
+    UNKNOWN_SESSION = 0x07
+    DISCONNECT = 0x08
+    DISCONNECT_ACK = 0x09
+    PEER_LIST = 0x0A
+    PEER_JOINED = 0x0B
+    PEER_LEFT = 0x0C
+
+
+class RefuseReason(enum.IntEnum):
+    SERVER_FULL = 1
+    ROOM_FULL = 2
+    RATE_LIMITED = 3
+
+
+class LeaveReason(enum.IntEnum):
+    DISCONNECTED = 1
+    TIMED_OUT = 2
+
+
+FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
+
+_HEADER = struct.Struct("!BBBB")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_FAMILY_V4 = 4
+_FAMILY_V6 = 6
+
+
+# --- values -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """A room member as announced by the bootnode.
+
+    Fields: ``public_key`` (32 bytes), ``name`` (display name, <= 32 UTF-8 bytes),
+    ``endpoints`` (the observed public endpoint first, then the peer's local ones).
+    """
+
+    public_key: bytes
+    name: str
+    endpoints: Tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Fields: cookie (16 bytes, zero when the client has none yet), request_id,
+    room_id (16-byte opaque hash), public_key, name, local_endpoints."""
+
+    cookie: bytes
+    request_id: int
+    room_id: bytes
+    public_key: bytes
+    name: str
+    local_endpoints: Tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    """Fields: request_id (echoed), cookie (16 bytes to put in the next Register)."""
+
+    request_id: int
+    cookie: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """Fields: request_id, token (12 bytes), room_tag (8 bytes), heartbeat_interval_ms,
+    peer_timeout_ms, observed_endpoint."""
+
+    request_id: int
+    token: bytes
+    room_tag: bytes
+    heartbeat_interval_ms: int
+    peer_timeout_ms: int
+    observed_endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Fields: request_id, reason (RefuseReason), retry_after_ms."""
+
+    request_id: int
+    reason: RefuseReason
+    retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMessage:
+    """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_SESSION, DISCONNECT, DISCONNECT_ACK: a token."""
+
+    type: MsgType
+    token: bytes
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerList:
+    """Fields: room_tag, part (0-based), parts, peers. Sent to a newcomer."""
+
+    room_tag: bytes
+    part: int
+    parts: int
+    peers: Tuple[PeerEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    """Fields: room_tag, peers. Sent to existing members when someone (re)joins."""
+
+    room_tag: bytes
+    peers: Tuple[PeerEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    """Fields: room_tag, left: tuple of (public_key, LeaveReason)."""
+
+    room_tag: bytes
+    left: Tuple[Tuple[bytes, LeaveReason], ...]
+
+
+Message = Union[
+    Register, Cookie, Registered, Refused, TokenMessage, PeerList, PeerJoined, PeerLeft
+]
+
+TOKEN_TYPES = frozenset(
+    {
+        MsgType.HEARTBEAT,
+        MsgType.HEARTBEAT_ACK,
+        MsgType.UNKNOWN_SESSION,
+        MsgType.DISCONNECT,
+        MsgType.DISCONNECT_ACK,
+    }
+)
+
+
+# --- endpoints ----------------------------------------------------------------------
+
+
+def normalize_host(host: str) -> str:
+    """Canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def encode_endpoint(endpoint: Endpoint) -> bytes:
+    host, port = endpoint[0], endpoint[1]
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    ip = ipaddress.ip_address(normalize_host(host))
+    if ip.version == 4:
+        return bytes([_FAMILY_V4]) + ip.packed + _U16.pack(port)
+    return bytes([_FAMILY_V6]) + ip.packed + _U16.pack(port)
+
+
+def endpoint_size(endpoint: Endpoint) -> int:
+    return 7 if ipaddress.ip_address(normalize_host(endpoint[0])).version == 4 else 19
+
+
+class _Reader:
+    """Cursor over a datagram body; every shortfall is a DecodeError('truncated')."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise DecodeError("truncated", f"need {end} bytes, have {len(self.data)}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return bytes(chunk)
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return _U16.unpack(self.take(2))[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+    def endpoint(self) -> Endpoint:
+        family = self.u8()
+        if family == _FAMILY_V4:
+            addr = str(ipaddress.IPv4Address(self.take(4)))
+        elif family == _FAMILY_V6:
+            ip6 = ipaddress.IPv6Address(self.take(16))
+            addr = str(ip6.ipv4_mapped) if ip6.ipv4_mapped is not None else str(ip6)
+        else:
+            raise DecodeError("bad_field", f"address family {family}")
+        port = self.u16()
+        if port == 0:
+            raise DecodeError("bad_field", "port 0")
+        return (addr, port)
+
+    def name(self) -> str:
+        n = self.u8()
+        if n > MAX_NAME_bytes:
+            raise DecodeError("bad_field", f"name of {n} bytes")
+        raw = self.take(n)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecodeError("bad_field", "name is not UTF-8") from None
+        if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise DecodeError("bad_field", "name empty or with control characters")
+        return text
+
+    def endpoints(self, limit: int) -> Tuple[Endpoint, ...]:
+        n = self.u8()
+        if n > limit:
+            raise DecodeError("bad_field", f"{n} endpoints")
+        return tuple(self.endpoint() for _ in range(n))
+
+    def peer_entry(self) -> PeerEntry:
+        key = self.take(PUBLIC_KEY_SIZE_bytes)
+        name = self.name()
+        endpoints = self.endpoints(MAX_LOCAL_ENDPOINTS + 1)
+        return PeerEntry(key, name, endpoints)
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise DecodeError("trailing_bytes", f"{len(self.data) - self.pos} extra")
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def header(msg_type: int, flags: int = 0) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, msg_type, flags)
+
+
+def encode_name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not raw or len(raw) > MAX_NAME_bytes:
+        raise ValueError(f"name must be 1..{MAX_NAME_bytes} UTF-8 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def encode_card(public_key: bytes, name: str, local_endpoints: Sequence[Endpoint]) -> bytes:
+    """What the bootnode stores per peer: key, name, local endpoints (entry minus the
+    public endpoint, which it learns from the socket and may change)."""
+    if len(public_key) != PUBLIC_KEY_SIZE_bytes:
+        raise ValueError("public key must be 32 bytes")
+    if len(local_endpoints) > MAX_LOCAL_ENDPOINTS:
+        raise ValueError(f"at most {MAX_LOCAL_ENDPOINTS} local endpoints")
+    return (
+        public_key
+        + encode_name(name)
+        + bytes([len(local_endpoints)])
+        + b"".join(encode_endpoint(e) for e in local_endpoints)
+    )
+
+
+def entry_from_card(card: bytes, public_endpoint: Endpoint) -> bytes:
+    """Wire PeerEntry: the card with the public endpoint put first."""
+    name_end = PUBLIC_KEY_SIZE_bytes + 1 + card[PUBLIC_KEY_SIZE_bytes]
+    n_local = card[name_end]
+    return (
+        card[:name_end]
+        + bytes([n_local + 1])
+        + encode_endpoint(public_endpoint)
+        + card[name_end + 1 :]
+    )
+
+
+def encode_peer_entry(entry: PeerEntry) -> bytes:
+    return (
+        entry.public_key
+        + encode_name(entry.name)
+        + bytes([len(entry.endpoints)])
+        + b"".join(encode_endpoint(e) for e in entry.endpoints)
+    )
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message value. Raises ValueError for values the format cannot carry."""
+    if isinstance(msg, TokenMessage):
+        _check_len(msg.token, TOKEN_SIZE_bytes, "token")
+        return header(msg.type, msg.flags) + msg.token
+    if isinstance(msg, Register):
+        _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
+        _check_len(msg.room_id, ROOM_ID_SIZE_bytes, "room_id")
+        return (
+            header(MsgType.REGISTER)
+            + msg.cookie
+            + _U32.pack(msg.request_id)
+            + msg.room_id
+            + encode_card(msg.public_key, msg.name, msg.local_endpoints)
+        )
+    if isinstance(msg, Cookie):
+        _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
+        return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie
+    if isinstance(msg, Registered):
+        _check_len(msg.token, TOKEN_SIZE_bytes, "token")
+        _check_len(msg.room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+        return (
+            header(MsgType.REGISTERED)
+            + _U32.pack(msg.request_id)
+            + msg.token
+            + msg.room_tag
+            + _U32.pack(msg.heartbeat_interval_ms)
+            + _U32.pack(msg.peer_timeout_ms)
+            + encode_endpoint(msg.observed_endpoint)
+        )
+    if isinstance(msg, Refused):
+        return (
+            header(MsgType.REFUSED)
+            + _U32.pack(msg.request_id)
+            + bytes([int(msg.reason)])
+            + _U32.pack(msg.retry_after_ms)
+        )
+    if isinstance(msg, PeerList):
+        return encode_peer_list(
+            msg.room_tag, msg.part, msg.parts, [encode_peer_entry(p) for p in msg.peers]
+        )
+    if isinstance(msg, PeerJoined):
+        return encode_peer_joined(msg.room_tag, [encode_peer_entry(p) for p in msg.peers])
+    if isinstance(msg, PeerLeft):
+        return encode_peer_left(msg.room_tag, msg.left)
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def encode_peer_list(room_tag: bytes, part: int, parts: int, entries: Sequence[bytes]) -> bytes:
+    _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+    return (
+        header(MsgType.PEER_LIST)
+        + room_tag
+        + _U16.pack(part)
+        + _U16.pack(parts)
+        + bytes([len(entries)])
+        + b"".join(entries)
+    )
+
+
+def encode_peer_joined(room_tag: bytes, entries: Sequence[bytes]) -> bytes:
+    _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+    return header(MsgType.PEER_JOINED) + room_tag + bytes([len(entries)]) + b"".join(entries)
+
+
+def encode_peer_left(room_tag: bytes, left: Sequence[Tuple[bytes, int]]) -> bytes:
+    _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+    body = b"".join(_check_len(k, PUBLIC_KEY_SIZE_bytes, "public key") + bytes([int(r)]) for k, r in left)
+    return header(MsgType.PEER_LEFT) + room_tag + bytes([len(left)]) + body
+
+
+PEER_LIST_OVERHEAD_bytes = HEADER_SIZE_bytes + ROOM_TAG_SIZE_bytes + 2 + 2 + 1
+PEER_JOINED_OVERHEAD_bytes = HEADER_SIZE_bytes + ROOM_TAG_SIZE_bytes + 1
+PEER_LEFT_OVERHEAD_bytes = HEADER_SIZE_bytes + ROOM_TAG_SIZE_bytes + 1
+PEER_LEFT_ITEM_bytes = PUBLIC_KEY_SIZE_bytes + 1
+
+
+def pack_entries(entries: Iterable[bytes], overhead: int) -> list[list[bytes]]:
+    """Group encoded entries into datagram-sized batches (<= MAX_DATAGRAM_bytes, <= 255)."""
+    batches: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = overhead
+    for entry in entries:
+        if current and (size + len(entry) > MAX_DATAGRAM_bytes or len(current) == 255):
+            batches.append(current)
+            current, size = [], overhead
+        current.append(entry)
+        size += len(entry)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _check_len(value: bytes, n: int, what: str) -> bytes:
+    if len(value) != n:
+        raise ValueError(f"{what} must be {n} bytes, got {len(value)}")
+    return value
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+def decode_header(data: bytes) -> Tuple[MsgType, int]:
+    """Validate the 4-byte header; returns (type, flags)."""
+    if len(data) > MAX_DATAGRAM_bytes:
+        raise DecodeError("oversized", f"{len(data)} bytes")
+    if len(data) < HEADER_SIZE_bytes:
+        raise DecodeError("truncated", f"{len(data)} bytes")
+    magic, version, msg_type, flags = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("bad_magic", f"0x{magic:02x}")
+    if version != VERSION:
+        raise DecodeError("bad_version", str(version))
+    try:
+        return MsgType(msg_type), flags
+    except ValueError:
+        raise DecodeError("unknown_type", f"0x{msg_type:02x}") from None
+
+
+def decode(data: bytes) -> Message:
+    """Decode one datagram. Raises DecodeError (and nothing else) for bad input."""
+    msg_type, flags = decode_header(data)
+    r = _Reader(data, HEADER_SIZE_bytes)
+    msg: Message
+    if msg_type in TOKEN_TYPES:
+        msg = TokenMessage(msg_type, r.take(TOKEN_SIZE_bytes), flags)
+    elif msg_type is MsgType.REGISTER:
+        cookie = r.take(COOKIE_SIZE_bytes)
+        request_id = r.u32()
+        room_id = r.take(ROOM_ID_SIZE_bytes)
+        key = r.take(PUBLIC_KEY_SIZE_bytes)
+        name = r.name()
+        msg = Register(cookie, request_id, room_id, key, name, r.endpoints(MAX_LOCAL_ENDPOINTS))
+    elif msg_type is MsgType.COOKIE:
+        msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes))
+    elif msg_type is MsgType.REGISTERED:
+        msg = Registered(
+            r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint()
+        )
+    elif msg_type is MsgType.REFUSED:
+        request_id = r.u32()
+        code = r.u8()
+        try:
+            reason = RefuseReason(code)
+        except ValueError:
+            raise DecodeError("bad_field", f"refuse reason {code}") from None
+        msg = Refused(request_id, reason, r.u32())
+    elif msg_type is MsgType.PEER_LIST:
+        tag = r.take(ROOM_TAG_SIZE_bytes)
+        part, parts = r.u16(), r.u16()
+        if parts == 0 or part >= parts:
+            raise DecodeError("bad_field", f"part {part} of {parts}")
+        count = r.u8()
+        msg = PeerList(tag, part, parts, tuple(r.peer_entry() for _ in range(count)))
+    elif msg_type is MsgType.PEER_JOINED:
+        tag = r.take(ROOM_TAG_SIZE_bytes)
+        count = r.u8()
+        msg = PeerJoined(tag, tuple(r.peer_entry() for _ in range(count)))
+    else:  # PEER_LEFT
+        tag = r.take(ROOM_TAG_SIZE_bytes)
+        count = r.u8()
+        left = []
+        for _ in range(count):
+            key = r.take(PUBLIC_KEY_SIZE_bytes)
+            code = r.u8()
+            try:
+                left.append((key, LeaveReason(code)))
+            except ValueError:
+                raise DecodeError("bad_field", f"leave reason {code}") from None
+        msg = PeerLeft(tag, tuple(left))
+    r.done()
+    return msg
+
+
+def decode_card(card: bytes) -> Tuple[bytes, str, Tuple[Endpoint, ...]]:
+    """Inverse of encode_card (used by tests and diagnostics)."""
+    r = _Reader(card, 0)
+    key = r.take(PUBLIC_KEY_SIZE_bytes)
+    name = r.name()
+    locals_ = r.endpoints(MAX_LOCAL_ENDPOINTS)
+    r.done()
+    return key, name, locals_
