@@ -1,0 +1,236 @@
+"""asyncio driver of the bootnode: owns the UDP socket, the clock and the timer.
+
+All protocol decisions are in rendezvous.py; all per-packet work in the fast path.
+The socket is drained with ``loop.add_reader`` in recvmmsg batches until it is empty
+(bounded per wake-up so timers still run under a flood); after every input the
+actions the machine returned are sent at once (sendmmsg), and a single timer is
+re-armed at the machine's next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import fastpath as default_fastpath
+from .constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
+from .rendezvous import Limits, Rendezvous, Send, SendToRoom
+
+log = logging.getLogger("gochat.bootnode")
+
+
+@dataclass
+class TickStats:
+    """Timing of the expiry work, measured by the driver (the machine reads no clock)."""
+
+    ticks: int = 0
+    last_tick_ms: float = 0.0
+    largest_expired: int = 0          # most sessions expired by one tick
+    largest_tick_ms: float = 0.0      # duration of that tick (wheel work only)
+    largest_announce_ms: float = 0.0  # announcing and removing them
+    last_join_ms: float = 0.0         # handling of the latest register, fan-out included
+    last_join_room_size: int = 0
+
+
+@dataclass
+class BootnodeConfig:
+    listen: Tuple[str, int]
+    heartbeat_interval_s: float
+    peer_timeout_s: float
+    limits: Limits
+    recv_buffer_bytes: int
+    batch_size: int = BATCH_SIZE
+
+
+def _make_socket(listen: Tuple[str, int], recv_buffer: int) -> socket.socket:
+    host, port = listen
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves IPv4 too
+        try:  # root may exceed net.core.rmem_max; others get what the kernel allows
+            sock.setsockopt(socket.SOL_SOCKET, 33, recv_buffer)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Bootnode:
+    def __init__(self, config: BootnodeConfig, fastpath=default_fastpath) -> None:
+        self.config = config
+        self.fastpath_module = fastpath
+        self.sock = _make_socket(config.listen, config.recv_buffer_bytes)
+        self.address = self.sock.getsockname()
+        now = time.monotonic()
+        self.table = fastpath.SessionTable(config.limits.max_peers, config.peer_timeout_s, now)
+        self.fast = fastpath.FastPath(self.sock, self.table, config.batch_size)
+        self.machine = Rendezvous(
+            self.table,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            peer_timeout_s=config.peer_timeout_s,
+            limits=config.limits,
+        )
+        self.ticks = TickStats()
+        self.internal_errors = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._closed = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._arm_timer()
+        rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        log.info(
+            "bootnode listening on udp %s (fast path: %s, receive buffer %d bytes)",
+            format_addr(self.address), self.fastpath_module.IMPLEMENTATION, rcvbuf,
+        )
+        lim = self.config.limits
+        log.info(
+            "limits: %d peers, %d per room, %g registrations/s per source IP (burst %d); "
+            "heartbeat interval %gs, peer timeout %gs",
+            lim.max_peers, lim.max_peers_per_room, lim.register_rate_per_ip, lim.register_burst_per_ip,
+            self.config.heartbeat_interval_s, self.config.peer_timeout_s,
+        )
+
+    def close(self) -> None:
+        if self._loop is not None and not self.sock._closed:  # type: ignore[attr-defined]
+            self._loop.remove_reader(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self.sock.close()
+        self._closed.set()
+
+    # --- I/O -------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def _on_readable(self) -> None:
+        machine, fast = self.machine, self.fast
+        for _ in range(MAX_BATCHES_PER_WAKEUP):
+            now = self._now()
+            for data, addr in fast.process_batch(now):
+                try:
+                    if len(data) > 3 and data[2] == 0x01:  # REGISTER: time the join and its fan-out
+                        t0 = time.perf_counter()
+                        self._execute(machine.receive_datagram(data, addr, now))
+                        self.ticks.last_join_ms = (time.perf_counter() - t0) * 1000
+                        self.ticks.last_join_room_size = machine.last_join_room_size
+                    else:
+                        self._execute(machine.receive_datagram(data, addr, now))
+                except Exception:  # a bug must cost one datagram, never the receive loop
+                    self.internal_errors += 1
+                    log.exception("internal error handling a datagram from %s", addr)
+            if fast.drained:
+                break
+
+    def _execute(self, actions: List) -> None:
+        pending: List[Tuple[bytes, tuple]] = []
+        for action in actions:
+            if isinstance(action, Send):
+                pending.append((action.data, action.addr))
+            else:
+                if pending:
+                    self.fast.send(pending)
+                    pending = []
+                self.fast.send_to_room(action.room_id, action.data, action.exclude_slot)
+        if pending:
+            self.fast.send(pending)
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        deadline = self.machine.get_timer(self._now())
+        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - self._now()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        try:
+            now = self._now()
+            t0 = time.perf_counter()
+            expired = self.machine.collect_expired(now)
+            t1 = time.perf_counter()
+            self._execute(self.machine.announce_expired(expired))
+            t2 = time.perf_counter()
+            ts = self.ticks
+            ts.ticks += 1
+            ts.last_tick_ms = (t1 - t0) * 1000
+            if len(expired) >= ts.largest_expired and expired:
+                ts.largest_expired = len(expired)
+                ts.largest_tick_ms = (t1 - t0) * 1000
+                ts.largest_announce_ms = (t2 - t1) * 1000
+        except Exception:
+            self.internal_errors += 1
+            log.exception("internal error in the expiry timer")
+        finally:
+            if not self.sock._closed:  # type: ignore[attr-defined]
+                self._arm_timer()
+
+    # --- observation ----------------------------------------------------------------------
+
+    def snapshot(self) -> Dict[str, float]:
+        """Every counter in one flat dict (tests, benchmarks and the metrics endpoint)."""
+        out: Dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
+        out.update({k: v for k, v in self.machine.stats.items()})
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out.update(
+            peers=len(self.table),
+            rooms=self.table.room_count,
+            internal_errors=self.internal_errors,
+            cpu_seconds=ru.ru_utime + ru.ru_stime,
+            rss_bytes=_rss_bytes(),
+            **{f"tick.{k}": v for k, v in self.ticks.__dict__.items()},
+        )
+        return out
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def format_addr(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]] = None, fastpath=default_fastpath) -> int:
+    """Run a bootnode until SIGINT or SIGTERM; returns the exit code."""
+    node = Bootnode(config, fastpath)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    node.start()
+    if metrics_listen is not None:
+        from .metrics import start_metrics_server
+
+        bound = start_metrics_server(node, metrics_listen)
+        log.info("metrics on http://%s/metrics", format_addr(bound))
+    try:
+        await stop.wait()
+    finally:
+        snap = node.snapshot()
+        node.close()
+        log.info(
+            "bootnode stopped: %d peers in %d rooms, %d heartbeats, %d registrations",
+            snap["peers"], snap["rooms"], snap["fast.heartbeats"], snap.get("register.accepted", 0),
+        )
+    return 0

@@ -1,0 +1,270 @@
+"""Settings: command-line flags > environment > .env file > defaults.
+
+This module resolves and validates every setting before anything starts, and remembers
+where each value came from so an error can name both the setting and its source. It
+does no I/O beyond reading the .env file (python-dotenv, which never overrides the
+environment because we consult the environment first).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from dotenv import dotenv_values
+
+from . import constants as C
+
+HostPort = Tuple[str, int]
+
+
+class ConfigError(ValueError):
+    """A setting with an unusable value; the message names the setting and its source."""
+
+
+# --- parsers: text -> value, raising ValueError with a short explanation -----------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_UNIT_s = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '10', '2.5', '500ms', '10s', '1m30s' (Go-style units also accepted)."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, value = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            value += float(m.group(1)) * _UNIT_s[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or not text:
+            raise ValueError("expected a duration such as 10, 10s, 500ms or 1m30s") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive duration")
+    return value
+
+
+def parse_port(text: str, allow_zero: bool = False) -> int:
+    try:
+        port = int(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a port number 1-65535") from None
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535" + (" (or 0: any free port)" if allow_zero else ""))
+    return port
+
+
+def parse_listen(text: str) -> HostPort:
+    """HOST:PORT to bind; port 0 asks the system for any free port."""
+    return parse_host_port(text, allow_zero=True)
+
+
+def parse_host_port(text: str, default_port: Optional[int] = None, allow_zero: bool = False) -> HostPort:
+    """'1.2.3.4:9595', '[::]:9595', 'example.org:9595', or a bare host when default_port."""
+    text = text.strip()
+    if not text:
+        raise ValueError("expected HOST:PORT")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError("unclosed '[' in IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [IPv6]:PORT")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif text.count(":") > 1:
+        raise ValueError("write IPv6 addresses in brackets, e.g. [::1]:9595")
+    else:
+        host, sep, port_text = text.partition(":")
+        port_text = port_text if sep else None
+        if not host:
+            raise ValueError("missing host before ':'")
+        if not re.fullmatch(r"[A-Za-z0-9.\-_]+", host):
+            raise ValueError(f"{host!r} is not a host name or address")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError("expected HOST:PORT (the port is missing)")
+        return host, default_port
+    return host, parse_port(port_text, allow_zero)
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(str(text).strip().replace("_", ""))
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def parse_optional_host_port(text: str) -> Optional[HostPort]:
+    return parse_listen(text) if text.strip() else None
+
+
+def parse_text(text: str) -> str:
+    return text.strip()
+
+
+# --- the settings table ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    field: str
+    env: str
+    flag: Optional[str]
+    default: Optional[str]
+    parse: Callable[[str], Any]
+    help: str
+
+
+SPECS: Tuple[Spec, ...] = (
+    Spec("mode", "MODE", "--mode", "client", parse_choice("bootnode", "client"),
+         "bootnode (rendezvous server) or client"),
+    Spec("listen", "LISTEN", "--listen", C.DEFAULT_LISTEN, parse_listen,
+         "bootnode: UDP address to listen on, HOST:PORT ([::]:9595 for IPv6)"),
+    Spec("bootnode_udp_port", "BOOTNODE_UDP_PORT", None, str(C.DEFAULT_BOOTNODE_UDP_PORT), parse_port,
+         "client: bootnode port used when BOOTNODE has none"),
+    Spec("bootnode", "BOOTNODE", "--bootnode", None, parse_text,
+         "client: bootnode address, HOST[:PORT]"),
+    Spec("room", "ROOM", "--room", None, parse_text, "client: room to join"),
+    Spec("port", "LOCAL_UDP_PORT", "--port", str(C.DEFAULT_LOCAL_UDP_PORT), parse_port,
+         "client: local UDP port"),
+    Spec("heartbeat_interval", "HEARTBEAT_INTERVAL", "--heartbeat-interval",
+         f"{C.DEFAULT_HEARTBEAT_INTERVAL_s:g}s", parse_duration,
+         "how often clients send heartbeats (the bootnode tells clients its value)"),
+    Spec("peer_timeout", "PEER_TIMEOUT", "--peer-timeout", f"{C.DEFAULT_PEER_TIMEOUT_s:g}s", parse_duration,
+         "silence after which a peer is dropped and announced as left"),
+    Spec("max_peers", "MAX_PEERS", "--max-peers", str(C.DEFAULT_MAX_PEERS), parse_positive_int,
+         "bootnode: sessions held in total"),
+    Spec("max_peers_per_room", "MAX_PEERS_PER_ROOM", "--max-peers-per-room",
+         str(C.DEFAULT_MAX_PEERS_PER_ROOM), parse_positive_int, "bootnode: sessions per room"),
+    Spec("register_rate", "REGISTER_RATE_PER_IP", "--register-rate",
+         f"{C.DEFAULT_REGISTER_RATE_PER_IP:g}", parse_positive_float,
+         "bootnode: registrations per second allowed from one source IP"),
+    Spec("register_burst", "REGISTER_BURST_PER_IP", "--register-burst",
+         str(C.DEFAULT_REGISTER_BURST_PER_IP), parse_positive_int,
+         "bootnode: burst of registrations allowed from one source IP"),
+    Spec("recv_buffer", "RECV_BUFFER_BYTES", "--recv-buffer", str(C.DEFAULT_RECV_BUFFER_bytes),
+         parse_positive_int, "bootnode: socket receive buffer (SO_RCVBUF) in bytes"),
+    Spec("metrics_listen", "METRICS_LISTEN", "--metrics-listen", "", parse_optional_host_port,
+         "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)"),
+    Spec("log_level", "LOG_LEVEL", "--log-level", "info",
+         parse_choice("debug", "info", "warning", "error"), "log verbosity"),
+)
+
+SPEC_BY_FIELD = {s.field: s for s in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    listen: HostPort
+    bootnode_udp_port: int
+    bootnode: Optional[HostPort]
+    room: Optional[str]
+    port: int
+    heartbeat_interval: float
+    peer_timeout: float
+    max_peers: int
+    max_peers_per_room: int
+    register_rate: float
+    register_burst: int
+    recv_buffer: int
+    metrics_listen: Optional[HostPort]
+    log_level: str
+    sources: Dict[str, str]
+
+
+def _describe(spec: Spec, source: str) -> str:
+    if source == "flag" and spec.flag:
+        return f"{spec.flag} (command line)"
+    if source == "environment":
+        return f"{spec.env} (environment)"
+    if source.startswith(".env"):
+        return f"{spec.env} ({source})"
+    return f"{spec.env} (default)"
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Optional[Path]) -> Settings:
+    """Resolve every setting by precedence and validate it; raise ConfigError on the first
+    bad one. ``flags`` maps field names to command-line values (None when not given)."""
+    dotenv: Dict[str, Optional[str]] = {}
+    env_file_label = ".env"
+    if env_file is not None:
+        if env_file.is_dir():
+            raise ConfigError(f"--env-file {env_file}: is a directory")
+        if env_file.exists():
+            dotenv = dotenv_values(env_file)
+            env_file_label = f"file {env_file}"
+    values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for spec in SPECS:
+        raw: Optional[str]
+        if flags.get(spec.field) is not None:
+            raw, source = str(flags[spec.field]), "flag"
+        elif spec.env in environ:
+            raw, source = environ[spec.env], "environment"
+        elif dotenv.get(spec.env) is not None:
+            raw, source = dotenv[spec.env], env_file_label
+        else:
+            raw, source = spec.default, "default"
+        sources[spec.field] = _describe(spec, source)
+        if raw is None:
+            values[spec.field] = None
+            continue
+        try:
+            values[spec.field] = spec.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {sources[spec.field]}: {raw!r}: {exc}") from None
+
+    if values["mode"] == "client":
+        if not values["room"]:
+            raise ConfigError("client mode needs a room: set --room or ROOM")
+        if not values["bootnode"]:
+            raise ConfigError("client mode needs a bootnode: set --bootnode or BOOTNODE (HOST[:PORT])")
+    if values["bootnode"]:
+        try:
+            values["bootnode"] = parse_host_port(values["bootnode"], values["bootnode_udp_port"])
+        except ValueError as exc:
+            raise ConfigError(f"invalid {sources['bootnode']}: {values['bootnode']!r}: {exc}") from None
+    else:
+        values["bootnode"] = None
+    if values["heartbeat_interval"] >= values["peer_timeout"]:
+        raise ConfigError(
+            f"heartbeat interval ({values['heartbeat_interval']:g}s, from {sources['heartbeat_interval']}) "
+            f"must be below the peer timeout ({values['peer_timeout']:g}s, from {sources['peer_timeout']})"
+        )
+    if values["peer_timeout"] > 86400:
+        raise ConfigError(f"invalid {sources['peer_timeout']}: at most one day (86400s)")
+    return Settings(sources=sources, **values)

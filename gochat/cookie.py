@@ -1,0 +1,38 @@
+"""Stateless address-validation cookies (as DTLS, QUIC Retry and WireGuard use them).
+
+A cookie is a MAC over (client address, time bucket) under a secret only the bootnode
+knows, so the bootnode keeps no state for clients it has not yet validated, and a
+spoofed source address never receives more bytes than it sent. A cookie minted in
+bucket b is accepted during buckets b and b+1 (60 to 120 seconds).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Optional
+
+from ._addr import endpoint_key
+from .constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
+
+
+class CookieJar:
+    def __init__(self, secret: Optional[bytes] = None, bucket_s: float = COOKIE_BUCKET_s) -> None:
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._bucket_s = bucket_s
+
+    def _mac(self, addr: tuple, bucket: int) -> bytes:
+        key, port = endpoint_key(addr)
+        msg = bucket.to_bytes(8, "big", signed=True) + key + port.to_bytes(2, "big")
+        return hmac.digest(self._secret, msg, "sha256")[:COOKIE_SIZE_bytes]
+
+    def make(self, addr: tuple, now: float) -> bytes:
+        return self._mac(addr, int(now // self._bucket_s))
+
+    def verify(self, cookie: bytes, addr: tuple, now: float) -> bool:
+        if len(cookie) != COOKIE_SIZE_bytes or cookie == bytes(COOKIE_SIZE_bytes):
+            return False
+        bucket = int(now // self._bucket_s)
+        return hmac.compare_digest(cookie, self._mac(addr, bucket)) or hmac.compare_digest(
+            cookie, self._mac(addr, bucket - 1)
+        )

@@ -1,0 +1,232 @@
+"""The bootnode's rendezvous state machine (sans-I/O).
+
+It owns the protocol decisions of the bootnode: address validation by cookie,
+registration limits, room announcements, disconnects and expiry. It takes
+``(datagram, address, now)`` and timer ticks and returns actions (datagrams to send);
+it never touches a socket or a clock. Heartbeats normally never reach it (the fast
+path answers them) but it handles them too, so that it is complete on its own.
+
+Actions must be carried out right after the call that returned them: a SendToRoom
+is resolved against the room as the table holds it then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+from . import wire
+from .constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from ._purepath import TableFull  # shared by both fast paths
+from .cookie import CookieJar
+from .ratelimit import TokenBuckets
+from .wire import LeaveReason, MsgType, RefuseReason
+
+log = logging.getLogger("gochat.bootnode")
+
+TICK_s = WHEEL_TICK_ms / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to ``addr``."""
+
+    data: bytes
+    addr: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class SendToRoom:
+    """Send ``data`` to every member of ``room_id`` except the session in ``exclude_slot``."""
+
+    room_id: bytes
+    data: bytes
+    exclude_slot: int = -1
+
+
+Action = Union[Send, SendToRoom]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_peers: int
+    max_peers_per_room: int
+    register_rate_per_ip: float
+    register_burst_per_ip: int
+
+
+class Rendezvous:
+    def __init__(
+        self,
+        table,
+        *,
+        heartbeat_interval_s: float,
+        peer_timeout_s: float,
+        limits: Limits,
+        cookies: Optional[CookieJar] = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.table = table
+        self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
+        self.peer_timeout_ms = int(peer_timeout_s * 1000)
+        self.limits = limits
+        self.cookies = cookies or CookieJar()
+        self._random = random_bytes
+        self._rate = TokenBuckets(
+            limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES
+        )
+        self.stats: Counter = Counter()
+        self.last_join_room_size = 0  # members that were announced the latest join
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> List[Action]:
+        try:
+            msg = wire.decode(data)
+        except wire.DecodeError as exc:
+            self.stats[f"malformed.{exc.reason}"] += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped datagram from %s: %s", addr, exc)
+            return []
+        if isinstance(msg, wire.Register):
+            return self._on_register(msg, addr, now)
+        if isinstance(msg, wire.TokenMessage):
+            if msg.type is MsgType.DISCONNECT:
+                return self._on_disconnect(msg, addr)
+            if msg.type is MsgType.HEARTBEAT:
+                return self._on_heartbeat(msg, addr, now)
+        self.stats[f"unexpected.{type(msg).__name__}"] += 1
+        return []
+
+    def get_timer(self, now: float) -> float:
+        """When handle_timer should run next: the next wheel tick."""
+        return (int(now / TICK_s) + 1) * TICK_s
+
+    def handle_timer(self, now: float) -> List[Action]:
+        return self.announce_expired(self.collect_expired(now))
+
+    def collect_expired(self, now: float) -> List[int]:
+        """Sessions silent for the peer timeout (the timing-wheel tick on its own, so a
+        driver can measure it)."""
+        return self.table.expire(now)
+
+    def announce_expired(self, slots: Sequence[int]) -> List[Action]:
+        if not slots:
+            return []
+        by_room: Dict[bytes, list] = {}
+        for i in slots:
+            by_room.setdefault(self.table.room_of(i), []).append(i)
+        actions = []
+        for room_id, members in by_room.items():
+            actions += self._announce_left(room_id, members, LeaveReason.TIMED_OUT, exclude=-1)
+        for i in slots:
+            self.table.remove(i)
+        self.stats["expired"] += len(slots)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("expired %d sessions", len(slots))
+        return actions
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _on_register(self, msg: wire.Register, addr: tuple, now: float) -> List[Action]:
+        self.stats["register.received"] += 1
+        if not self.cookies.verify(msg.cookie, addr, now):
+            # Unvalidated address: answer with a cookie, smaller than the request.
+            self.stats["register.cookie_sent"] += 1
+            return [Send(wire.encode(wire.Cookie(msg.request_id, self.cookies.make(addr, now))), addr)]
+        host = wire.normalize_host(addr[0])
+        allowed, retry_after_s = self._rate.allow(host, now)
+        if not allowed:
+            return self._refuse(msg, addr, RefuseReason.RATE_LIMITED, retry_after_s)
+        table = self.table
+        previous = table.find_in_room(msg.room_id, msg.public_key)
+        if previous >= 0:
+            # Same key in the same room: a restarted client or a retried register whose
+            # reply was lost. The new session replaces the old; members see a fresh join.
+            table.remove(previous)
+            self.stats["register.replaced"] += 1
+        if table.room_size(msg.room_id) >= self.limits.max_peers_per_room:
+            return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
+        if len(table) >= self.limits.max_peers:
+            return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
+        card = wire.encode_card(msg.public_key, msg.name, msg.local_endpoints)
+        tag = table.room_tag(msg.room_id) or self._random(8)
+        try:
+            slot = table.add(msg.room_id, tag, self._random(8), card, addr, now)
+        except TableFull:
+            return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
+        self.stats["register.accepted"] += 1
+        public = table.endpoint(slot)
+        actions: List[Action] = [
+            Send(
+                wire.encode(
+                    wire.Registered(
+                        msg.request_id,
+                        table.token(slot),
+                        tag,
+                        self.heartbeat_interval_ms,
+                        self.peer_timeout_ms,
+                        public,
+                    )
+                ),
+                addr,
+            )
+        ]
+        members = [i for i in table.room_members(msg.room_id) if i != slot]
+        entries = [wire.entry_from_card(table.card(i), table.endpoint(i)) for i in members]
+        batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
+        for part, batch in enumerate(batches):
+            actions.append(Send(wire.encode_peer_list(tag, part, len(batches), batch), addr))
+        if members:
+            joined = wire.encode_peer_joined(tag, [wire.entry_from_card(card, public)])
+            actions.append(SendToRoom(msg.room_id, joined, exclude_slot=slot))
+        self.last_join_room_size = len(members)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("registered %r from %s in a room of %d", msg.name, public, len(members) + 1)
+        return actions
+
+    def _refuse(self, msg: wire.Register, addr: tuple, reason: RefuseReason, retry_after_s: float) -> List[Action]:
+        self.stats[f"refused.{reason.name.lower()}"] += 1
+        retry_ms = max(1, int(retry_after_s * 1000))
+        return [Send(wire.encode(wire.Refused(msg.request_id, reason, retry_ms)), addr)]
+
+    def _on_heartbeat(self, msg: wire.TokenMessage, addr: tuple, now: float) -> List[Action]:
+        status = self.table.touch(msg.token, addr, now)
+        if status == 0:
+            self.stats["heartbeat.unknown"] += 1
+            return [Send(wire.encode(wire.TokenMessage(MsgType.UNKNOWN_SESSION, msg.token)), addr)]
+        self.stats["heartbeat.slow_path"] += 1
+        if status == 2:
+            self.stats["heartbeat.rebind"] += 1
+        if msg.flags & wire.FLAG_ACK_REQUESTED:
+            return [Send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT_ACK, msg.token)), addr)]
+        return []
+
+    def _on_disconnect(self, msg: wire.TokenMessage, addr: tuple) -> List[Action]:
+        actions: List[Action] = []
+        slot = self.table.lookup(msg.token)
+        if slot >= 0:
+            room_id = self.table.room_of(slot)
+            actions = self._announce_left(room_id, [slot], LeaveReason.DISCONNECTED, exclude=slot)
+            self.table.remove(slot)
+            self.stats["disconnected"] += 1
+        else:
+            self.stats["disconnect.unknown"] += 1
+        # Acknowledged either way (a retransmitted disconnect finds the session gone);
+        # the ack is exactly as large as the request.
+        actions.append(Send(wire.encode(wire.TokenMessage(MsgType.DISCONNECT_ACK, msg.token)), addr))
+        return actions
+
+    def _announce_left(self, room_id: bytes, slots: Sequence[int], reason: LeaveReason, exclude: int) -> List[Action]:
+        tag = self.table.room_tag(room_id)
+        if tag is None or self.table.room_size(room_id) <= len(slots):
+            return []  # nobody left to tell
+        left = [(self.table.card(i)[:32], reason) for i in slots]
+        per = (wire.MAX_DATAGRAM_bytes - wire.PEER_LEFT_OVERHEAD_bytes) // wire.PEER_LEFT_ITEM_bytes
+        return [
+            SendToRoom(room_id, wire.encode_peer_left(tag, left[k : k + per]), exclude_slot=exclude)
+            for k in range(0, len(left), per)
+        ]
