@@ -211,16 +211,16 @@ def _describe(spec: Spec, source: str) -> str:
         return f"{spec.flag} (command line)"
     if source == "environment":
         return f"{spec.env} (environment)"
-    if source.startswith(".env"):
-        return f"{spec.env} ({source})"
-    return f"{spec.env} (default)"
+    if source == "default":
+        return f"{spec.env} (default)"
+    return f"{spec.env} ({source})"  # the .env file
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Optional[Path]) -> Settings:
     """Resolve every setting by precedence and validate it; raise ConfigError on the first
     bad one. ``flags`` maps field names to command-line values (None when not given)."""
     dotenv: Dict[str, Optional[str]] = {}
-    env_file_label = ".env"
+    env_file_label = "file .env"
     if env_file is not None:
         if env_file.is_dir():
             raise ConfigError(f"--env-file {env_file}: is a directory")

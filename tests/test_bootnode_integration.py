@@ -1,0 +1,237 @@
+"""The bootnode over real UDP sockets on loopback: an in-process driver with many
+simulated clients, the anti-amplification guarantee, and the real `gochat` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from gochat import wire
+from gochat.metrics import parse_exposition
+from gochat.wire import LeaveReason, MsgType
+
+from .peer import SimPeer, room_id
+
+
+def test_many_clients_across_rooms(bootnode_factory):
+    node = bootnode_factory(peer_timeout_s=30.0)
+    rooms = {f"room{r}": [] for r in range(8)}
+    peers = []
+    try:
+        for n in range(96):
+            room = f"room{n % 8}"
+            p = SimPeer(node.address, room=room, name=f"peer{n}")
+            reg = p.register()
+            assert isinstance(reg, wire.Registered), reg
+            assert reg.observed_endpoint == p.address
+            listed = {e.name for e in p.peer_list()}
+            assert listed == {q.name for q in rooms[room]}  # exactly the room's earlier members
+            rooms[room].append(p)
+            peers.append(p)
+        for room, members in rooms.items():
+            first = members[0]
+            joined = set()
+            while len(joined) < len(members) - 1:
+                m = first.wait_for(lambda m: isinstance(m, wire.PeerJoined))
+                joined.update(e.name for e in m.peers)
+            assert joined == {q.name for q in members[1:]}
+        for p in peers:
+            p.heartbeat(ack=True)
+        for p in peers:
+            ack = p.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.HEARTBEAT_ACK)
+            assert ack.token == p.token
+        snap = node.snapshot()
+        assert snap["peers"] == 96 and snap["rooms"] == 8
+        assert snap["fast.heartbeats"] == 96 and snap["register.accepted"] == 96
+    finally:
+        for p in peers:
+            p.close()
+
+
+def test_timeout_and_graceful_disconnect_announced(bootnode_factory):
+    node = bootnode_factory(peer_timeout_s=1.0, heartbeat_interval_s=0.5)
+    a, b, c = (SimPeer(node.address, name=n) for n in ("a", "b", "c"))
+    try:
+        for p in (a, b, c):
+            assert isinstance(p.register(), wire.Registered)
+        b.disconnect()
+        assert b.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.DISCONNECT_ACK).token == b.token
+        left = a.wait_for(lambda m: isinstance(m, wire.PeerLeft))
+        assert left.left == ((b.key, LeaveReason.DISCONNECTED),)
+        # c keeps heartbeating while a falls silent: a is announced as timed out to c
+        deadline = time.monotonic() + 5
+        while True:
+            c.heartbeat()
+            m = c.recv(0.3)
+            if isinstance(m, wire.PeerLeft) and m.left[0][0] == a.key:
+                assert m.left == ((a.key, LeaveReason.TIMED_OUT),)
+                break
+            assert time.monotonic() < deadline, "expiry was never announced"
+        snap = node.snapshot()
+        assert snap["peers"] == 1 and snap["expired"] == 1 and snap["disconnected"] == 1
+    finally:
+        for p in (a, b, c):
+            p.close()
+
+
+def test_no_amplification_for_unvalidated_sources(bootnode_factory):
+    """A flood of cookie-less registers and guessed heartbeats from fresh source ports
+    (what spoofed sources look like) gets back no more bytes than it sent."""
+    node = bootnode_factory()
+    socks = []
+    sent = {}
+    try:
+        for n in range(100):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            socks.append(s)
+            reg = wire.encode(wire.Register(os.urandom(16), n, room_id("victim"), os.urandom(32), "x"))
+            hb = wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, os.urandom(12), wire.FLAG_ACK_REQUESTED))
+            disc = wire.encode(wire.TokenMessage(MsgType.DISCONNECT, os.urandom(12)))
+            junk = os.urandom(200)
+            for d in (reg, reg, hb, disc, junk, b"\x47\x01\x01\x00"):
+                s.sendto(d, node.address)
+                sent[s] = sent.get(s, 0) + len(d)
+        expected = 100 * 5  # cookie x2, unknown session, disconnect ack; junk and truncated: nothing
+        deadline = time.monotonic() + 10
+        received = {s: 0 for s in socks}
+        count = 0
+        while count < expected - 100 and time.monotonic() < deadline:  # 4 replies per source
+            ready, _, _ = select.select(socks, [], [], 0.5)
+            for s in ready:
+                try:
+                    while True:
+                        data = s.recv(4096)
+                        received[s] += len(data)
+                        count += 1
+                except BlockingIOError:
+                    pass
+        assert count == 400
+        for s in socks:
+            assert 0 < received[s] <= sent[s]
+        snap = node.snapshot()
+        assert snap["peers"] == 0 and snap["register.cookie_sent"] == 200
+        malformed = sum(v for k, v in snap.items() if k.startswith("malformed."))
+        assert snap["malformed.truncated"] >= 100 and malformed == 200  # the junk and the cut registers
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_malformed_flood_never_stops_the_loop(bootnode_factory):
+    node = bootnode_factory()
+    rnd_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for n in range(2000):
+            body = os.urandom(n % 300)
+            rnd_sock.sendto(b"\x47\x01" + bytes([n % 16]) + body, node.address)
+        p = SimPeer(node.address, name="survivor")
+        assert isinstance(p.register(), wire.Registered)
+        p.close()
+        snap = node.snapshot()
+        assert snap["internal_errors"] == 0
+        assert sum(v for k, v in snap.items() if k.startswith("malformed.")) > 0
+    finally:
+        rnd_sock.close()
+
+
+# --- the real process ----------------------------------------------------------------------
+
+
+class Process:
+    def __init__(self, *args, env=None):
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gochat", *args], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True, env=full_env)
+        self.lines = []
+
+    def wait_for_line(self, pattern, timeout=15.0):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            if ready:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                self.lines.append(line)
+                m = rx.search(line)
+                if m:
+                    return m
+        raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self.lines += self.proc.stderr.readlines()
+        return rc
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "pure"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_real_bootnode_process(pure, sig):
+    env = {"GOCHAT_PURE_PYTHON": "1"} if pure else {"GOCHAT_PURE_PYTHON": "0"}
+    p = Process("--mode", "bootnode", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", env=env)
+    try:
+        m = p.wait_for_line(r"listening on udp 127\.0\.0\.1:(\d+) \(fast path: ([\w-]+)")
+        assert m.group(2) == ("pure-python" if pure else "cython")
+        addr = ("127.0.0.1", int(m.group(1)))
+        metrics = p.wait_for_line(r"metrics on http://([\d.]+:\d+)/metrics").group(1)
+        a, b = SimPeer(addr, name="a"), SimPeer(addr, name="b")
+        assert isinstance(a.register(), wire.Registered) and isinstance(b.register(), wire.Registered)
+        assert [e.name for e in b.peer_list()] == ["a"]
+        b.heartbeat(ack=True)
+        b.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.HEARTBEAT_ACK)
+        text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+        values = parse_exposition(text)
+        assert values["gochat_peers"] == 2 and values["gochat_fast_heartbeats_total"] == 1
+        a.close(), b.close()
+    finally:
+        rc = p.stop(sig)
+    assert rc == 0
+    assert any("bootnode stopped: 2 peers in 1 rooms, 1 heartbeats, 2 registrations" in line for line in p.lines)
+
+
+def test_real_bootnode_ipv6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this host")
+    finally:
+        probe.close()
+    p = Process("--mode", "bootnode", "--listen", "[::]:0")
+    try:
+        port = int(p.wait_for_line(r"listening on udp \[::\]:(\d+)").group(1))
+        six = SimPeer(("::1", port), name="six", bind="::1")
+        four = SimPeer(("127.0.0.1", port), name="four")
+        assert six.register().observed_endpoint == six.address
+        assert four.register().observed_endpoint == four.address  # shown as IPv4, not ::ffff:
+        (entry,) = four.peer_list()
+        assert entry.endpoints[0] == six.address
+        six.close(), four.close()
+    finally:
+        assert p.stop() == 0
+
+
+def test_listen_port_in_use_is_a_clear_error():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        r = subprocess.run([sys.executable, "-m", "gochat", "--mode", "bootnode", "--listen", "%s:%d" % s.getsockname()],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "cannot serve on 127.0.0.1" in r.stderr and "in use" in r.stderr
+    finally:
+        s.close()

@@ -1,0 +1,97 @@
+"""Settings precedence (flags > environment > .env > defaults) and up-front refusal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gochat.config import ConfigError, parse_duration, parse_host_port, resolve
+
+BOOT = {"mode": "bootnode"}
+
+
+def test_defaults_match_the_seed():
+    s = resolve(BOOT, {}, None)
+    assert s.listen == ("0.0.0.0", 9595)
+    assert (s.heartbeat_interval, s.peer_timeout, s.port, s.bootnode_udp_port) == (10.0, 15.0, 4545, 9595)
+    assert s.sources["peer_timeout"] == "PEER_TIMEOUT (default)"
+
+
+def test_precedence_flag_env_dotenv_default(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("PEER_TIMEOUT=40s\nHEARTBEAT_INTERVAL=20\nLISTEN=127.0.0.1:7000\nMAX_PEERS=5\n")
+    s = resolve({"mode": "bootnode", "listen": "127.0.0.1:7100"}, {"PEER_TIMEOUT": "30"}, env_file)
+    assert s.listen == ("127.0.0.1", 7100) and "command line" in s.sources["listen"]
+    assert s.peer_timeout == 30.0 and s.sources["peer_timeout"] == "PEER_TIMEOUT (environment)"
+    assert s.heartbeat_interval == 20.0 and str(env_file) in s.sources["heartbeat_interval"]
+    assert s.max_peers == 5
+    assert s.max_peers_per_room == 1024 and "default" in s.sources["max_peers_per_room"]
+
+
+def test_dotenv_never_overrides_environment(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("MODE=client\n")
+    assert resolve({}, {"MODE": "bootnode"}, env_file).mode == "bootnode"
+
+
+@pytest.mark.parametrize(
+    "flags, env, needle",
+    [
+        ({"listen": "127.0.0.1:70000"}, {}, "--listen (command line)"),
+        ({"listen": "nonsense"}, {}, "port is missing"),
+        ({}, {"LISTEN": "::1:9595"}, "LISTEN (environment)"),
+        ({}, {"PEER_TIMEOUT": "-3s"}, "PEER_TIMEOUT (environment)"),
+        ({}, {"HEARTBEAT_INTERVAL": "soon"}, "HEARTBEAT_INTERVAL"),
+        ({"heartbeat_interval": "20s"}, {}, "must be below the peer timeout"),
+        ({"mode": "relay"}, {}, "must be one of: bootnode, client"),
+        ({"max_peers": "0"}, {}, "--max-peers"),
+    ],
+)
+def test_bad_values_name_setting_and_source(flags, env, needle):
+    with pytest.raises(ConfigError, match=None) as info:
+        resolve({**BOOT, **flags}, env, None)
+    assert needle in str(info.value)
+
+
+def test_client_mode_needs_room_and_bootnode():
+    with pytest.raises(ConfigError, match="room"):
+        resolve({"mode": "client", "bootnode": "127.0.0.1"}, {}, None)
+    with pytest.raises(ConfigError, match="bootnode"):
+        resolve({"mode": "client", "room": "x"}, {}, None)
+    s = resolve({"mode": "client", "room": "x"}, {"BOOTNODE": "example.org", "BOOTNODE_UDP_PORT": "9000"}, None)
+    assert s.bootnode == ("example.org", 9000)
+
+
+def test_parsers():
+    assert parse_duration("1m30s") == 90.0 and parse_duration("500ms") == 0.5 and parse_duration("2.5") == 2.5
+    for bad in ("", "0", "-1", "10x", "s", "nan", "inf"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert parse_host_port("[::]:9595") == ("::", 9595)
+    assert parse_host_port("host.example", 9595) == ("host.example", 9595)
+    with pytest.raises(ValueError):
+        parse_host_port("[::1:9595")
+
+
+def run_cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gochat", *args], capture_output=True, text=True, timeout=30,
+                          env=env, cwd=cwd)
+
+
+def test_cli_refuses_bad_settings_with_exit_code_2(tmp_path):
+    r = run_cli("--mode", "bootnode", "--listen", "127.0.0.1:99999", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "--listen (command line)" in r.stderr and "65535" in r.stderr
+    (tmp_path / ".env").write_text("PEER_TIMEOUT=-1\n")
+    r = run_cli("--mode", "bootnode", cwd=tmp_path)
+    assert r.returncode == 2 and "PEER_TIMEOUT (file .env)" in r.stderr
+
+
+def test_cli_version_and_help():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("gochat, version")
+    r = run_cli("--help")
+    assert r.returncode == 0 and "--peer-timeout" in r.stdout and "PEER_TIMEOUT" in r.stdout

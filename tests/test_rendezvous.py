@@ -1,0 +1,265 @@
+"""The rendezvous machine with simulated time and an in-memory network: no sockets,
+no clock; each case takes microseconds. Runs against both fast-path tables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+
+from gochat import wire
+from gochat.cookie import CookieJar
+from gochat.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.wire import LeaveReason, MsgType, RefuseReason
+
+from .peer import room_id
+
+BOOT = ("198.51.100.1", 9595)
+
+
+@dataclass
+class Net:
+    """Runs the machine and delivers its actions into per-address inboxes."""
+
+    machine: Rendezvous
+    inbox: dict = field(default_factory=dict)
+
+    def deliver(self, actions):
+        t = self.machine.table
+        for a in actions:
+            if isinstance(a, Send):
+                self.inbox.setdefault(wire.normalize_host(a.addr[0]) + f":{a.addr[1]}", []).append(wire.decode(a.data))
+            else:
+                assert isinstance(a, SendToRoom)
+                for i in t.room_members(a.room_id):
+                    if i != a.exclude_slot:
+                        host, port = t.endpoint(i)
+                        self.inbox.setdefault(f"{host}:{port}", []).append(wire.decode(a.data))
+
+    def send(self, data, addr, now):
+        self.deliver(self.machine.receive_datagram(data, addr, now))
+
+    def tick(self, now):
+        self.deliver(self.machine.handle_timer(now))
+
+    def take(self, addr, kind=None):
+        msgs = self.inbox.pop(f"{addr[0]}:{addr[1]}", [])
+        return [m for m in msgs if kind is None or isinstance(m, kind)]
+
+
+def make(impl, now=1000.0, **limits):
+    table = impl.SessionTable(limits.pop("capacity", 1000), 15.0, now)
+    lim = Limits(
+        max_peers=limits.pop("max_peers", 1000),
+        max_peers_per_room=limits.pop("max_peers_per_room", 100),
+        register_rate_per_ip=limits.pop("rate", 1000.0),
+        register_burst_per_ip=limits.pop("burst", 1000),
+    )
+    machine = Rendezvous(table, heartbeat_interval_s=10.0, peer_timeout_s=15.0, limits=lim, cookies=CookieJar(b"k" * 32))
+    return Net(machine)
+
+
+class Client:
+    def __init__(self, net, addr, name, room="lobby", key=None, locals_=()):
+        self.net, self.addr, self.name = net, addr, name
+        self.key = key or os.urandom(32)
+        self.room = room_id(room)
+        self.locals = tuple(locals_)
+        self.token = None
+
+    def register(self, now, request_id=7):
+        reg = wire.Register(bytes(16), request_id, self.room, self.key, self.name, self.locals)
+        self.net.send(wire.encode(reg), self.addr, now)
+        (cookie,) = self.net.take(self.addr, wire.Cookie)
+        self.net.send(wire.encode(wire.Register(cookie.cookie, request_id, *[getattr(reg, f) for f in ("room_id", "public_key", "name", "local_endpoints")])), self.addr, now)
+        msgs = self.net.take(self.addr)
+        first = msgs[0]
+        if isinstance(first, wire.Registered):
+            self.token = first.token
+        return first, msgs[1:]
+
+    def token_msg(self, t, flags=0):
+        return wire.encode(wire.TokenMessage(t, self.token, flags))
+
+
+def test_register_needs_a_cookie_and_replies_small(impl):
+    net = make(impl)
+    reg = wire.encode(wire.Register(bytes(16), 1, room_id("r"), os.urandom(32), "a"))
+    actions = net.machine.receive_datagram(reg, ("203.0.113.5", 4000), 1000.0)
+    assert len(actions) == 1 and isinstance(actions[0], Send)
+    assert len(actions[0].data) <= len(reg)
+    assert isinstance(wire.decode(actions[0].data), wire.Cookie)
+    assert len(net.machine.table) == 0  # no state for an unvalidated address
+
+
+def test_cookie_is_bound_to_address_and_expires(impl):
+    net = make(impl)
+    jar = net.machine.cookies
+    cookie = jar.make(("203.0.113.5", 4000), 1000.0)
+    assert jar.verify(cookie, ("203.0.113.5", 4000), 1000.0)
+    assert jar.verify(cookie, ("203.0.113.5", 4000), 1000.0 + 60)
+    assert not jar.verify(cookie, ("203.0.113.5", 4001), 1000.0)
+    assert not jar.verify(cookie, ("203.0.113.6", 4000), 1000.0)
+    assert not jar.verify(cookie, ("203.0.113.5", 4000), 1000.0 + 180)
+
+
+def test_register_reply_peer_list_and_join_announcements(impl):
+    net = make(impl)
+    alice = Client(net, ("203.0.113.5", 4000), "alice", locals_=[("192.168.1.5", 4545)])
+    reg, rest = alice.register(1000.0, request_id=11)
+    assert isinstance(reg, wire.Registered) and reg.request_id == 11
+    assert reg.observed_endpoint == alice.addr
+    assert (reg.heartbeat_interval_ms, reg.peer_timeout_ms) == (10_000, 15_000)
+    assert rest == [wire.PeerList(reg.room_tag, 0, 1, ())]  # empty room, and the list says so
+
+    bob = Client(net, ("198.51.100.77", 5000), "bob")
+    reg_b, rest_b = bob.register(1001.0)
+    assert reg_b.room_tag == reg.room_tag
+    (plist,) = rest_b
+    assert plist.peers == (wire.PeerEntry(alice.key, "alice", (alice.addr, ("192.168.1.5", 4545))),)
+    (joined,) = net.take(alice.addr)
+    assert joined == wire.PeerJoined(reg.room_tag, (wire.PeerEntry(bob.key, "bob", (bob.addr,)),))
+
+
+def test_rooms_are_separate(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a", room="one")
+    b = Client(net, ("203.0.113.6", 4000), "b", room="two")
+    a.register(1000.0)
+    _, rest = b.register(1000.0)
+    assert rest[0].peers == ()
+    assert net.take(a.addr) == []
+
+
+def test_large_room_peer_list_is_split_across_datagrams(impl):
+    net = make(impl, max_peers_per_room=500)
+    clients = [Client(net, ("10.1.%d.%d" % (n // 200, n % 200 + 1), 4000), "peer%03d" % n) for n in range(60)]
+    for c in clients:
+        c.register(1000.0)
+    newcomer = Client(net, ("10.9.9.9", 4000), "late")
+    _, rest = newcomer.register(1000.0)
+    assert len(rest) > 1 and all(p.parts == len(rest) for p in rest)
+    names = sorted(e.name for p in rest for e in p.peers)
+    assert names == sorted(c.name for c in clients)
+
+
+def test_heartbeat_ack_unknown_and_rebinding(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    a.register(1000.0)
+    net.send(a.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), a.addr, 1005.0)
+    assert net.take(a.addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    net.send(a.token_msg(MsgType.HEARTBEAT), a.addr, 1006.0)
+    assert net.take(a.addr) == []
+    new_addr = ("203.0.113.5", 4999)  # the NAT gave the client a new port
+    net.send(a.token_msg(MsgType.HEARTBEAT), new_addr, 1007.0)
+    b = Client(net, ("203.0.113.9", 4000), "b")
+    _, rest = b.register(1008.0)
+    assert rest[0].peers[0].endpoints[0] == new_addr  # newcomers learn the new endpoint
+    bogus = wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, b"\0\0\0\x09" + bytes(8)))
+    net.send(bogus, ("203.0.113.66", 1), 1009.0)
+    (reply,) = net.take(("203.0.113.66", 1))
+    assert reply.type is MsgType.UNKNOWN_SESSION and len(wire.encode(reply)) <= len(bogus)
+
+
+def test_expiry_exactly_at_timeout_announced_to_room(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    b = Client(net, ("203.0.113.6", 4000), "b")
+    a.register(1000.0)
+    b.register(1002.0)
+    net.take(a.addr)
+    for now in (1005.0, 1010.0):
+        net.send(b.token_msg(MsgType.HEARTBEAT), b.addr, now)
+    net.tick(1014.999)
+    assert net.take(b.addr) == [] and len(net.machine.table) == 2
+    net.tick(1015.0)
+    (left,) = net.take(b.addr)
+    assert left.left == ((a.key, LeaveReason.TIMED_OUT),)
+    assert len(net.machine.table) == 1
+    net.tick(1024.999)
+    assert len(net.machine.table) == 1
+    net.tick(1025.0)
+    assert len(net.machine.table) == 0 and net.machine.stats["expired"] == 2
+
+
+def test_disconnect_is_acked_and_announced(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    b = Client(net, ("203.0.113.6", 4000), "b")
+    a.register(1000.0)
+    b.register(1000.0)
+    net.take(a.addr)
+    net.send(a.token_msg(MsgType.DISCONNECT), a.addr, 1001.0)
+    assert net.take(a.addr) == [wire.TokenMessage(MsgType.DISCONNECT_ACK, a.token)]
+    (left,) = net.take(b.addr)
+    assert left.left == ((a.key, LeaveReason.DISCONNECTED),)
+    net.send(a.token_msg(MsgType.DISCONNECT), a.addr, 1001.5)  # retransmission: acked again
+    assert net.take(a.addr) == [wire.TokenMessage(MsgType.DISCONNECT_ACK, a.token)]
+    assert net.take(b.addr) == []
+
+
+def test_restart_means_unknown_session_then_reregister(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    a.register(1000.0)
+    old = a.token
+    restarted = make(impl, now=2000.0)  # a new bootnode process: empty table, new secret
+    a.net = restarted
+    restarted.send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, old)), a.addr, 2001.0)
+    (reply,) = restarted.take(a.addr)
+    assert reply.type is MsgType.UNKNOWN_SESSION and reply.token == old
+    reg, _ = a.register(2001.5)
+    assert isinstance(reg, wire.Registered) and reg.token != old
+
+
+def test_reregistering_replaces_the_old_session(impl):
+    net = make(impl)
+    key = os.urandom(32)
+    a1 = Client(net, ("203.0.113.5", 4000), "a", key=key)
+    b = Client(net, ("203.0.113.6", 4000), "b")
+    a1.register(1000.0)
+    b.register(1000.0)
+    a2 = Client(net, ("203.0.113.5", 4100), "a", key=key)
+    a2.register(1001.0)
+    assert len(net.machine.table) == 2
+    assert net.machine.table.lookup(a1.token) == -1
+    (joined,) = [m for m in net.take(b.addr) if isinstance(m, wire.PeerJoined)]
+    assert joined.peers[0].endpoints[0] == a2.addr
+
+
+def test_limits_refuse_politely(impl):
+    net = make(impl, max_peers_per_room=2, max_peers=3)
+    c = [Client(net, ("203.0.113.%d" % n, 4000), "c%d" % n, room="full" if n < 3 else "other") for n in range(5)]
+    assert isinstance(c[0].register(1000.0)[0], wire.Registered)
+    assert isinstance(c[1].register(1000.0)[0], wire.Registered)
+    refused = c[2].register(1000.0)[0]
+    assert isinstance(refused, wire.Refused) and refused.reason is RefuseReason.ROOM_FULL
+    assert isinstance(c[3].register(1000.0)[0], wire.Registered)
+    refused = c[4].register(1000.0)[0]
+    assert refused.reason is RefuseReason.SERVER_FULL and refused.request_id == 7
+    assert net.machine.stats["refused.room_full"] == 1 and net.machine.stats["refused.server_full"] == 1
+
+
+def test_rate_limit_per_source_ip(impl):
+    net = make(impl, rate=1.0, burst=2)
+    same_ip = [Client(net, ("203.0.113.5", 4000 + n), "c%d" % n) for n in range(3)]
+    assert isinstance(same_ip[0].register(1000.0)[0], wire.Registered)
+    assert isinstance(same_ip[1].register(1000.0)[0], wire.Registered)
+    refused = same_ip[2].register(1000.0)[0]
+    assert refused.reason is RefuseReason.RATE_LIMITED and 900 <= refused.retry_after_ms <= 1000
+    assert isinstance(same_ip[2].register(1001.0)[0], wire.Registered)
+    other = Client(net, ("203.0.113.6", 4000), "x")
+    assert isinstance(other.register(1000.0)[0], wire.Registered)
+
+
+def test_malformed_counted_by_reason_and_nothing_sent(impl):
+    net = make(impl)
+    for data in (b"", b"\x00\x01\x02\x03\x04", b"\x47\x09\x01\x00", b"\x47\x01\x99\x00", b"\x47\x01\x01\x00" + bytes(10)):
+        assert net.machine.receive_datagram(data, ("203.0.113.5", 1), 1000.0) == []
+    s = net.machine.stats
+    assert (s["malformed.truncated"], s["malformed.bad_magic"], s["malformed.bad_version"], s["malformed.unknown_type"]) == (2, 1, 1, 1)
+    # a message the bootnode only ever sends is ignored, not answered
+    assert net.machine.receive_datagram(wire.encode(wire.Cookie(1, bytes(16))), ("203.0.113.5", 1), 1000.0) == []
+    assert s["unexpected.Cookie"] == 1
