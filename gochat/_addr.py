@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Tuple
 
-_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+V4_MAPPED_PREFIX = _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
 def endpoint_key(addr: tuple) -> Tuple[bytes, int]:

@@ -482,6 +482,42 @@ cdef class SessionTable:
             return self.spill[i]
         return PyBytes_FromStringAndSize(<char *>(self.cards + <size_t>i * CARD_CELL), self.slots[i].card_len)
 
+    def entry(self, int32_t i):
+        """The wire PeerEntry of a session: its card with the current public endpoint
+        put first among the endpoints (see wire.entry_from_card)."""
+        self._check(i)
+        cdef bytes spilled
+        cdef const uint8_t *card
+        cdef int n
+        if self.slots[i].card_len == 0:
+            spilled = self.spill[i]
+            card = <const uint8_t *>PyBytes_AS_STRING(spilled)
+            n = len(spilled)
+        else:
+            card = self.cards + <size_t>i * CARD_CELL
+            n = self.slots[i].card_len
+        cdef uint8_t out[320]
+        cdef int name_end = 33 + card[32]
+        cdef int k = name_end
+        cdef Slot *s = &self.slots[i]
+        memcpy(out, card, name_end)
+        out[k] = card[name_end] + 1
+        k += 1
+        if memcmp(s.addr, V4_PREFIX, 12) == 0:
+            out[k] = 4
+            memcpy(out + k + 1, s.addr + 12, 4)
+            k += 5
+        else:
+            out[k] = 6
+            memcpy(out + k + 1, s.addr, 16)
+            k += 17
+        out[k] = s.port >> 8
+        out[k + 1] = s.port & 0xff
+        k += 2
+        memcpy(out + k, card + name_end + 1, n - name_end - 1)
+        k += n - name_end - 1
+        return PyBytes_FromStringAndSize(<char *>out, k)
+
     def room_of(self, int32_t i):
         self._check(i)
         return PyBytes_FromStringAndSize(<char *>self.rooms[self.slots[i].room].id, 16)

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Dict, List, Optional
 
-from ._addr import endpoint_key, key_endpoint, sockaddr_for
+from ._addr import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint, sockaddr_for
 
 MAGIC = 0x47
 VERSION = 1
@@ -206,6 +206,16 @@ class SessionTable:
 
     def card(self, i: int) -> bytes:
         return self._get(i).card
+
+    def entry(self, i: int) -> bytes:
+        s = self._get(i)
+        card = s.card
+        name_end = 33 + card[32]
+        if s.addr[:12] == _V4_MAPPED:
+            public = b"\x04" + s.addr[12:] + s.port.to_bytes(2, "big")
+        else:
+            public = b"\x06" + s.addr + s.port.to_bytes(2, "big")
+        return card[:name_end] + bytes([card[name_end] + 1]) + public + card[name_end + 1 :]
 
     def room_of(self, i: int) -> bytes:
         return self._get(i).room_id

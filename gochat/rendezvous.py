@@ -16,10 +16,11 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 from . import wire
 from .constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from ._addr import endpoint_key
 from ._purepath import TableFull  # shared by both fast paths
 from .cookie import CookieJar
 from .ratelimit import TokenBuckets
@@ -30,16 +31,14 @@ log = logging.getLogger("gochat.bootnode")
 TICK_s = WHEEL_TICK_ms / 1000.0
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     """Send ``data`` to ``addr``."""
 
     data: bytes
     addr: tuple
 
 
-@dataclass(frozen=True, slots=True)
-class SendToRoom:
+class SendToRoom(NamedTuple):
     """Send ``data`` to every member of ``room_id`` except the session in ``exclude_slot``."""
 
     room_id: bytes
@@ -85,14 +84,14 @@ class Rendezvous:
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> List[Action]:
         try:
+            if len(data) > 2 and data[2] == MsgType.REGISTER:
+                return self._on_register(wire.decode_register(data), addr, now)
             msg = wire.decode(data)
         except wire.DecodeError as exc:
             self.stats[f"malformed.{exc.reason}"] += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("dropped datagram from %s: %s", addr, exc)
             return []
-        if isinstance(msg, wire.Register):
-            return self._on_register(msg, addr, now)
         if isinstance(msg, wire.TokenMessage):
             if msg.type is MsgType.DISCONNECT:
                 return self._on_disconnect(msg, addr)
@@ -131,14 +130,13 @@ class Rendezvous:
 
     # --- handlers ----------------------------------------------------------------------
 
-    def _on_register(self, msg: wire.Register, addr: tuple, now: float) -> List[Action]:
+    def _on_register(self, msg: wire.RegisterHead, addr: tuple, now: float) -> List[Action]:
         self.stats["register.received"] += 1
         if not self.cookies.verify(msg.cookie, addr, now):
             # Unvalidated address: answer with a cookie, smaller than the request.
             self.stats["register.cookie_sent"] += 1
             return [Send(wire.encode(wire.Cookie(msg.request_id, self.cookies.make(addr, now))), addr)]
-        host = wire.normalize_host(addr[0])
-        allowed, retry_after_s = self._rate.allow(host, now)
+        allowed, retry_after_s = self._rate.allow(endpoint_key(addr)[0], now)  # per source IP
         if not allowed:
             return self._refuse(msg, addr, RefuseReason.RATE_LIMITED, retry_after_s)
         table = self.table
@@ -152,36 +150,24 @@ class Rendezvous:
             return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
         if len(table) >= self.limits.max_peers:
             return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
-        card = wire.encode_card(msg.public_key, msg.name, msg.local_endpoints)
         tag = table.room_tag(msg.room_id) or self._random(8)
         try:
-            slot = table.add(msg.room_id, tag, self._random(8), card, addr, now)
+            slot = table.add(msg.room_id, tag, self._random(8), msg.card, addr, now)
         except TableFull:
             return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
         self.stats["register.accepted"] += 1
         public = table.endpoint(slot)
-        actions: List[Action] = [
-            Send(
-                wire.encode(
-                    wire.Registered(
-                        msg.request_id,
-                        table.token(slot),
-                        tag,
-                        self.heartbeat_interval_ms,
-                        self.peer_timeout_ms,
-                        public,
-                    )
-                ),
-                addr,
-            )
-        ]
+        reply = wire.encode_registered(
+            msg.request_id, table.token(slot), tag, self.heartbeat_interval_ms, self.peer_timeout_ms, public
+        )
+        actions: List[Action] = [Send(reply, addr)]
         members = [i for i in table.room_members(msg.room_id) if i != slot]
-        entries = [wire.entry_from_card(table.card(i), table.endpoint(i)) for i in members]
+        entries = [table.entry(i) for i in members]
         batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
         for part, batch in enumerate(batches):
             actions.append(Send(wire.encode_peer_list(tag, part, len(batches), batch), addr))
         if members:
-            joined = wire.encode_peer_joined(tag, [wire.entry_from_card(card, public)])
+            joined = wire.encode_peer_joined(tag, [table.entry(slot)])
             actions.append(SendToRoom(msg.room_id, joined, exclude_slot=slot))
         self.last_join_room_size = len(members)
         if log.isEnabledFor(logging.DEBUG):

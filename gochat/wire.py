@@ -9,11 +9,13 @@ frames the hot messages (heartbeats) itself; tests check it against this module.
 from __future__ import annotations
 
 import enum
-import ipaddress
+import re
+import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Iterable, NamedTuple, Sequence, Tuple, Union
 
+from ._addr import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint
 from .constants import (
     COOKIE_SIZE_bytes,
     HEADER_SIZE_bytes,
@@ -72,6 +74,10 @@ FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
 _HEADER = struct.Struct("!BBBB")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
+_REGISTER_HEAD = struct.Struct("!16sI16s32s")
+REGISTER_CARD_OFFSET = HEADER_SIZE_bytes + _REGISTER_HEAD.size - PUBLIC_KEY_SIZE_bytes
+"""A valid Register's bytes from here on are exactly the card the bootnode stores."""
 _FAMILY_V4 = 4
 _FAMILY_V6 = 6
 
@@ -190,24 +196,25 @@ TOKEN_TYPES = frozenset(
 
 def normalize_host(host: str) -> str:
     """Canonical text of an IP address; IPv4-mapped IPv6 becomes plain IPv4."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return key_endpoint(*endpoint_key((host, 1)))[0]
 
 
 def encode_endpoint(endpoint: Endpoint) -> bytes:
-    host, port = endpoint[0], endpoint[1]
+    """family (4|6), address, port. IPv4-mapped IPv6 is sent as IPv4."""
+    port = endpoint[1]
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
-    ip = ipaddress.ip_address(normalize_host(host))
-    if ip.version == 4:
-        return bytes([_FAMILY_V4]) + ip.packed + _U16.pack(port)
-    return bytes([_FAMILY_V6]) + ip.packed + _U16.pack(port)
+    try:
+        key, _ = endpoint_key(endpoint)
+    except OSError:
+        raise ValueError(f"not an IP address: {endpoint[0]!r}") from None
+    if key[:12] == _V4_MAPPED:
+        return b"\x04" + key[12:] + _U16.pack(port)
+    return b"\x06" + key + _U16.pack(port)
 
 
 def endpoint_size(endpoint: Endpoint) -> int:
-    return 7 if ipaddress.ip_address(normalize_host(endpoint[0])).version == 4 else 19
+    return len(encode_endpoint(endpoint))
 
 
 class _Reader:
@@ -239,10 +246,9 @@ class _Reader:
     def endpoint(self) -> Endpoint:
         family = self.u8()
         if family == _FAMILY_V4:
-            addr = str(ipaddress.IPv4Address(self.take(4)))
+            addr = socket.inet_ntop(socket.AF_INET, self.take(4))
         elif family == _FAMILY_V6:
-            ip6 = ipaddress.IPv6Address(self.take(16))
-            addr = str(ip6.ipv4_mapped) if ip6.ipv4_mapped is not None else str(ip6)
+            addr = key_endpoint(self.take(16), 0)[0]
         else:
             raise DecodeError("bad_field", f"address family {family}")
         port = self.u16()
@@ -259,7 +265,7 @@ class _Reader:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DecodeError("bad_field", "name is not UTF-8") from None
-        if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if not text or _CONTROL_CHARS.search(text):
             raise DecodeError("bad_field", "name empty or with control characters")
         return text
 
@@ -330,6 +336,17 @@ def encode_peer_entry(entry: PeerEntry) -> bytes:
     )
 
 
+_REGISTERED_HEAD = struct.Struct("!BBBBI12s8sII")
+
+
+def encode_registered(request_id: int, token: bytes, room_tag: bytes, heartbeat_ms: int, timeout_ms: int,
+                      observed: Endpoint) -> bytes:
+    _check_len(token, TOKEN_SIZE_bytes, "token")
+    _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+    return _REGISTERED_HEAD.pack(MAGIC, VERSION, MsgType.REGISTERED, 0, request_id, token, room_tag,
+                                 heartbeat_ms, timeout_ms) + encode_endpoint(observed)
+
+
 def encode(msg: Message) -> bytes:
     """Encode a message value. Raises ValueError for values the format cannot carry."""
     if isinstance(msg, TokenMessage):
@@ -349,17 +366,8 @@ def encode(msg: Message) -> bytes:
         _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
         return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie
     if isinstance(msg, Registered):
-        _check_len(msg.token, TOKEN_SIZE_bytes, "token")
-        _check_len(msg.room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
-        return (
-            header(MsgType.REGISTERED)
-            + _U32.pack(msg.request_id)
-            + msg.token
-            + msg.room_tag
-            + _U32.pack(msg.heartbeat_interval_ms)
-            + _U32.pack(msg.peer_timeout_ms)
-            + encode_endpoint(msg.observed_endpoint)
-        )
+        return encode_registered(msg.request_id, msg.token, msg.room_tag, msg.heartbeat_interval_ms,
+                                 msg.peer_timeout_ms, msg.observed_endpoint)
     if isinstance(msg, Refused):
         return (
             header(MsgType.REFUSED)
@@ -457,10 +465,10 @@ def decode(data: bytes) -> Message:
     if msg_type in TOKEN_TYPES:
         msg = TokenMessage(msg_type, r.take(TOKEN_SIZE_bytes), flags)
     elif msg_type is MsgType.REGISTER:
-        cookie = r.take(COOKIE_SIZE_bytes)
-        request_id = r.u32()
-        room_id = r.take(ROOM_ID_SIZE_bytes)
-        key = r.take(PUBLIC_KEY_SIZE_bytes)
+        if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size:
+            raise DecodeError("truncated", f"{len(data)} bytes")
+        cookie, request_id, room_id, key = _REGISTER_HEAD.unpack_from(data, HEADER_SIZE_bytes)
+        r.pos += _REGISTER_HEAD.size
         name = r.name()
         msg = Register(cookie, request_id, room_id, key, name, r.endpoints(MAX_LOCAL_ENDPOINTS))
     elif msg_type is MsgType.COOKIE:
@@ -502,6 +510,40 @@ def decode(data: bytes) -> Message:
         msg = PeerLeft(tag, tuple(left))
     r.done()
     return msg
+
+
+class RegisterHead(NamedTuple):
+    """A validated Register as the bootnode needs it: the card stays in wire form."""
+
+    cookie: bytes
+    request_id: int
+    room_id: bytes
+    public_key: bytes
+    card: bytes
+
+
+def decode_register(data: bytes) -> RegisterHead:
+    """Validate a REGISTER exactly as decode() does, without building endpoint values.
+    Raises DecodeError like decode()."""
+    if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size + 2 or data[2] != MsgType.REGISTER:
+        msg = decode(data)  # the general decoder gives the precise reason
+        raise DecodeError("unknown_type", f"not a register: {type(msg).__name__}")
+    decode_header(data)
+    cookie, request_id, room_id, key = _REGISTER_HEAD.unpack_from(data, HEADER_SIZE_bytes)
+    r = _Reader(data, REGISTER_CARD_OFFSET + PUBLIC_KEY_SIZE_bytes)
+    r.name()
+    n = r.u8()
+    if n > MAX_LOCAL_ENDPOINTS:
+        raise DecodeError("bad_field", f"{n} endpoints")
+    for _ in range(n):
+        family = r.u8()
+        if family not in (_FAMILY_V4, _FAMILY_V6):
+            raise DecodeError("bad_field", f"address family {family}")
+        r.take(4 if family == _FAMILY_V4 else 16)
+        if r.u16() == 0:
+            raise DecodeError("bad_field", "port 0")
+    r.done()
+    return RegisterHead(cookie, request_id, room_id, key, data[REGISTER_CARD_OFFSET:])
 
 
 def decode_card(card: bytes) -> Tuple[bytes, str, Tuple[Endpoint, ...]]:

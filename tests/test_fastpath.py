@@ -335,3 +335,11 @@ def test_send_records_and_recv_batch(impl, udp_pair):
     while len(got) < 5 and time.monotonic() < deadline:
         got += impl.recv_batch(server, 64)
     assert [d[0] for d, _ in got] == [8, 9, 0, 1, 2]
+
+
+@pytest.mark.parametrize("addr", [("203.0.113.7", 40000), ("2001:db8::9", 1234)])
+@pytest.mark.parametrize("long", [False, True])
+def test_entry_matches_the_reference_encoder(impl, addr, long):
+    t = impl.SessionTable(10, 15.0, 0.0)
+    s = add(t, 5, addr=addr, long=long)
+    assert t.entry(s) == wire.entry_from_card(card(5, long), addr)

@@ -172,3 +172,27 @@ def test_card_round_trip(key, name, locals_, public):
     assert (k, n) == (key, name) and len(l) == len(locals_)
     entry = wire.decode(wire.encode_peer_joined(bytes(8), [wire.entry_from_card(card, public)])).peers[0]
     assert entry.endpoints[1:] == l
+
+
+registers = st.builds(wire.Register, b(min_size=16, max_size=16), st.integers(0, 2**32 - 1), b(min_size=16, max_size=16),
+                      b(min_size=32, max_size=32), names, st.lists(endpoints, max_size=4).map(tuple))
+
+
+@given(registers, st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=3), st.integers(0, 250))
+@settings(max_examples=1000)
+def test_fast_register_decoder_agrees_with_reference(msg, flips, cut):
+    raw = bytearray(wire.encode(msg))
+    for pos, value in flips:
+        if pos < len(raw) and pos != 2:
+            raw[pos] = value
+    data = bytes(raw[: max(3, len(raw) - cut % 40)]) if cut > 200 else bytes(raw)
+    try:
+        ref = wire.decode(data)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as info:
+            wire.decode_register(data)
+        assert info.value.reason == exc.reason
+        return
+    head = wire.decode_register(data)
+    assert (head.cookie, head.request_id, head.room_id, head.public_key) == (ref.cookie, ref.request_id, ref.room_id, ref.public_key)
+    assert wire.decode_card(head.card)[1:] == (ref.name, ref.local_endpoints)

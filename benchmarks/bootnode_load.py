@@ -1,0 +1,373 @@
+"""Load test of a real bootnode process on loopback, fast path vs pure-Python fallback.
+
+    python -m benchmarks.bootnode_load --peers 100000 --seconds 5 --json out.json
+
+For each implementation it starts `gochat --mode bootnode` on 127.0.0.1, registers
+N peers across rooms (cookie exchange included), floods heartbeats for S seconds from
+several source sockets with a sendmmsg load generator, lets 1% of the peers fall silent
+to measure one expiry tick, and times one join announced to a room of 1,000 peers.
+Every rate is read from the bootnode's own counters (its metrics endpoint), and CPU
+is the bootnode process's own rusage, so the generator's share of the two cores does
+not distort the per-heartbeat figure. Traffic goes to 127.0.0.1 only; every phase is
+bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from gochat import fastpath, wire
+from gochat.metrics import parse_exposition
+
+HB = struct.Struct("!BBBB")
+FANOUT_ROOM_SIZE = 1000
+
+
+def room_id(n: int) -> bytes:
+    return n.to_bytes(4, "big") + b"gochat-load-room"[:12]
+
+
+def scrape(url: str) -> Dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return parse_exposition(r.read().decode())
+
+
+def log(msg: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+class Bootnode:
+    """A real `gochat --mode bootnode` process with its metrics endpoint."""
+
+    def __init__(self, pure: bool, peers: int, timeout_s: float) -> None:
+        env = {**os.environ, "GOCHAT_PURE_PYTHON": "1" if pure else "0"}
+        args = [
+            sys.executable, "-m", "gochat", "--mode", "bootnode", "--env-file", "",
+            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--max-peers", str(peers + FANOUT_ROOM_SIZE + 100),
+            "--max-peers-per-room", str(FANOUT_ROOM_SIZE + 10),
+            "--register-rate", "1e9", "--register-burst", "1000000000",
+            "--peer-timeout", f"{timeout_s}s", "--heartbeat-interval", f"{timeout_s / 3}s",
+            "--recv-buffer", str(32 * 1024 * 1024),
+        ]
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))
+        self.metrics_url = f"http://{self._line(r'metrics on http://([0-9.:]+)/metrics')}/metrics"
+
+    def _line(self, pattern: str) -> str:
+        deadline = time.monotonic() + 30
+        rx = re.compile(pattern)
+        seen = []
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            if ready:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                seen.append(line)
+                m = rx.search(line)
+                if m:
+                    return m.group(1)
+        self.proc.kill()
+        raise RuntimeError(f"bootnode did not start: {''.join(seen)}")
+
+    def metrics(self) -> Dict[str, float]:
+        return scrape(self.metrics_url)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class Generator:
+    """Source sockets and the per-socket heartbeat records of the peers they own."""
+
+    bootnode: tuple
+    n_sockets: int
+    socks: List[socket.socket] = field(default_factory=list)
+    cookies: List[bytes] = field(default_factory=list)
+
+    def open(self) -> None:
+        for _ in range(self.n_sockets):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, 33, 16 * 1024 * 1024)  # SO_RCVBUFFORCE (root)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            self.socks.append(s)
+        for s in self.socks:  # one cookie per source address
+            probe = wire.encode(wire.Register(bytes(16), 0, room_id(0), bytes(32), "probe"))
+            cookie = None
+            for _ in range(20):
+                s.sendto(probe, self.bootnode)
+                ready, _, _ = select.select([s], [], [], 0.5)
+                for data, _ in fastpath.recv_batch(s, 64):
+                    if data[2] == wire.MsgType.COOKIE:
+                        cookie = data[8:24]
+                if cookie:
+                    break
+            if cookie is None:
+                raise RuntimeError("no cookie from the bootnode")
+            self.cookies.append(cookie)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+    def drain(self, on_registered) -> int:
+        """Read everything queued; REGISTERED replies go to on_registered(request_id, token)."""
+        n = 0
+        for s in self.socks:
+            while True:
+                batch = fastpath.recv_batch(s, 64)
+                for data, _ in batch:
+                    n += 1
+                    if data[2] == 0x03:
+                        on_registered(int.from_bytes(data[4:8], "big"), data[8:20])
+                if len(batch) < 64:
+                    break
+        return n
+
+
+def register_peers(gen: Generator, first: int, count: int, room_size: int, tokens: Dict[int, bytes],
+                   keepalive, deadline_s: float, fixed_room: Optional[int] = None) -> float:
+    """Register peers first..first+count-1 (peer i on socket i % K); returns seconds taken."""
+    pending: Dict[int, float] = {}
+    todo = list(range(first, first + count))
+    todo.reverse()
+    window = 4096
+    start = time.perf_counter()
+    hard_deadline = start + deadline_s
+
+    def on_registered(i: int, token: bytes) -> None:
+        if i in pending:
+            del pending[i]
+            tokens[i] = token
+
+    def send(i: int) -> None:
+        k = i % len(gen.socks)
+        rid = room_id(fixed_room if fixed_room is not None else 1 + i // room_size)
+        local = b"\x01\x04\x0a" + (i & 0xFFFFFF).to_bytes(3, "big") + b"\x11\xc1"  # 1 local endpoint
+        name = f"p{i}".encode()
+        msg = (HB.pack(0x47, 1, 0x01, 0) + gen.cookies[k] + i.to_bytes(4, "big") + rid
+               + i.to_bytes(32, "big") + bytes([len(name)]) + name + local)
+        try:
+            gen.socks[k].sendto(msg, gen.bootnode)
+        except BlockingIOError:
+            pass
+        pending[i] = time.perf_counter()
+
+    while todo or pending:
+        now = time.perf_counter()
+        if now > hard_deadline:
+            raise RuntimeError(f"registration did not finish: {len(todo) + len(pending)} left")
+        while todo and len(pending) < window:
+            send(todo.pop())
+        got = gen.drain(on_registered)
+        if not got:
+            select.select(gen.socks, [], [], 0.005)
+            now = time.perf_counter()
+            for i, sent_at in list(pending.items()):
+                if now - sent_at > 1.0:  # lost (a full buffer somewhere): send again
+                    send(i)
+        keepalive()
+    return time.perf_counter() - start
+
+
+class Heartbeats:
+    """Heartbeat records per socket, sent with sendmmsg (send_records)."""
+
+    def __init__(self, gen: Generator, tokens: Dict[int, bytes], peers: List[int]) -> None:
+        self.gen = gen
+        per: List[List[bytes]] = [[] for _ in gen.socks]
+        for i in peers:
+            per[i % len(gen.socks)].append(HB.pack(0x47, 1, 0x05, 0) + tokens[i])
+        self.records = [b"".join(r) for r in per]
+        self.counts = [len(r) for r in per]
+        self.pos = [0] * len(gen.socks)
+
+    def send(self, n_per_socket: int) -> int:
+        sent = 0
+        for k, s in enumerate(self.gen.socks):
+            if self.counts[k]:
+                sent += fastpath.send_records(s, self.gen.bootnode, self.records[k], 16, self.pos[k], n_per_socket)
+                self.pos[k] = (self.pos[k] + n_per_socket) % self.counts[k]
+        return sent
+
+    def sweep(self) -> None:
+        """Every peer once."""
+        for k, s in enumerate(self.gen.socks):
+            if self.counts[k]:
+                fastpath.send_records(s, self.gen.bootnode, self.records[k], 16, 0, self.counts[k])
+
+
+def run_one(pure: bool, args) -> Dict[str, float]:
+    label = "pure" if pure else "fast"
+    log(f"[{label}] starting bootnode ({'pure-Python fallback' if pure else 'Cython fast path'})")
+    node = Bootnode(pure, args.peers, args.timeout)
+    gen = Generator(node.addr, args.sockets)
+    try:
+        time.sleep(0.5)  # let the process settle before the RSS baseline
+        m0 = node.metrics()
+        gen.open()
+        tokens: Dict[int, bytes] = {}
+        n_main = args.peers
+        last_sweep = [time.perf_counter()]
+        registered_sweeper: List[Heartbeats] = []
+
+        def keepalive() -> None:
+            # Peers registered early must not expire while the rest register.
+            if time.perf_counter() - last_sweep[0] > args.timeout / 3 and tokens:
+                Heartbeats(gen, tokens, list(tokens)).sweep()
+                last_sweep[0] = time.perf_counter()
+
+        log(f"[{label}] registering {n_main} peers in rooms of {args.room_size}")
+        t_reg = register_peers(gen, 0, n_main, args.room_size, tokens, keepalive, deadline_s=600)
+        m1 = node.metrics()
+        accepted = m1["gochat_register_accepted_total"] - m0.get("gochat_register_accepted_total", 0)
+        registrations_per_s = accepted / t_reg
+        reg_cpu_us = (m1["gochat_cpu_seconds"] - m0["gochat_cpu_seconds"]) / accepted * 1e6
+        bytes_per_peer = (m1["gochat_rss_bytes"] - m0["gochat_rss_bytes"]) / n_main
+        log(f"[{label}] {accepted:.0f} registrations in {t_reg:.1f}s ({reg_cpu_us:.1f} us bootnode CPU each); "
+            f"RSS +{bytes_per_peer:.0f} B/peer")
+
+        expiring = list(range(n_main - max(1, n_main // 100), n_main))
+        keep = list(range(0, n_main - len(expiring)))
+        hb_keep = Heartbeats(gen, tokens, keep)
+        hb_expiring = Heartbeats(gen, tokens, expiring)
+        hb_expiring.sweep()  # everyone fresh before the measured window
+
+        log(f"[{label}] heartbeat flood for {args.seconds}s from {len(gen.socks)} sockets")
+        m2 = node.metrics()
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < args.seconds:
+            sent += hb_keep.send(4096)
+        elapsed = time.perf_counter() - t0
+        m3 = node.metrics()
+        hbs = m3["gochat_fast_heartbeats_total"] - m2["gochat_fast_heartbeats_total"]
+        cpu = m3["gochat_cpu_seconds"] - m2["gochat_cpu_seconds"]
+        unknown = m3["gochat_fast_unknown_session_total"] - m2["gochat_fast_unknown_session_total"]
+        log(f"[{label}] sent {sent}, bootnode processed {hbs:.0f} ({hbs / elapsed:,.0f}/s, "
+            f"{cpu / max(hbs, 1) * 1e6:.2f} us CPU each, {unknown:.0f} unknown)")
+
+        log(f"[{label}] letting {len(expiring)} peers (1%) fall silent; others keep heartbeating")
+        hb_expiring.sweep()  # their last heartbeats, close together in time
+        expired0 = m3.get("gochat_expired_total", 0)
+        deadline = time.perf_counter() + args.timeout + 20
+        while time.perf_counter() < deadline:
+            hb_keep.send(256)
+            gen.drain(lambda i, t: None)
+            if time.perf_counter() - t0 > 0.5:
+                m4 = node.metrics()
+                if m4.get("gochat_expired_total", 0) - expired0 >= len(expiring):
+                    break
+                t0 = time.perf_counter()
+        m4 = node.metrics()
+        expired = m4.get("gochat_expired_total", 0) - expired0
+        log(f"[{label}] {expired:.0f} expired; largest tick expired {m4['gochat_tick_largest_expired']:.0f} "
+            f"in {m4['gochat_tick_largest_tick_ms']:.3f} ms (announcing them: {m4['gochat_tick_largest_announce_ms']:.1f} ms)")
+
+        log(f"[{label}] fan-out: building a room of {FANOUT_ROOM_SIZE} peers")
+        base = 10_000_000
+        register_peers(gen, base, FANOUT_ROOM_SIZE, FANOUT_ROOM_SIZE, tokens, lambda: None, 120, fixed_room=0)
+        Heartbeats(gen, tokens, list(range(base, base + FANOUT_ROOM_SIZE))).sweep()  # none expired meanwhile
+        gen.drain(lambda i, t: None)
+        register_peers(gen, base + FANOUT_ROOM_SIZE, 1, FANOUT_ROOM_SIZE, tokens, lambda: None, 30, fixed_room=0)
+        m5 = node.metrics()
+        fanout_ms = m5["gochat_tick_last_join_ms"]
+        log(f"[{label}] join announced to a room of {m5['gochat_tick_last_join_room_size']:.0f} in {fanout_ms:.2f} ms")
+        return {
+            "implementation": "pure-python" if pure else "cython",
+            "peers": n_main,
+            "heartbeats_per_s": hbs / elapsed,
+            "heartbeats_sent": sent,
+            "heartbeats_processed": hbs,
+            "cpu_us_per_heartbeat": cpu / max(hbs, 1) * 1e6,
+            "bytes_per_peer": bytes_per_peer,
+            "expire_tick_ms": m4["gochat_tick_largest_tick_ms"],
+            "expire_tick_expired": m4["gochat_tick_largest_expired"],
+            "expire_announce_ms": m4["gochat_tick_largest_announce_ms"],
+            "registrations_per_s": registrations_per_s,
+            "registration_cpu_us": reg_cpu_us,
+            "registrations_per_cpu_s": 1e6 / reg_cpu_us,
+            "fanout_1000_ms": fanout_ms,
+            "fanout_room_size": m5["gochat_tick_last_join_room_size"],
+        }
+    finally:
+        gen.close()
+        node.stop()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--peers", type=int, default=100_000)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--json", dest="json_path")
+    p.add_argument("--room-size", type=int, default=10)
+    p.add_argument("--sockets", type=int, default=4, help="source sockets of the generator")
+    p.add_argument("--timeout", type=float, default=15.0, help="PEER_TIMEOUT of the bootnode under test")
+    p.add_argument("--only", choices=["fast", "pure"], help="run one implementation")
+    args = p.parse_args(argv)
+    if args.peers < 100 or args.seconds <= 0 or args.seconds > 600:
+        p.error("--peers >= 100 and 0 < --seconds <= 600")
+
+    results = {}
+    for name in ("fast", "pure"):
+        if args.only in (None, name):
+            results[name] = run_one(name == "pure", args)
+    if "fast" in results and "pure" in results:
+        results["ratio"] = results["pure"]["cpu_us_per_heartbeat"] / results["fast"]["cpu_us_per_heartbeat"]
+    results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    results["date"] = time.strftime("%Y-%m-%d")
+    print_table(results)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def print_table(results: dict) -> None:
+    rows = [
+        ("heartbeats_per_s", "heartbeats processed /s", "{:,.0f}"),
+        ("cpu_us_per_heartbeat", "bootnode CPU per heartbeat (us)", "{:.3f}"),
+        ("bytes_per_peer", "RSS per registered peer (bytes)", "{:,.0f}"),
+        ("expire_tick_ms", "expiry tick, ~1% expiring (ms)", "{:.3f}"),
+        ("expire_tick_expired", "  peers expired in that tick", "{:,.0f}"),
+        ("expire_announce_ms", "  announcing them (ms)", "{:.1f}"),
+        ("registrations_per_s", "registrations /s (wall clock)", "{:,.0f}"),
+        ("registrations_per_cpu_s", "registrations per bootnode CPU second", "{:,.0f}"),
+        ("fanout_1000_ms", "join announced to 1,000 peers (ms)", "{:.2f}"),
+    ]
+    cols = [k for k in ("fast", "pure") if k in results]
+    peers = results[cols[0]]["peers"]
+    print(f"\nbootnode load test: {peers:,} peers, {results['date']}, {results['machine']}")
+    print(f"{'':38}" + "".join(f"{c:>16}" for c in cols))
+    for key, label, fmt in rows:
+        print(f"{label:38}" + "".join(f"{fmt.format(results[c][key]):>16}" for c in cols))
+    if "ratio" in results:
+        print(f"{'ratio pure/fast, CPU per heartbeat':38}{results['ratio']:>16.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
