@@ -680,7 +680,7 @@ cdef class FastPath:
     cdef int batch_size
     cdef readonly bint drained
     cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_rebinds, c_passed
-    cdef uint64_t c_sent, c_send_errors, c_recv_errors
+    cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
 
     def __cinit__(self, sock, SessionTable table, int batch_size=64):
         self.sock = sock
@@ -704,6 +704,7 @@ cdef class FastPath:
             "sent": self.c_sent,
             "send_errors": self.c_send_errors,
             "recv_errors": self.c_recv_errors,
+            "batches": self.c_batches,
         }
 
     cdef inline void _queue_reply(self, int i, uint8_t msg_type) noexcept:
@@ -741,6 +742,7 @@ cdef class FastPath:
             return others
         self.drained = n < self.batch_size
         self.c_received += n
+        self.c_batches += 1
         self.tx_count = 0
         for i in range(n):
             ln = self.rx.msgs[i].msg_len

@@ -252,7 +252,7 @@ class FastPath:
         self.drained = True
         self._c = dict.fromkeys(
             ("received", "heartbeats", "heartbeat_acks", "unknown_session", "rebinds",
-             "passed_to_python", "sent", "send_errors", "recv_errors"), 0)
+             "passed_to_python", "sent", "send_errors", "recv_errors", "batches"), 0)
 
     @property
     def counters(self) -> dict:
@@ -303,6 +303,8 @@ class FastPath:
                 self._c["passed_to_python"] += 1
                 others.append((data, addr))
         self._c["received"] += n
+        if n:
+            self._c["batches"] += 1
         for data, addr in replies:
             self._sendto(data, addr)
         return others
