@@ -33,9 +33,14 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bootnode_load --peers 100000 --seconds 5 --json bench-results/load-100k.json
 	$(BIN)/python -m benchmarks.bootnode_load --peers 1000000 --seconds 5 --json bench-results/load-1m.json
 
-# The same wheel the Dockerfile builds.
+# The same wheel the Dockerfile builds, installed into a throwaway venv the way the
+# Dockerfile's runtime stage installs it, and started once.
 wheel: $(STAMP)
-	$(BIN)/python -m pip wheel --no-deps -w dist .
+	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps -w dist .
+	rm -rf build/wheel-venv && $(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/python -m pip install -q dist/gochat-*.whl
+	build/wheel-venv/bin/python -c "import gochat._fastpath, gochat.fastpath as f; assert f.IMPLEMENTATION == 'cython'"
+	build/wheel-venv/bin/gochat --version
 
 # System packages the tests use (network namespaces, NAT, terminal tests). Needs root.
 system-deps:

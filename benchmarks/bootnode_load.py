@@ -247,8 +247,12 @@ class Heartbeats:
 
 def run_one(pure: bool, args) -> Dict[str, float]:
     label = "pure" if pure else "fast"
-    log(f"[{label}] starting bootnode ({'pure-Python fallback' if pure else 'Cython fast path'})")
-    node = Bootnode(pure, args.peers, args.timeout)
+    # The fallback registers and heartbeats several times slower: its peer timeout must
+    # cover the whole registration phase, or peers expire before the flood starts.
+    timeout = max(args.timeout, args.peers / 5000) if pure else args.timeout
+    log(f"[{label}] starting bootnode ({'pure-Python fallback' if pure else 'Cython fast path'}, "
+        f"peer timeout {timeout:g}s)")
+    node = Bootnode(pure, args.peers, timeout)
     gen = Generator(node.addr, args.sockets)
     try:
         time.sleep(0.5)  # let the process settle before the RSS baseline
@@ -261,7 +265,7 @@ def run_one(pure: bool, args) -> Dict[str, float]:
 
         def keepalive() -> None:
             # Peers registered early must not expire while the rest register.
-            if time.perf_counter() - last_sweep[0] > args.timeout / 3 and tokens:
+            if time.perf_counter() - last_sweep[0] > timeout / 3 and tokens:
                 Heartbeats(gen, tokens, list(tokens)).sweep()
                 last_sweep[0] = time.perf_counter()
 
@@ -298,9 +302,15 @@ def run_one(pure: bool, args) -> Dict[str, float]:
             f"{hbs / max(batches, 1):.1f} datagrams per receive batch)")
 
         log(f"[{label}] letting {len(expiring)} peers (1%) fall silent; others keep heartbeating")
-        hb_expiring.sweep()  # their last heartbeats, close together in time
+        # Their last heartbeats, close together and just after a wheel-tick boundary of
+        # their deadline (the bootnode's clock is this machine's CLOCK_MONOTONIC, in ms,
+        # ticks of 128 ms), so that one tick finds them all due.
+        timeout_ms = int(timeout * 1000)
+        while (int(time.monotonic() * 1000) + timeout_ms) % 128 > 8:
+            time.sleep(0.001)
+        hb_expiring.sweep()
         expired0 = m3.get("gochat_expired_total", 0)
-        deadline = time.perf_counter() + args.timeout + 20
+        deadline = time.perf_counter() + timeout + 30
         while time.perf_counter() < deadline:
             hb_keep.send(256)
             gen.drain(lambda i, t: None)
@@ -326,6 +336,7 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         return {
             "implementation": "pure-python" if pure else "cython",
             "peers": n_main,
+            "peer_timeout_s": timeout,
             "heartbeats_per_s": hbs / elapsed,
             "heartbeats_sent": sent,
             "heartbeats_processed": hbs,
