@@ -482,6 +482,24 @@ cdef class SessionTable:
             return self.spill[i]
         return PyBytes_FromStringAndSize(<char *>(self.cards + <size_t>i * CARD_CELL), self.slots[i].card_len)
 
+    def wire_endpoint(self, int32_t i):
+        """The session's public endpoint in wire form (family, address, port)."""
+        self._check(i)
+        cdef uint8_t out[19]
+        cdef Slot *s = &self.slots[i]
+        cdef int k
+        if memcmp(s.addr, V4_PREFIX, 12) == 0:
+            out[0] = 4
+            memcpy(out + 1, s.addr + 12, 4)
+            k = 5
+        else:
+            out[0] = 6
+            memcpy(out + 1, s.addr, 16)
+            k = 17
+        out[k] = s.port >> 8
+        out[k + 1] = s.port & 0xff
+        return PyBytes_FromStringAndSize(<char *>out, k + 2)
+
     def entry(self, int32_t i):
         """The wire PeerEntry of a session: its card with the current public endpoint
         put first among the endpoints (see wire.entry_from_card)."""
@@ -707,8 +725,21 @@ cdef class FastPath:
             "batches": self.c_batches,
         }
 
+    cdef inline void _tx_flush(self) noexcept:
+        if self.tx_count:
+            flush(self.fd, self.tx, self.tx_count, &self.c_sent, &self.c_send_errors)
+            self.tx_count = 0
+
+    cdef inline int _tx_slot(self) noexcept:
+        """Index of the next free entry of the send queue (flushing it when full)."""
+        if self.tx_count == self.batch_size:
+            self._tx_flush()
+        return self.tx_count
+
     cdef inline void _queue_reply(self, int i, uint8_t msg_type) noexcept:
         """Reply to rx datagram i with a heartbeat-sized message of msg_type (same token)."""
+        if self.tx_count == self.batch_size:
+            self._tx_flush()
         cdef int k = self.tx_count
         cdef char *out = self.tx.bufs + <size_t>k * BUF_SIZE
         memcpy(out, self.rx.bufs + <size_t>i * BUF_SIZE, HEARTBEAT_SIZE)
@@ -743,7 +774,6 @@ cdef class FastPath:
         self.drained = n < self.batch_size
         self.c_received += n
         self.c_batches += 1
-        self.tx_count = 0
         for i in range(n):
             ln = self.rx.msgs[i].msg_len
             p = <const uint8_t *>(self.rx.bufs + <size_t>i * BUF_SIZE)
@@ -766,67 +796,62 @@ cdef class FastPath:
             else:
                 self.c_passed += 1
                 others.append((PyBytes_FromStringAndSize(<char *>p, min(ln, <unsigned int>BUF_SIZE)), sockaddr_tuple(&self.rx.addrs[i])))
-        if self.tx_count:
-            flush(self.fd, self.tx, self.tx_count, &self.c_sent, &self.c_send_errors)
+        self._tx_flush()
         return others
 
     def send(self, list datagrams):
-        """sendmmsg a list of (bytes, endpoint); returns how many the kernel took."""
-        cdef uint64_t before = self.c_sent
-        cdef int k = 0
+        """Queue (bytes, endpoint) datagrams; the queue goes out with sendmmsg when it
+        fills and on flush(). Returns how many were queued (the others are counted as
+        send errors: unreachable from this socket's family, or too long)."""
+        cdef int k, queued = 0
         cdef bytes data
         cdef socklen_t alen
         for data, addr in datagrams:
             key, port = endpoint_key(addr)
+            k = self._tx_slot()
             if len(data) > BUF_SIZE or not fill_sockaddr(self.family, <const uint8_t *>PyBytes_AS_STRING(key), port, &self.tx.addrs[k], &alen):
                 self.c_send_errors += 1
                 continue
             memcpy(self.tx.bufs + <size_t>k * BUF_SIZE, PyBytes_AS_STRING(data), len(data))
             self.tx.iov[k].iov_len = len(data)
             self.tx.msgs[k].msg_hdr.msg_namelen = alen
-            k += 1
-            if k == self.batch_size:
-                flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
-                k = 0
-        if k:
-            flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
-        return self.c_sent - before
+            self.tx_count = k + 1
+            queued += 1
+        return queued
 
     def send_to_room(self, bytes room_id, bytes data, int exclude_slot=-1):
-        """Send one datagram to every member of a room (but exclude_slot), sendmmsg-batched
-        straight from the table: no Python object per recipient."""
+        """Queue one datagram for every member of a room (but exclude_slot), straight
+        from the table: no Python object per recipient. Returns how many were queued."""
         cdef SessionTable t = self.table
-        cdef uint64_t before = self.c_sent
         cdef int32_t r, i
-        cdef int k = 0
+        cdef int k, queued = 0
         cdef socklen_t alen
-        if len(room_id) != 16 or len(data) > BUF_SIZE:
+        cdef const char *src = PyBytes_AS_STRING(data)
+        cdef size_t n = len(data)
+        if len(room_id) != 16 or n > BUF_SIZE:
             return 0
         r = t._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         if r == NONE:
             return 0
-        for k in range(self.batch_size):
-            self.tx.iov[k].iov_base = PyBytes_AS_STRING(data)
-            self.tx.iov[k].iov_len = len(data)
-        k = 0
         i = t.rooms[r].head
-        try:
-            while i != NONE:
-                if i != exclude_slot and not t.slots[i].expiring:
-                    if fill_sockaddr(self.family, t.slots[i].addr, t.slots[i].port, &self.tx.addrs[k], &alen):
-                        self.tx.msgs[k].msg_hdr.msg_namelen = alen
-                        k += 1
-                        if k == self.batch_size:
-                            flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
-                            k = 0
-                    else:
-                        self.c_send_errors += 1
-                i = t.slots[i].rnext
-            if k:
-                flush(self.fd, self.tx, k, &self.c_sent, &self.c_send_errors)
-        finally:
-            for k in range(self.batch_size):
-                self.tx.iov[k].iov_base = self.tx.bufs + <size_t>k * BUF_SIZE
+        while i != NONE:
+            if i != exclude_slot and not t.slots[i].expiring:
+                k = self._tx_slot()
+                if fill_sockaddr(self.family, t.slots[i].addr, t.slots[i].port, &self.tx.addrs[k], &alen):
+                    memcpy(self.tx.bufs + <size_t>k * BUF_SIZE, src, n)
+                    self.tx.iov[k].iov_len = n
+                    self.tx.msgs[k].msg_hdr.msg_namelen = alen
+                    self.tx_count = k + 1
+                    queued += 1
+                else:
+                    self.c_send_errors += 1
+            i = t.slots[i].rnext
+        return queued
+
+    def flush(self):
+        """Send everything queued (sendmmsg); returns how many datagrams the kernel took."""
+        cdef uint64_t before = self.c_sent
+        self._tx_flush()
         return self.c_sent - before
 
 

@@ -207,15 +207,16 @@ class SessionTable:
     def card(self, i: int) -> bytes:
         return self._get(i).card
 
-    def entry(self, i: int) -> bytes:
+    def wire_endpoint(self, i: int) -> bytes:
         s = self._get(i)
-        card = s.card
-        name_end = 33 + card[32]
         if s.addr[:12] == _V4_MAPPED:
-            public = b"\x04" + s.addr[12:] + s.port.to_bytes(2, "big")
-        else:
-            public = b"\x06" + s.addr + s.port.to_bytes(2, "big")
-        return card[:name_end] + bytes([card[name_end] + 1]) + public + card[name_end + 1 :]
+            return b"\x04" + s.addr[12:] + s.port.to_bytes(2, "big")
+        return b"\x06" + s.addr + s.port.to_bytes(2, "big")
+
+    def entry(self, i: int) -> bytes:
+        card = self._get(i).card
+        name_end = 33 + card[32]
+        return card[:name_end] + bytes([card[name_end] + 1]) + self.wire_endpoint(i) + card[name_end + 1 :]
 
     def room_of(self, i: int) -> bytes:
         return self._get(i).room_id
@@ -250,6 +251,7 @@ class FastPath:
         self._table = table
         self._batch_size = batch_size
         self.drained = True
+        self._queue: list = []
         self._c = dict.fromkeys(
             ("received", "heartbeats", "heartbeat_acks", "unknown_session", "rebinds",
              "passed_to_python", "sent", "send_errors", "recv_errors", "batches"), 0)
@@ -305,20 +307,26 @@ class FastPath:
         self._c["received"] += n
         if n:
             self._c["batches"] += 1
-        for data, addr in replies:
-            self._sendto(data, addr)
+        self._queue += replies
+        self.flush()
         return others
 
     def send(self, datagrams: list) -> int:
-        before = self._c["sent"]
+        queued = 0
         for data, addr in datagrams:
             try:
                 dest = sockaddr_for(self._family, addr)
             except OSError:
                 self._c["send_errors"] += 1
                 continue
-            self._sendto(data, dest)
-        return self._c["sent"] - before
+            if len(data) > BUF_SIZE:
+                self._c["send_errors"] += 1
+                continue
+            if len(self._queue) == self._batch_size:  # as the Cython queue: flush when full
+                self.flush()
+            self._queue.append((data, dest))
+            queued += 1
+        return queued
 
     def send_to_room(self, room_id: bytes, data: bytes, exclude_slot: int = -1) -> int:
         t = self._table
@@ -328,6 +336,13 @@ class FastPath:
             if i != exclude_slot and not t._slots[i].expiring
         ]
         return self.send(targets)
+
+    def flush(self) -> int:
+        before = self._c["sent"]
+        queue, self._queue = self._queue, []
+        for data, dest in queue:
+            self._sendto(data, dest)
+        return self._c["sent"] - before
 
 
 def send_records(sock, addr: tuple, records: bytes, record_size: int, start: int, count: int) -> int:

@@ -125,33 +125,37 @@ class Bootnode:
         machine, fast = self.machine, self.fast
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             now = self._now()
-            for data, addr in fast.process_batch(now):
+            others = fast.process_batch(now)
+            if others:
+                t0 = time.perf_counter()
+                for data, addr in others:
+                    try:
+                        self._execute(machine.receive_datagram(data, addr, now))
+                    except Exception:  # a bug must cost one datagram, never the receive loop
+                        self.internal_errors += 1
+                        log.exception("internal error handling a datagram from %s", addr)
+                announcements = []
                 try:
-                    if len(data) > 3 and data[2] == 0x01:  # REGISTER: time the join and its fan-out
-                        t0 = time.perf_counter()
-                        self._execute(machine.receive_datagram(data, addr, now))
-                        self.ticks.last_join_ms = (time.perf_counter() - t0) * 1000
-                        self.ticks.last_join_room_size = machine.last_join_room_size
-                    else:
-                        self._execute(machine.receive_datagram(data, addr, now))
-                except Exception:  # a bug must cost one datagram, never the receive loop
+                    announcements = machine.flush_announcements()
+                    self._execute(announcements)
+                except Exception:
                     self.internal_errors += 1
-                    log.exception("internal error handling a datagram from %s", addr)
+                    log.exception("internal error announcing joins")
+                fast.flush()  # one sendmmsg for the whole batch's replies and announcements
+                if announcements:  # the batch's registrations and their fan-out, as one figure
+                    self.ticks.last_join_ms = (time.perf_counter() - t0) * 1000
+                    self.ticks.last_join_room_size = machine.last_join_room_size
             if fast.drained:
                 break
 
     def _execute(self, actions: List) -> None:
-        pending: List[Tuple[bytes, tuple]] = []
+        """Queue the actions' datagrams in order; the caller flushes the queue."""
+        fast = self.fast
         for action in actions:
-            if isinstance(action, Send):
-                pending.append((action.data, action.addr))
+            if type(action) is Send:
+                fast.send([action])
             else:
-                if pending:
-                    self.fast.send(pending)
-                    pending = []
-                self.fast.send_to_room(action.room_id, action.data, action.exclude_slot)
-        if pending:
-            self.fast.send(pending)
+                fast.send_to_room(action.room_id, action.data, action.exclude_slot)
 
     def _arm_timer(self) -> None:
         assert self._loop is not None
@@ -165,6 +169,7 @@ class Bootnode:
             expired = self.machine.collect_expired(now)
             t1 = time.perf_counter()
             self._execute(self.machine.announce_expired(expired))
+            self.fast.flush()
             t2 = time.perf_counter()
             ts = self.ticks
             ts.ticks += 1

@@ -7,7 +7,8 @@ it never touches a socket or a clock. Heartbeats normally never reach it (the fa
 path answers them) but it handles them too, so that it is complete on its own.
 
 Actions must be carried out right after the call that returned them: a SendToRoom
-is resolved against the room as the table holds it then.
+is resolved against the room as the table holds it then. Joins are announced by
+flush_announcements(), which a driver calls after each batch of datagrams.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 from . import wire
 from .constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
-from ._addr import endpoint_key
+from ._addr import endpoint_key, key_endpoint
 from ._purepath import TableFull  # shared by both fast paths
 from .cookie import CookieJar
 from .ratelimit import TokenBuckets
@@ -79,6 +80,7 @@ class Rendezvous:
         )
         self.stats: Counter = Counter()
         self.last_join_room_size = 0  # members that were announced the latest join
+        self._pending_joins: Dict[bytes, List[tuple]] = {}  # room id -> [(slot, token)] to announce
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -136,29 +138,42 @@ class Rendezvous:
             # Unvalidated address: answer with a cookie, smaller than the request.
             self.stats["register.cookie_sent"] += 1
             return [Send(wire.encode(wire.Cookie(msg.request_id, self.cookies.make(addr, now))), addr)]
-        allowed, retry_after_s = self._rate.allow(endpoint_key(addr)[0], now)  # per source IP
+        allowed, retry_after_s = self._rate.allow(addr[0], now)  # per source IP
         if not allowed:
             return self._refuse(msg, addr, RefuseReason.RATE_LIMITED, retry_after_s)
         table = self.table
         previous = table.find_in_room(msg.room_id, msg.public_key)
-        if previous >= 0:
-            # Same key in the same room: a restarted client or a retried register whose
-            # reply was lost. The new session replaces the old; members see a fresh join.
-            table.remove(previous)
-            self.stats["register.replaced"] += 1
-        if table.room_size(msg.room_id) >= self.limits.max_peers_per_room:
-            return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
-        if len(table) >= self.limits.max_peers:
-            return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
-        tag = table.room_tag(msg.room_id) or self._random(8)
-        try:
-            slot = table.add(msg.room_id, tag, self._random(8), msg.card, addr, now)
-        except TableFull:
-            return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
-        self.stats["register.accepted"] += 1
-        public = table.endpoint(slot)
+        duplicate = (
+            previous >= 0
+            and table.endpoint(previous) == key_endpoint(*endpoint_key(addr))
+            and table.card(previous) == msg.card
+        )
+        if duplicate:
+            # A retried register whose reply was lost: same key, endpoint and card. The
+            # session stands (same token); the reply and the peer list are sent again.
+            slot = previous
+            tag = table.room_tag(msg.room_id)
+            table.touch(table.token(slot), addr, now)
+            self.stats["register.duplicate"] += 1
+        else:
+            if previous >= 0:
+                # Same key in the same room from elsewhere, or with a new card: a restarted
+                # or moved client. The new session replaces the old; members see a join.
+                table.remove(previous)
+                self.stats["register.replaced"] += 1
+            if table.room_size(msg.room_id) >= self.limits.max_peers_per_room:
+                return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
+            if len(table) >= self.limits.max_peers:
+                return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
+            tag = table.room_tag(msg.room_id) or self._random(8)
+            try:
+                slot = table.add(msg.room_id, tag, self._random(8), msg.card, addr, now)
+            except TableFull:
+                return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
+            self.stats["register.accepted"] += 1
         reply = wire.encode_registered(
-            msg.request_id, table.token(slot), tag, self.heartbeat_interval_ms, self.peer_timeout_ms, public
+            msg.request_id, table.token(slot), tag, self.heartbeat_interval_ms, self.peer_timeout_ms,
+            table.wire_endpoint(slot),
         )
         actions: List[Action] = [Send(reply, addr)]
         members = [i for i in table.room_members(msg.room_id) if i != slot]
@@ -166,12 +181,34 @@ class Rendezvous:
         batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
         for part, batch in enumerate(batches):
             actions.append(Send(wire.encode_peer_list(tag, part, len(batches), batch), addr))
-        if members:
-            joined = wire.encode_peer_joined(tag, [table.entry(slot)])
-            actions.append(SendToRoom(msg.room_id, joined, exclude_slot=slot))
-        self.last_join_room_size = len(members)
+        if members and not duplicate:  # announced by flush_announcements(), coalesced
+            self._pending_joins.setdefault(msg.room_id, []).append((slot, table.token(slot)))
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("registered %r from %s in a room of %d", msg.name, public, len(members) + 1)
+            log.debug("registered %s from %s in a room of %d", msg.public_key.hex()[:16], addr, len(members) + 1)
+        return actions
+
+    def flush_announcements(self) -> List[Action]:
+        """Announce the joins registered since the last flush, one PEER_JOINED (or a few,
+        within the datagram limit) per room instead of one per join. A driver calls it
+        after each receive batch, so a registration storm (say, every client of a
+        restarted bootnode) costs a datagram per member per batch, not per newcomer.
+
+        Every member receives all the batch's newcomers, themselves included (clients
+        skip their own key and treat entries as insert-or-update), except the latest
+        newcomer, whose PEER_LIST already held everyone else."""
+        if not self._pending_joins:
+            return []
+        table = self.table
+        actions: List[Action] = []
+        for room_id, joined in self._pending_joins.items():
+            alive = [slot for slot, token in joined if table.lookup(token) == slot]
+            if not alive:
+                continue
+            tag = table.room_tag(room_id)
+            self.last_join_room_size = table.room_size(room_id) - 1
+            for batch in wire.pack_entries([table.entry(s) for s in alive], wire.PEER_JOINED_OVERHEAD_bytes):
+                actions.append(SendToRoom(room_id, wire.encode_peer_joined(tag, batch), exclude_slot=alive[-1]))
+        self._pending_joins.clear()
         return actions
 
     def _refuse(self, msg: wire.Register, addr: tuple, reason: RefuseReason, retry_after_s: float) -> List[Action]:

@@ -340,11 +340,12 @@ _REGISTERED_HEAD = struct.Struct("!BBBBI12s8sII")
 
 
 def encode_registered(request_id: int, token: bytes, room_tag: bytes, heartbeat_ms: int, timeout_ms: int,
-                      observed: Endpoint) -> bytes:
+                      observed: bytes) -> bytes:
+    """REGISTERED with the observed endpoint already in wire form (encode_endpoint)."""
     _check_len(token, TOKEN_SIZE_bytes, "token")
     _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
     return _REGISTERED_HEAD.pack(MAGIC, VERSION, MsgType.REGISTERED, 0, request_id, token, room_tag,
-                                 heartbeat_ms, timeout_ms) + encode_endpoint(observed)
+                                 heartbeat_ms, timeout_ms) + observed
 
 
 def encode(msg: Message) -> bytes:
@@ -367,7 +368,7 @@ def encode(msg: Message) -> bytes:
         return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie
     if isinstance(msg, Registered):
         return encode_registered(msg.request_id, msg.token, msg.room_tag, msg.heartbeat_interval_ms,
-                                 msg.peer_timeout_ms, msg.observed_endpoint)
+                                 msg.peer_timeout_ms, encode_endpoint(msg.observed_endpoint))
     if isinstance(msg, Refused):
         return (
             header(MsgType.REFUSED)

@@ -280,12 +280,14 @@ def test_send_and_send_to_room(impl, udp_pair):
         slots = [t.add(ROOM_A, TAG, bytes([i + 1]) * 8, card(i), r.getsockname(), 0.0) for i, r in enumerate(receivers)]
         fp = impl.FastPath(server, t, 2)  # batches smaller than the room
         assert fp.send_to_room(ROOM_A, b"hello room", exclude_slot=slots[0]) == 4
+        assert fp.flush() == 2  # the first two went out when the queue (2) filled
         for r in receivers[1:]:
             assert r.recvfrom(100)[0] == b"hello room"
         receivers[0].settimeout(0.2)
         with pytest.raises(socket.timeout):
             receivers[0].recvfrom(100)
         assert fp.send([(b"one", client.getsockname()), (b"two", ("::ffff:" + client.getsockname()[0], client.getsockname()[1]))]) == 2
+        fp.flush()
         assert client.recvfrom(100)[0] == b"one" and client.recvfrom(100)[0] == b"two"
         assert fp.send([(b"v6", ("::1", 5))]) == 0 and fp.counters["send_errors"] == 1  # not reachable from IPv4
     finally:
@@ -320,7 +322,7 @@ def test_dual_stack_socket_serves_ipv4_and_ipv6(impl):
         assert fp.counters["heartbeats"] == 2 and fp.counters["rebinds"] == 0
         assert wire.decode(c4.recvfrom(100)[0]).type == MsgType.HEARTBEAT_ACK
         assert wire.decode(c6.recvfrom(100)[0]).type == MsgType.HEARTBEAT_ACK
-        assert fp.send_to_room(ROOM_A, b"both") == 2
+        assert fp.send_to_room(ROOM_A, b"both") == 2 and fp.flush() == 2
         assert c4.recvfrom(100)[0] == b"both" and c6.recvfrom(100)[0] == b"both"
     finally:
         server.close(); c4.close(); c6.close()
@@ -343,3 +345,10 @@ def test_entry_matches_the_reference_encoder(impl, addr, long):
     t = impl.SessionTable(10, 15.0, 0.0)
     s = add(t, 5, addr=addr, long=long)
     assert t.entry(s) == wire.entry_from_card(card(5, long), addr)
+
+
+@pytest.mark.parametrize("addr", [("203.0.113.7", 40000), ("2001:db8::9", 1234), ("::ffff:10.1.2.3", 7)])
+def test_wire_endpoint_matches_the_reference_encoder(impl, addr):
+    t = impl.SessionTable(10, 15.0, 0.0)
+    s = add(t, 5, addr=addr)
+    assert t.wire_endpoint(s) == wire.encode_endpoint(addr)

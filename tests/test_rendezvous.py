@@ -37,8 +37,10 @@ class Net:
                         host, port = t.endpoint(i)
                         self.inbox.setdefault(f"{host}:{port}", []).append(wire.decode(a.data))
 
-    def send(self, data, addr, now):
+    def send(self, data, addr, now, flush=True):
         self.deliver(self.machine.receive_datagram(data, addr, now))
+        if flush:  # as the driver does after each receive batch
+            self.deliver(self.machine.flush_announcements())
 
     def tick(self, now):
         self.deliver(self.machine.handle_timer(now))
@@ -263,3 +265,42 @@ def test_malformed_counted_by_reason_and_nothing_sent(impl):
     # a message the bootnode only ever sends is ignored, not answered
     assert net.machine.receive_datagram(wire.encode(wire.Cookie(1, bytes(16))), ("203.0.113.5", 1), 1000.0) == []
     assert s["unexpected.Cookie"] == 1
+
+
+def test_joins_in_one_batch_are_coalesced_per_room(impl):
+    net = make(impl)
+    old = Client(net, ("203.0.113.1", 4000), "old")
+    old.register(1000.0)
+    newcomers = [Client(net, ("203.0.113.%d" % (10 + n), 4000), "new%d" % n) for n in range(4)]
+    jar = net.machine.cookies
+    for c in newcomers:  # all arrive in one receive batch: no flush in between
+        reg = wire.Register(jar.make(c.addr, 1000.0), 1, c.room, c.key, c.name, ())
+        net.send(wire.encode(reg), c.addr, 1000.0, flush=False)
+        c.token = net.take(c.addr, wire.Registered)[0].token
+    net.send(newcomers[1].token_msg(MsgType.DISCONNECT), newcomers[1].addr, 1000.0, flush=False)
+    net.take(newcomers[1].addr)
+    assert net.take(old.addr, wire.PeerJoined) == []  # no join announced yet
+    net.deliver(net.machine.flush_announcements())
+    alive = [newcomers[0], newcomers[2], newcomers[3]]
+    (joined,) = net.take(old.addr, wire.PeerJoined)
+    assert [e.name for e in joined.peers] == [c.name for c in alive]  # the one who left is not announced
+    assert [e.name for e in net.take(newcomers[0].addr, wire.PeerJoined)[0].peers] == ["new0", "new2", "new3"]
+    assert net.take(newcomers[3].addr, wire.PeerJoined) == []  # the latest knew everyone from its list
+    assert net.machine.flush_announcements() == []
+
+
+def test_retried_register_keeps_the_session(impl):
+    net = make(impl)
+    key = os.urandom(32)
+    a = Client(net, ("203.0.113.5", 4000), "a", key=key)
+    b = Client(net, ("203.0.113.6", 4000), "b")
+    b.register(1000.0)
+    reg1, _ = a.register(1000.0, request_id=5)
+    net.take(b.addr)
+    reg2, rest = a.register(1009.0, request_id=5)  # the first reply was lost; same request again
+    assert reg2.token == reg1.token and len(net.machine.table) == 2
+    assert [e.name for e in rest[0].peers] == ["b"]
+    assert net.take(b.addr) == []  # nothing new to announce
+    assert net.machine.stats["register.duplicate"] == 1
+    net.tick(1023.999)  # the retry refreshed the session: not expired at 1000 + 15
+    assert net.machine.table.lookup(reg1.token) >= 0
