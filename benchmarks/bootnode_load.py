@@ -154,6 +154,18 @@ class Generator:
         return n
 
 
+def wait_until_idle(node: "Bootnode", gen: "Generator") -> None:
+    """Until the bootnode has drained its socket (its receive counter stops moving)."""
+    previous = -1.0
+    for _ in range(200):
+        gen.drain(lambda i, t: None)
+        received = node.metrics()["gochat_fast_received_total"]
+        if received == previous:
+            return
+        previous = received
+        time.sleep(0.2)
+
+
 def register_peers(gen: Generator, first: int, count: int, room_size: int, tokens: Dict[int, bytes],
                    keepalive, deadline_s: float, fixed_room: Optional[int] = None) -> float:
     """Register peers first..first+count-1 (peer i on socket i % K); returns seconds taken."""
@@ -313,6 +325,7 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         # their deadline (the bootnode's clock is this machine's CLOCK_MONOTONIC, in ms,
         # ticks of 128 ms), so that one tick finds them all due.
         timeout_ms = int(timeout * 1000)
+        wait_until_idle(node, gen)  # no backlog between our clock and the bootnode's
         while (int(time.monotonic() * 1000) + timeout_ms) % 128 > 8:
             time.sleep(0.001)
         hb_expiring.sweep()
@@ -335,15 +348,7 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         base = 10_000_000
         register_peers(gen, base, FANOUT_ROOM_SIZE, FANOUT_ROOM_SIZE, tokens, lambda: None, 120, fixed_room=0)
         Heartbeats(gen, tokens, list(range(base, base + FANOUT_ROOM_SIZE))).sweep()  # none expired meanwhile
-        # Wait until the bootnode is idle, so that the measured join is alone in its batch.
-        previous = -1.0
-        for _ in range(200):
-            gen.drain(lambda i, t: None)
-            received = node.metrics()["gochat_fast_received_total"]
-            if received == previous:
-                break
-            previous = received
-            time.sleep(0.2)
+        wait_until_idle(node, gen)  # so that the measured join is alone in its batch
         register_peers(gen, base + FANOUT_ROOM_SIZE, 1, FANOUT_ROOM_SIZE, tokens, lambda: None, 30, fixed_room=0)
         m5 = node.metrics()
         fanout_ms = m5["gochat_tick_last_join_ms"]

@@ -529,7 +529,8 @@ def decode_register(data: bytes) -> RegisterHead:
     if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size + 2 or data[2] != MsgType.REGISTER:
         msg = decode(data)  # the general decoder gives the precise reason
         raise DecodeError("unknown_type", f"not a register: {type(msg).__name__}")
-    decode_header(data)
+    if len(data) > MAX_DATAGRAM_bytes or data[0] != MAGIC or data[1] != VERSION:
+        decode_header(data)  # raises with the precise reason
     cookie, request_id, room_id, key = _REGISTER_HEAD.unpack_from(data, HEADER_SIZE_bytes)
     r = _Reader(data, REGISTER_CARD_OFFSET + PUBLIC_KEY_SIZE_bytes)
     r.name()
