@@ -280,7 +280,6 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         tokens: Dict[int, bytes] = {}
         n_main = args.peers
         last_sweep = [time.perf_counter()]
-        registered_sweeper: List[Heartbeats] = []
 
         def keepalive() -> None:
             # Peers registered early must not expire while the rest register.

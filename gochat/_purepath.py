@@ -7,8 +7,6 @@ oracle of the differential tests. Keep the two in step.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 from typing import Dict, List, Optional
 

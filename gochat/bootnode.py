@@ -15,12 +15,12 @@ import resource
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import fastpath as default_fastpath
 from .constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
-from .rendezvous import Limits, Rendezvous, Send, SendToRoom
+from .rendezvous import Limits, Rendezvous, Send
 
 log = logging.getLogger("gochat.bootnode")
 
@@ -87,7 +87,6 @@ class Bootnode:
         self.internal_errors = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional[asyncio.TimerHandle] = None
-        self._closed = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -109,12 +108,11 @@ class Bootnode:
         )
 
     def close(self) -> None:
-        if self._loop is not None and not self.sock._closed:  # type: ignore[attr-defined]
+        if self._loop is not None and self.sock.fileno() != -1:
             self._loop.remove_reader(self.sock.fileno())
         if self._timer is not None:
             self._timer.cancel()
         self.sock.close()
-        self._closed.set()
 
     # --- I/O -------------------------------------------------------------------------------
 
@@ -182,15 +180,17 @@ class Bootnode:
             self.internal_errors += 1
             log.exception("internal error in the expiry timer")
         finally:
-            if not self.sock._closed:  # type: ignore[attr-defined]
+            if self.sock.fileno() != -1:
                 self._arm_timer()
 
     # --- observation ----------------------------------------------------------------------
 
     def snapshot(self) -> Dict[str, float]:
         """Every counter in one flat dict (tests, benchmarks and the metrics endpoint)."""
+        # dict() copies in one step under the GIL: the metrics thread may call this while
+        # the loop is adding counters.
         out: Dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
-        out.update({k: v for k, v in self.machine.stats.items()})
+        out.update(dict(self.machine.stats))
         ru = resource.getrusage(resource.RUSAGE_SELF)
         out.update(
             peers=len(self.table),

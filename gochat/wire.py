@@ -24,7 +24,6 @@ from .constants import (
     MAX_LOCAL_ENDPOINTS,
     MAX_NAME_bytes,
     PUBLIC_KEY_SIZE_bytes,
-    REQUEST_ID_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SIZE_bytes,
@@ -211,10 +210,6 @@ def encode_endpoint(endpoint: Endpoint) -> bytes:
     if key[:12] == _V4_MAPPED:
         return b"\x04" + key[12:] + _U16.pack(port)
     return b"\x06" + key + _U16.pack(port)
-
-
-def endpoint_size(endpoint: Endpoint) -> int:
-    return len(encode_endpoint(endpoint))
 
 
 class _Reader:

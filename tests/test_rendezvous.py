@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import pytest
 
 from gochat import wire
 from gochat.cookie import CookieJar
