@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from gochat.noise import (
-    PROTOCOL_IK,
     PROTOCOL_IKPSK2,
     HandshakeState,
     NoiseError,
