@@ -68,9 +68,10 @@ def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> Tuple[bytes, ...]:
 class CipherState:
     """AES-256-GCM with a 64-bit counter nonce (4 zero bytes, then the counter big-endian)."""
 
-    __slots__ = ("_aead", "n")
+    __slots__ = ("_aead", "key", "n")
 
     def __init__(self, key: Optional[bytes] = None) -> None:
+        self.key = key
         self._aead = AESGCM(key) if key is not None else None
         self.n = 0
 
