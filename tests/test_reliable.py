@@ -1,0 +1,143 @@
+"""Reliable ordered delivery with simulated time over a simulated lossy, reordering,
+delaying channel: exactly once, in order, RTO per RFC 6298, give-up, fragmentation."""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import pytest
+
+from gochat.reliable import (
+    GIVE_UP_AFTER_s,
+    MAX_MESSAGE_bytes,
+    RTO_INITIAL_s,
+    FrameError,
+    MessageTooLong,
+    ReliableReceiver,
+    ReliableSender,
+    RttEstimator,
+    parse_ack,
+)
+
+
+class Channel:
+    """Drives a sender and a receiver through a lossy, reordering, delaying link."""
+
+    def __init__(self, seed=1, loss=0.0, delay=0.05, jitter=0.0):
+        self.rnd = random.Random(seed)
+        self.loss, self.delay, self.jitter = loss, delay, jitter
+        self.now = 0.0
+        self.sender = ReliableSender(self.now)
+        self.receiver = ReliableReceiver()
+        self.events = []  # (time, order, kind, frame)
+        self.order = 0
+        self.delivered = []
+        self.done = []
+        self.undelivered = []
+        self.up = True
+
+    def _post(self, kind, frame):
+        if not self.up or self.rnd.random() < self.loss:
+            return
+        self.order += 1
+        when = self.now + self.delay + self.rnd.random() * self.jitter
+        heapq.heappush(self.events, (when, self.order, kind, frame))
+
+    def pump(self):
+        for frame in self.sender.datagrams_to_send(self.now):
+            self._post("data", frame)
+
+    def run(self, until):
+        self.pump()
+        while self.now < until:
+            timer = self.sender.get_timer()
+            nxt = min([t for t in (timer, self.events[0][0] if self.events else None) if t is not None] + [until])
+            self.now = max(self.now, nxt)
+            while self.events and self.events[0][0] <= self.now:
+                _, _, kind, frame = heapq.heappop(self.events)
+                if kind == "data":
+                    msgs, ack = self.receiver.on_data(frame)
+                    self.delivered += msgs
+                    self._post("ack", ack)
+                else:
+                    self.done += self.sender.on_ack(*parse_ack(frame), self.now)
+            self.undelivered += self.sender.expired(self.now)
+            self.pump()
+            if self.sender.idle and not self.events and self.now >= until - 1e-9:
+                break
+
+
+def test_lossless_in_order():
+    ch = Channel()
+    for n in range(10):
+        ch.sender.send(b"m%d" % n, 0.0)
+    ch.run(5.0)
+    assert ch.delivered == [b"m%d" % n for n in range(10)]
+    assert sorted(ch.done) == list(range(10)) and ch.sender.retransmissions == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lossy_reordering_link_exactly_once_in_order(seed):
+    ch = Channel(seed=seed, loss=0.2, delay=0.05, jitter=0.08)
+    for n in range(100):
+        ch.sender.send(b"message %03d" % n, 0.0)
+    ch.run(25.0)
+    assert ch.delivered == [b"message %03d" % n for n in range(100)]
+    assert ch.undelivered == [] and ch.sender.idle
+    assert ch.sender.retransmissions > 0
+
+
+def test_fragmented_64k_message_and_limit():
+    ch = Channel(seed=3, loss=0.1, jitter=0.05)
+    big = bytes(range(256)) * 256  # 64 KiB
+    assert len(big) == MAX_MESSAGE_bytes
+    ch.sender.send(big, 0.0)
+    ch.sender.send(b"after", 0.0)
+    ch.run(20.0)
+    assert ch.delivered == [big, b"after"]
+    with pytest.raises(MessageTooLong):
+        ch.sender.send(big + b"!", 0.0)
+
+
+def test_give_up_reports_undelivered_and_later_messages_still_flow():
+    ch = Channel()
+    ch.up = False
+    ch.sender.send(b"lost", 0.0)
+    ch.run(GIVE_UP_AFTER_s - 0.01)
+    assert ch.undelivered == []
+    ch.run(GIVE_UP_AFTER_s + 0.01)
+    assert ch.undelivered == [(0, b"lost")]
+    ch.up = True
+    ch.sender.send(b"back", ch.now)
+    ch.run(ch.now + 5)
+    assert ch.delivered == [b"back"]  # the receiver skipped what the sender abandoned
+
+
+def test_rto_per_rfc6298():
+    est = RttEstimator()
+    assert est.rto == RTO_INITIAL_s
+    est.sample(0.1)
+    assert est.srtt == 0.1 and est.rttvar == 0.05 and est.rto == pytest.approx(0.3)
+    est.sample(0.2)
+    assert est.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)
+    assert est.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
+    before = est.rto
+    est.backoff()
+    assert est.rto == pytest.approx(before * 2)
+
+
+def test_receiver_memory_is_bounded_and_bad_frames_refused():
+    rx = ReliableReceiver()
+    tx = ReliableSender(0.0)
+    for n in range(600):
+        tx.send(b"x", 0.0)
+    frames = tx.datagrams_to_send(0.0)
+    assert len(frames) == 256  # the sender's window
+    for f in reversed(frames[1:]):
+        rx.on_data(f)
+    assert len(rx._buffer) <= 256
+    with pytest.raises(FrameError):
+        rx.on_data(b"\x01" + bytes(5))
+    with pytest.raises(FrameError):
+        rx.on_data(b"\x01" + bytes(12) + b"\x00\x05\x00\x02")  # index 5 of 2
