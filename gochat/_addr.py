@@ -9,21 +9,21 @@ from __future__ import annotations
 import socket
 from typing import Tuple
 
-V4_MAPPED_PREFIX = _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
 def endpoint_key(addr: tuple) -> Tuple[bytes, int]:
     """(host, port[, flowinfo, scope]) -> (16-byte address, port)."""
     host = addr[0].split("%", 1)[0]
     try:
-        return _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, host), int(addr[1])
+        return V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, host), int(addr[1])
     except OSError:
         return socket.inet_pton(socket.AF_INET6, host), int(addr[1])
 
 
 def key_endpoint(addr16: bytes, port: int) -> Tuple[str, int]:
     """Inverse of endpoint_key, with IPv4-mapped addresses shown as IPv4 text."""
-    if addr16[:12] == _V4_MAPPED_PREFIX:
+    if addr16[:12] == V4_MAPPED_PREFIX:
         return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
     return socket.inet_ntop(socket.AF_INET6, addr16), port
 
@@ -33,6 +33,6 @@ def sockaddr_for(family: int, endpoint: tuple) -> tuple:
     addr16, port = endpoint_key(endpoint)
     if family == socket.AF_INET6:
         return socket.inet_ntop(socket.AF_INET6, addr16), port, 0, 0
-    if addr16[:12] != _V4_MAPPED_PREFIX:
+    if addr16[:12] != V4_MAPPED_PREFIX:
         raise OSError(f"cannot reach IPv6 endpoint {endpoint[0]} from an IPv4 socket")
     return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
