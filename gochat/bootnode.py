@@ -157,8 +157,9 @@ class Bootnode:
 
     def _arm_timer(self) -> None:
         assert self._loop is not None
-        deadline = self.machine.get_timer(self._now())
-        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - self._now()), self._on_timer)
+        now = self._now()
+        delay = max(0.0, self.machine.get_timer(now) - now)
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
         try:

@@ -211,7 +211,7 @@ class Rendezvous:
         self._pending_joins.clear()
         return actions
 
-    def _refuse(self, msg: wire.Register, addr: tuple, reason: RefuseReason, retry_after_s: float) -> List[Action]:
+    def _refuse(self, msg: wire.RegisterHead, addr: tuple, reason: RefuseReason, retry_after_s: float) -> List[Action]:
         self.stats[f"refused.{reason.name.lower()}"] += 1
         retry_ms = max(1, int(retry_after_s * 1000))
         return [Send(wire.encode(wire.Refused(msg.request_id, reason, retry_ms)), addr)]
