@@ -36,3 +36,9 @@ def sockaddr_for(family: int, endpoint: tuple) -> tuple:
     if addr16[:12] != V4_MAPPED_PREFIX:
         raise OSError(f"cannot reach IPv6 endpoint {endpoint[0]} from an IPv4 socket")
     return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
+
+
+def format_endpoint(addr: tuple) -> str:
+    """HOST:PORT as people write it: [v6]:port for IPv6."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import fastpath as default_fastpath
+from ._addr import format_endpoint
 from .constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
 from .rendezvous import Limits, Rendezvous, Send
 
@@ -97,7 +98,7 @@ class Bootnode:
         rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         log.info(
             "bootnode listening on udp %s (fast path: %s, receive buffer %d bytes)",
-            format_addr(self.address), self.fastpath_module.IMPLEMENTATION, rcvbuf,
+            format_endpoint(self.address), self.fastpath_module.IMPLEMENTATION, rcvbuf,
         )
         lim = self.config.limits
         log.info(
@@ -212,11 +213,6 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def format_addr(addr: tuple) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]] = None, fastpath=default_fastpath) -> int:
     """Run a bootnode until SIGINT or SIGTERM; returns the exit code."""
     node = Bootnode(config, fastpath)
@@ -229,7 +225,7 @@ async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]
         from .metrics import start_metrics_server
 
         bound = start_metrics_server(node, metrics_listen)
-        log.info("metrics on http://%s/metrics", format_addr(bound))
+        log.info("metrics on http://%s/metrics", format_endpoint(bound))
     try:
         await stop.wait()
     finally:

@@ -59,3 +59,27 @@ MAX_BATCHES_PER_WAKEUP = 64
 # Timing wheel granularity. A power of two in milliseconds so that the 32-bit
 # millisecond clock wraps onto the same wheel slot sequence.
 WHEEL_TICK_ms = 128
+
+# --- client: bootnode link --------------------------------------------------------
+# Answer timeouts of the first registration's tries (backoff); after the last one the
+# client gives up with an error (a bootnode that never answered is a setup problem).
+REGISTER_TIMEOUTS_s = (1.0, 1.5, 2.5, 3.0)
+# Once registered, re-registration retries back off up to this and never give up.
+REGISTER_RETRY_MAX_s = 5.0
+DISCONNECT_RETRY_s = 0.25
+DISCONNECT_WAIT_s = 1.0          # a graceful quit waits at most this for the ack
+
+# --- client: peers ------------------------------------------------------------------
+# Punch rounds after a peer is introduced (seconds from the start), then every
+# PUNCH_INTERVAL_s until PUNCH_DEADLINE_s, when the peer is reported unreachable.
+PUNCH_SCHEDULE_s = (0.0, 0.1, 0.25, 0.5, 1.0)
+PUNCH_INTERVAL_s = 1.0
+PUNCH_DEADLINE_s = 8.0
+HANDSHAKE_RETRY_s = 1.0          # a new initiation when no response came back
+HANDSHAKE_DEADLINE_s = 10.0      # after a path is found, a session must be up by then
+# A responder that answered this many initiations and never saw the initiator's first
+# transport packet concludes that the initiator failed to authenticate it.
+HANDSHAKE_UNCONFIRMED_LIMIT = 3
+# Keepalive on an idle session: well inside the 30 s that many NATs keep a UDP mapping.
+PEER_KEEPALIVE_MAX_s = 10.0
+MAX_PEERS_PER_CLIENT = 256       # peers a client tracks at once; more are refused politely

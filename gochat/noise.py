@@ -52,6 +52,11 @@ def _dh(private: bytes, public: bytes) -> bytes:
         raise NoiseError(f"bad public key: {exc}") from None
 
 
+def dh(private: bytes, public: bytes) -> bytes:
+    """X25519 shared secret; NoiseError for a low-order (all-zero result) public key."""
+    return _dh(private, public)
+
+
 def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.digest(key, data, "sha256")
 

@@ -1,0 +1,269 @@
+"""The client's state machine for one room (sans-I/O): bootnode link plus peers.
+
+It routes every datagram: bootnode messages (only from the bootnode's address) to the
+BootnodeLink, data-plane packets to the Peer they belong to (punches by sender key,
+handshake responses and transport packets by our receiver index, initiations by the
+static key the Noise message authenticates). It turns the bootnode's announcements
+into Peers, sends group messages to every peer that can still get them, and leaves
+gracefully. Drivers feed it ``receive_datagram``/``handle_timer`` with the time and
+drain ``outbox`` (datagram, endpoint) and ``events`` (dicts, the line-mode schema).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import peer_wire as pw
+from . import wire
+from ._addr import endpoint_key, format_endpoint, key_endpoint
+from .constants import MAX_PEERS_PER_CLIENT, PEER_KEEPALIVE_MAX_s
+from .identity import fingerprint
+from .noise import HandshakeState, NoiseError, dh, public_key
+from .registration import BootnodeLink
+from .reliable import MessageTooLong
+from .session import GONE, Peer
+from .wire import DecodeError, Endpoint, LeaveReason
+
+
+def room_id_for(room: str) -> bytes:
+    """The opaque room id the bootnode sees (it never learns the name)."""
+    return hashlib.sha256(b"gochat room v1\0" + room.encode()).digest()[:16]
+
+
+def prologue_for(room_id: bytes) -> bytes:
+    """Bound into every handshake: a session belongs to one room."""
+    return b"gochat peer v1\0" + room_id
+
+
+def canonical(addr: tuple) -> Endpoint:
+    """(host, port) with IPv4-mapped IPv6 shown as IPv4, whatever the socket family."""
+    return key_endpoint(*endpoint_key(addr))
+
+
+class ChatClient:
+    def __init__(self, *, static_private: bytes, name: str, room: str, psk: bytes, bootnode: Endpoint,
+                 now: float, local_endpoints: Sequence[Endpoint] = (), heartbeat_interval: float = 10.0,
+                 peer_timeout: float = 15.0, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.static_private = static_private
+        self.public_key = public_key(static_private)
+        self.fingerprint = fingerprint(self.public_key)
+        self.name = name
+        self.room = room
+        self.room_id = room_id_for(room)
+        self.psk = psk
+        self.prologue = prologue_for(self.room_id)
+        self.random_bytes = random_bytes
+        self.incarnation = int.from_bytes(random_bytes(8), "big")
+        self.keepalive_s = min(PEER_KEEPALIVE_MAX_s, heartbeat_interval)
+        self.silence_s = peer_timeout
+        self.counters: Counter = Counter()
+        self.outbox: List[Tuple[bytes, Endpoint]] = []
+        self.events: List[dict] = []
+        self.peers: Dict[bytes, Peer] = {}
+        self._indexes: Dict[int, Peer] = {}
+        self._secrets: Dict[bytes, bytes] = {}
+        self.bootnode = canonical(bootnode)
+        card = wire.encode_card(self.public_key, name, list(local_endpoints))
+        self.link = BootnodeLink(self.bootnode, self.room_id, card, now, random_bytes)
+        self.quitting = False
+        self._failure: Optional[str] = None
+        self._drain_link()
+
+    # --- PeerContext ----------------------------------------------------------------
+
+    def send(self, data: bytes, endpoint: Endpoint) -> None:
+        self.outbox.append((data, endpoint))
+
+    def event(self, event: dict) -> None:
+        self.events.append(event)
+
+    def new_index(self, peer: Peer) -> int:
+        while True:
+            index = int.from_bytes(self.random_bytes(4), "big")
+            if index not in self._indexes:
+                self._indexes[index] = peer
+                return index
+
+    def release_index(self, index: int) -> None:
+        self._indexes.pop(index, None)
+
+    def shared_secret(self, remote_key: bytes) -> bytes:
+        secret = self._secrets.get(remote_key)
+        if secret is None:
+            secret = self._secrets[remote_key] = dh(self.static_private, remote_key)
+        return secret
+
+    # --- inputs ---------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
+        """One datagram from the socket. Never raises for bad input: it is counted."""
+        try:
+            source = canonical(addr)
+        except (OSError, ValueError):
+            self.counters["bad_source"] += 1
+            return
+        try:
+            if pw.is_peer_datagram(data):
+                self._peer_datagram(pw.decode(data), source, now)
+            elif source == self.bootnode:
+                self._bootnode_message(wire.decode(data), now)
+            else:
+                self.counters["not_from_bootnode"] += 1
+        except DecodeError as exc:
+            self.counters[exc.reason] += 1
+        self._drain_link()
+
+    def _bootnode_message(self, msg: wire.Message, now: float) -> None:
+        if isinstance(msg, (wire.PeerList, wire.PeerJoined, wire.PeerLeft)):
+            if msg.room_tag != self.link.room_tag or self.link.room_tag is None:
+                self.counters["bad_room_tag"] += 1
+                return
+            self.link.last_answer = now
+            if isinstance(msg, wire.PeerLeft):
+                for key, reason in msg.left:
+                    peer = self.peers.get(key)
+                    if peer is not None:
+                        peer.leave(LeaveReason(reason).name)
+                        self._forget(peer)
+            else:
+                for entry in msg.peers:
+                    self._introduce(entry, now)
+        elif isinstance(msg, (wire.Cookie, wire.Registered, wire.Refused, wire.TokenMessage)):
+            self.link.receive(msg, now)
+        else:
+            self.counters["unexpected"] += 1
+
+    def _introduce(self, entry: wire.PeerEntry, now: float) -> None:
+        if entry.public_key == self.public_key:
+            return   # a coalesced PEER_JOINED may list ourselves
+        peer = self.peers.get(entry.public_key)
+        if peer is not None:
+            peer.reintroduced(entry.name, entry.endpoints, now)
+            return
+        if len(self.peers) >= MAX_PEERS_PER_CLIENT:
+            self.counters["too_many_peers"] += 1
+            return
+        try:
+            peer = Peer(self, entry.public_key, entry.name, entry.endpoints, now)
+        except NoiseError:   # a key that is not a usable X25519 point
+            self.counters["bad_peer_key"] += 1
+            return
+        self.peers[entry.public_key] = peer
+        self.event({"event": "peer_joined", "name": peer.name, "fingerprint": peer.fingerprint})
+        peer.handle_timer(now)   # the first punch round goes out at once
+
+    def _forget(self, peer: Peer) -> None:
+        peer.release()
+        self.peers.pop(peer.key, None)
+
+    def _peer_datagram(self, msg: pw.PeerMessage, source: Endpoint, now: float) -> None:
+        if isinstance(msg, pw.Punch):
+            peer = self.peers.get(msg.sender_key)
+            if peer is None:
+                self.counters["unknown_peer"] += 1
+                return
+            peer.on_punch(msg, source, now)
+        elif isinstance(msg, pw.HandshakeInit):
+            hs = HandshakeState(initiator=False, static_private=self.static_private, psk=self.psk,
+                                prologue=self.prologue)
+            try:
+                payload = hs.read_message(msg.noise)
+            except NoiseError:
+                self.counters["handshake_auth_failed"] += 1
+                return
+            peer = self.peers.get(hs.remote_static or b"")
+            if peer is None:
+                self.counters["unknown_peer"] += 1
+                return
+            peer.on_handshake_init(hs, msg, payload, source, now)
+        else:
+            index = msg.receiver_index
+            peer = self._indexes.get(index)
+            if peer is None:
+                self.counters["unknown_index"] += 1
+                return
+            if isinstance(msg, pw.HandshakeResp):
+                peer.on_handshake_resp(msg, source, now)
+            else:
+                peer.on_transport(msg, source, now)
+        if peer.state == GONE:
+            self._forget(peer)
+
+    # --- user actions ---------------------------------------------------------------
+
+    def send_message(self, text: str, now: float) -> int:
+        """Send ``text`` to every peer of the room that can still get it; returns how
+        many. Messages to peers still connecting wait for the session (and may end
+        undelivered). Raises MessageTooLong over 64 KiB."""
+        if len(text.encode("utf-8")) > 64 * 1024:
+            raise MessageTooLong(f"message of {len(text.encode('utf-8'))} bytes; the limit is 65536")
+        recipients = [p for p in self.peers.values() if p.accepts_messages]
+        for peer in recipients:
+            peer.send_message(text, now)
+        return len(recipients)
+
+    def peer_snapshot(self, now: float) -> List[dict]:
+        return [p.snapshot(now) for p in self.peers.values()]
+
+    def quit(self, now: float) -> None:
+        """Graceful leave: bye to every connected peer, disconnect from the bootnode."""
+        if self.quitting:
+            return
+        self.quitting = True
+        for peer in self.peers.values():
+            peer.bye(now)
+        self.link.disconnect(now)
+        self._drain_link()
+
+    @property
+    def finished(self) -> bool:
+        """Quit completed (or the first registration failed for good)."""
+        return self.link.closed and (self.quitting or self.link.state == "failed")
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why the client cannot go on (the first registration failed), or None."""
+        return self._failure
+
+    # --- timers ---------------------------------------------------------------------
+
+    def get_timer(self) -> Optional[float]:
+        times = [t for t in [self.link.get_timer()] if t is not None]
+        if not self.quitting:
+            times += [t for t in (p.get_timer() for p in self.peers.values()) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        self.link.handle_timer(now)
+        if not self.quitting:
+            for peer in list(self.peers.values()):
+                t = peer.get_timer()
+                if t is not None and now >= t:
+                    peer.handle_timer(now)
+                if peer.state == GONE:
+                    self._forget(peer)
+        self._drain_link()
+
+    def _drain_link(self) -> None:
+        for data in self.link.outbox:
+            self.outbox.append((data, self.bootnode))
+        self.link.outbox.clear()
+        for event in self.link.events:
+            if event["event"] == "registered":
+                event = {"event": "registered", "room": self.room, "name": self.name,
+                         "public_endpoint": event["public_endpoint"], "fingerprint": self.fingerprint,
+                         "again": event["again"]}
+            elif event.get("fatal"):
+                self._failure = event["message"]
+            self.events.append(event)
+        self.link.events.clear()
+
+    def bootnode_status(self) -> dict:
+        link = self.link
+        state = "connected" if link.state == "registered" else ("lost" if link.lost else link.state)
+        return {"state": state, "bootnode": format_endpoint(self.bootnode),
+                "rtt_ms": round(link.rtt * 1000, 1) if link.rtt is not None else None}
+

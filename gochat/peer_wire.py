@@ -1,0 +1,176 @@
+"""Wire protocol v1, peer-to-peer data plane (types 0x20-0x23): exact encoding.
+
+The counterpart of wire.py for what peers send each other directly: connectivity
+checks (PUNCH), the two Noise handshake messages, and encrypted transport packets.
+No I/O, no state; every decoder raises only wire.DecodeError with a counter label.
+docs/PROTOCOL.md section 7 is the specification.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+from .constants import HEADER_SIZE_bytes, MAGIC, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes, VERSION
+from .wire import DecodeError
+
+_HEADER = struct.Struct("!BBBB")
+_INDEX = struct.Struct("!I")
+_TRANSPORT_HEAD = struct.Struct("!BBBBIQ")
+
+TXID_SIZE_bytes = 8
+PUNCH_MAC_SIZE_bytes = 16
+TAG_SIZE_bytes = 16
+INDEX_SIZE_bytes = 4
+TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size   # header + receiver index + counter = 16
+
+FLAG_REPLY = 0x01  # PUNCH: this is the answer to a punch whose txid it echoes
+
+# Noise message sizes with our payloads (docs/PROTOCOL.md 7.3): IK message 1 carries
+# e (32), encrypted s (48) and an encrypted 16-byte payload; message 2 carries e (32)
+# and an encrypted 8-byte payload.
+INIT_PAYLOAD_bytes = 16
+RESP_PAYLOAD_bytes = 8
+NOISE_INIT_bytes = 32 + 48 + INIT_PAYLOAD_bytes + TAG_SIZE_bytes
+NOISE_RESP_bytes = 32 + RESP_PAYLOAD_bytes + TAG_SIZE_bytes
+
+
+class PeerType(enum.IntEnum):
+    PUNCH = 0x20
+    HANDSHAKE_INIT = 0x21
+    HANDSHAKE_RESP = 0x22
+    TRANSPORT = 0x23
+
+
+PEER_TYPE_FIRST, PEER_TYPE_LAST = 0x20, 0x3F
+
+
+@dataclass(frozen=True)
+class Punch:
+    sender_key: bytes
+    txid: bytes
+    mac: bytes
+    reply: bool = False
+
+
+@dataclass(frozen=True)
+class HandshakeInit:
+    sender_index: int
+    noise: bytes
+
+
+@dataclass(frozen=True)
+class HandshakeResp:
+    sender_index: int
+    receiver_index: int
+    noise: bytes
+
+
+@dataclass(frozen=True)
+class Transport:
+    receiver_index: int
+    counter: int
+    ciphertext: bytes
+    ad: bytes  # the 16 bytes before the ciphertext, authenticated with it
+
+
+PeerMessage = Union[Punch, HandshakeInit, HandshakeResp, Transport]
+
+
+def is_peer_datagram(data: bytes) -> bool:
+    """True when the header's type is in the data-plane range (checked before decoding)."""
+    return len(data) >= HEADER_SIZE_bytes and PEER_TYPE_FIRST <= data[2] <= PEER_TYPE_LAST
+
+
+# --- punch authentication ------------------------------------------------------------
+
+
+def punch_key(shared_secret: bytes) -> bytes:
+    """Key of the punch MACs between two peers: derived from their static-static X25519
+    secret, which only the two of them can compute. It does not involve the room PSK,
+    so a wrong passphrase still finds a path and then fails the handshake visibly."""
+    return hashlib.sha256(b"gochat punch v1\0" + shared_secret).digest()
+
+
+def punch_mac(key: bytes, sender_key: bytes, txid: bytes, reply: bool) -> bytes:
+    head = _HEADER.pack(MAGIC, VERSION, PeerType.PUNCH, FLAG_REPLY if reply else 0)
+    return hmac.new(key, head + sender_key + txid, hashlib.sha256).digest()[:PUNCH_MAC_SIZE_bytes]
+
+
+def verify_punch(key: bytes, punch: Punch) -> bool:
+    return hmac.compare_digest(punch.mac, punch_mac(key, punch.sender_key, punch.txid, punch.reply))
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def encode_punch(key: bytes, sender_key: bytes, txid: bytes, reply: bool = False) -> bytes:
+    if len(sender_key) != PUBLIC_KEY_SIZE_bytes or len(txid) != TXID_SIZE_bytes:
+        raise ValueError("punch needs a 32-byte key and an 8-byte txid")
+    head = _HEADER.pack(MAGIC, VERSION, PeerType.PUNCH, FLAG_REPLY if reply else 0)
+    return head + sender_key + txid + punch_mac(key, sender_key, txid, reply)
+
+
+def encode_handshake_init(sender_index: int, noise: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, PeerType.HANDSHAKE_INIT, 0) + _INDEX.pack(sender_index) + noise
+
+
+def encode_handshake_resp(sender_index: int, receiver_index: int, noise: bytes) -> bytes:
+    return (_HEADER.pack(MAGIC, VERSION, PeerType.HANDSHAKE_RESP, 0) + _INDEX.pack(sender_index)
+            + _INDEX.pack(receiver_index) + noise)
+
+
+def transport_ad(receiver_index: int, counter: int) -> bytes:
+    """The authenticated header of a transport packet (its first 16 bytes)."""
+    return _TRANSPORT_HEAD.pack(MAGIC, VERSION, PeerType.TRANSPORT, 0, receiver_index, counter)
+
+
+# --- decoding ------------------------------------------------------------------------
+
+_PUNCH_SIZE = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes + TXID_SIZE_bytes + PUNCH_MAC_SIZE_bytes
+_INIT_SIZE = HEADER_SIZE_bytes + INDEX_SIZE_bytes + NOISE_INIT_bytes
+_RESP_SIZE = HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes + NOISE_RESP_bytes
+
+
+def _exact(data: bytes, size: int) -> None:
+    if len(data) < size:
+        raise DecodeError("truncated", f"{len(data)} bytes")
+    if len(data) > size:
+        raise DecodeError("trailing_bytes", f"{len(data) - size} bytes")
+
+
+def decode(data: bytes) -> PeerMessage:
+    """Decode one data-plane datagram. Raises DecodeError (and nothing else)."""
+    data = bytes(data)
+    if len(data) > MAX_DATAGRAM_bytes:
+        raise DecodeError("oversized", f"{len(data)} bytes")
+    if len(data) < HEADER_SIZE_bytes:
+        raise DecodeError("truncated", f"{len(data)} bytes")
+    magic, version, msg_type, flags = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("bad_magic", f"0x{magic:02x}")
+    if version != VERSION:
+        raise DecodeError("bad_version", str(version))
+    if msg_type == PeerType.PUNCH:
+        _exact(data, _PUNCH_SIZE)
+        key_end = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes
+        return Punch(data[HEADER_SIZE_bytes:key_end], data[key_end : key_end + TXID_SIZE_bytes],
+                     data[key_end + TXID_SIZE_bytes :], bool(flags & FLAG_REPLY))
+    if msg_type == PeerType.HANDSHAKE_INIT:
+        _exact(data, _INIT_SIZE)
+        (index,) = _INDEX.unpack_from(data, HEADER_SIZE_bytes)
+        return HandshakeInit(index, data[HEADER_SIZE_bytes + INDEX_SIZE_bytes :])
+    if msg_type == PeerType.HANDSHAKE_RESP:
+        _exact(data, _RESP_SIZE)
+        sender, receiver = struct.unpack_from("!II", data, HEADER_SIZE_bytes)
+        return HandshakeResp(sender, receiver, data[HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes :])
+    if msg_type == PeerType.TRANSPORT:
+        if len(data) < TRANSPORT_HEAD_SIZE_bytes + TAG_SIZE_bytes:
+            raise DecodeError("truncated", f"{len(data)} bytes")
+        _, _, _, _, index, counter = _TRANSPORT_HEAD.unpack_from(data)
+        return Transport(index, counter, data[TRANSPORT_HEAD_SIZE_bytes:], data[:TRANSPORT_HEAD_SIZE_bytes])
+    raise DecodeError("unknown_type", f"0x{msg_type:02x}")

@@ -1,0 +1,215 @@
+"""A client's link to the bootnode (sans-I/O): register, heartbeat, notice loss, leave.
+
+The bootnode is needed to meet peers, not to talk to them, so nothing here is fatal
+once registered: a silent bootnode is reported as lost and registration resumes by
+itself until it answers again; an "unknown session" (a bootnode restart) triggers a
+new registration at once. Only the very first registration can fail for good, after
+REGISTER_TIMEOUTS_s, with a message that says what to check. Time is an argument;
+datagrams for the bootnode accumulate in ``outbox`` and events in ``events``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional
+
+from . import wire
+from ._addr import format_endpoint
+from .constants import (
+    DISCONNECT_RETRY_s,
+    DISCONNECT_WAIT_s,
+    REGISTER_RETRY_MAX_s,
+    REGISTER_TIMEOUTS_s,
+)
+from .wire import FLAG_ACK_REQUESTED, MsgType, RefuseReason
+
+REGISTERING, REGISTERED, FAILED, CLOSING, CLOSED = "registering", "registered", "failed", "closing", "closed"
+
+
+class BootnodeLink:
+    """Registration and heartbeats with one bootnode.
+
+    ``card`` is the peer's REGISTER card (wire.encode_card). After REGISTERED,
+    ``room_tag``, ``public_endpoint``, ``rtt`` and the intervals in force are set.
+    """
+
+    def __init__(self, bootnode: wire.Endpoint, room_id: bytes, card: bytes, now: float,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.bootnode = bootnode
+        self.room_id = room_id
+        self.card = card
+        self._random = random_bytes
+        self.outbox: List[bytes] = []
+        self.events: List[dict] = []
+        self.state = REGISTERING
+        self.ever_registered = False
+        self.lost = False
+        self.cookie = bytes(16)
+        self.token: Optional[bytes] = None
+        self.room_tag: Optional[bytes] = None
+        self.public_endpoint: Optional[wire.Endpoint] = None
+        self.heartbeat_interval = 10.0
+        self.peer_timeout = 15.0
+        self.rtt: Optional[float] = None
+        self.last_answer = now
+        self._attempt = 0
+        self._cookie_rounds = 0
+        self._started = now
+        self._deadline = now
+        self._next_heartbeat: Optional[float] = None
+        self._heartbeat_sent: Optional[float] = None
+        self._request_id = 0
+        self._register(now, new_request=True)
+
+    # --- outputs -----------------------------------------------------------------
+
+    def _register(self, now: float, new_request: bool) -> None:
+        if new_request:
+            self._request_id = int.from_bytes(self._random(4), "big")
+            self._cookie_rounds = 0
+        self.outbox.append(self._register_bytes())
+        if self.ever_registered:
+            wait = min(REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s[0] * 2 ** self._attempt)
+        else:
+            wait = REGISTER_TIMEOUTS_s[min(self._attempt, len(REGISTER_TIMEOUTS_s) - 1)]
+        self._deadline = now + wait
+
+    def _register_bytes(self) -> bytes:
+        head = wire.header(MsgType.REGISTER) + self.cookie + self._request_id.to_bytes(4, "big") + self.room_id
+        return head + self.card
+
+    def _token_message(self, msg_type: MsgType, flags: int = 0) -> bytes:
+        assert self.token is not None
+        return wire.header(msg_type, flags) + self.token
+
+    # --- inputs ------------------------------------------------------------------
+
+    def receive(self, msg: wire.Message, now: float) -> None:
+        """A decoded datagram that came from the bootnode's address."""
+        if isinstance(msg, wire.Cookie):
+            if self.state == REGISTERING and msg.request_id == self._request_id and self._cookie_rounds < 3:
+                self.last_answer = now
+                self.cookie = msg.cookie
+                self._cookie_rounds += 1
+                self.outbox.append(self._register_bytes())
+        elif isinstance(msg, wire.Registered):
+            if self.state == REGISTERING and msg.request_id == self._request_id:
+                self._registered(msg, now)
+        elif isinstance(msg, wire.Refused):
+            if self.state == REGISTERING and msg.request_id == self._request_id:
+                self.last_answer = now
+                self._refused(msg, now)
+        elif isinstance(msg, wire.TokenMessage) and msg.token == self.token:
+            self._token_reply(msg, now)
+
+    def _registered(self, msg: wire.Registered, now: float) -> None:
+        self.state = REGISTERED
+        self.token, self.room_tag = msg.token, msg.room_tag
+        self.heartbeat_interval = msg.heartbeat_interval_ms / 1000.0
+        self.peer_timeout = msg.peer_timeout_ms / 1000.0
+        self.public_endpoint = msg.observed_endpoint
+        self.last_answer = now
+        self._attempt = 0
+        self._next_heartbeat = now + self.heartbeat_interval
+        if self.lost:
+            self.lost = False
+            self.events.append({"event": "bootnode_restored"})
+        self.events.append({"event": "registered", "public_endpoint": format_endpoint(msg.observed_endpoint),
+                            "again": self.ever_registered})
+        self.ever_registered = True
+
+    def _refused(self, msg: wire.Refused, now: float) -> None:
+        try:
+            reason = RefuseReason(msg.reason).name
+        except ValueError:
+            reason = f"reason {msg.reason}"
+        text = (f"bootnode {format_endpoint(self.bootnode)} refused the registration: {reason}"
+                f" (retry after {msg.retry_after_ms / 1000:g} s)")
+        if not self.ever_registered:
+            self.state = FAILED
+            self.events.append({"event": "error", "message": text, "fatal": True})
+            return
+        self.events.append({"event": "error", "message": text})
+        self._deadline = now + max(msg.retry_after_ms / 1000.0, REGISTER_TIMEOUTS_s[0])
+
+    def _token_reply(self, msg: wire.TokenMessage, now: float) -> None:
+        if msg.type is MsgType.HEARTBEAT_ACK and self.state == REGISTERED:
+            self.last_answer = now
+            if self._heartbeat_sent is not None:
+                self.rtt = now - self._heartbeat_sent
+                self._heartbeat_sent = None
+        elif msg.type is MsgType.UNKNOWN_SESSION and self.state == REGISTERED:
+            # The bootnode forgot us (restarted, or we were silent too long): register anew.
+            self.last_answer = now
+            self.state = REGISTERING
+            self.token = None
+            self._attempt = 0
+            self.events.append({"event": "bootnode_reregistering", "reason": "unknown_session"})
+            self._register(now, new_request=True)
+        elif msg.type is MsgType.DISCONNECT_ACK and self.state == CLOSING:
+            self.state = CLOSED
+
+    # --- timers ------------------------------------------------------------------
+
+    def get_timer(self) -> Optional[float]:
+        if self.state == REGISTERING:
+            return self._deadline
+        if self.state == REGISTERED:
+            assert self._next_heartbeat is not None
+            return min(self._next_heartbeat, self.last_answer + self.peer_timeout)
+        if self.state == CLOSING:
+            return min(self._deadline, self._close_deadline)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == REGISTERING and now >= self._deadline:
+            self._attempt += 1
+            if not self.ever_registered and self._attempt >= len(REGISTER_TIMEOUTS_s):
+                self.state = FAILED
+                total = sum(REGISTER_TIMEOUTS_s)
+                self.events.append({"event": "error", "fatal": True, "message": (
+                    f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
+                    f"over {total:g} s: is it running and reachable over UDP?")})
+                return
+            self._check_lost(now)
+            self._register(now, new_request=False)
+        elif self.state == REGISTERED:
+            if self._check_lost(now):
+                self.state = REGISTERING
+                self._attempt = 0
+                self._register(now, new_request=True)
+                return
+            assert self._next_heartbeat is not None
+            if now >= self._next_heartbeat:
+                self.outbox.append(self._token_message(MsgType.HEARTBEAT, FLAG_ACK_REQUESTED))
+                self._heartbeat_sent = now
+                self._next_heartbeat = now + self.heartbeat_interval
+        elif self.state == CLOSING:
+            if now >= self._close_deadline:
+                self.state = CLOSED
+            elif now >= self._deadline:
+                self.outbox.append(self._token_message(MsgType.DISCONNECT))
+                self._deadline = now + DISCONNECT_RETRY_s
+
+    def _check_lost(self, now: float) -> bool:
+        if self.ever_registered and not self.lost and now >= self.last_answer + self.peer_timeout:
+            self.lost = True
+            self.events.append({"event": "bootnode_lost"})
+            return True
+        return False
+
+    # --- leaving -----------------------------------------------------------------
+
+    def disconnect(self, now: float) -> None:
+        """Leave: DISCONNECT until acknowledged or DISCONNECT_WAIT_s passed; then CLOSED."""
+        if self.state == REGISTERED and not self.lost:
+            self.state = CLOSING
+            self.outbox.append(self._token_message(MsgType.DISCONNECT))
+            self._deadline = now + DISCONNECT_RETRY_s
+            self._close_deadline = now + DISCONNECT_WAIT_s
+        elif self.state != CLOSING:
+            self.state = CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (CLOSED, FAILED)

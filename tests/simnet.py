@@ -1,0 +1,212 @@
+"""A simulated network for the client state machines: simulated time, a real
+Rendezvous machine as the bootnode, NATs of the four classic kinds, loss and jitter.
+
+Nothing here touches a socket. Datagrams travel through an event queue; each node's
+timer is honoured exactly; NAT behaviour follows RFC 4787's mapping and filtering
+classes. The NAT lab (test_natlab.py) checks the same cases with the kernel's NAT.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from gochat import fastpath, wire
+from gochat.chat import ChatClient
+from gochat.cookie import CookieJar
+from gochat.noise import generate_private_key, room_psk
+from gochat.rendezvous import Limits, Rendezvous, Send, SendToRoom
+
+Endpoint = Tuple[str, int]
+
+FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC = "full-cone", "restricted-cone", "port-restricted", "symmetric"
+
+
+@dataclass
+class Nat:
+    public_ip: str
+    kind: str
+    inside: set = field(default_factory=set)             # private IPs behind it
+    _next_port: int = 40000
+    _map: Dict[tuple, int] = field(default_factory=dict)    # mapping key -> public port
+    _back: Dict[int, Endpoint] = field(default_factory=dict)  # public port -> private endpoint
+    _contacted: Dict[int, set] = field(default_factory=dict)  # public port -> remote endpoints sent to
+
+    def outbound(self, src: Endpoint, dst: Endpoint) -> Endpoint:
+        key = (src, dst) if self.kind == SYMMETRIC else (src,)
+        port = self._map.get(key)
+        if port is None:
+            port = self._map[key] = self._next_port
+            self._next_port += 7 if self.kind == SYMMETRIC else 1
+            self._back[port] = src
+        self._contacted.setdefault(port, set()).add(dst)
+        return self.public_ip, port
+
+    def inbound(self, src: Endpoint, port: int) -> Optional[Endpoint]:
+        inner = self._back.get(port)
+        if inner is None:
+            return None
+        contacted = self._contacted.get(port, set())
+        if self.kind == FULL_CONE:
+            return inner
+        if self.kind == RESTRICTED:
+            return inner if any(c[0] == src[0] for c in contacted) else None
+        return inner if src in contacted else None   # port-restricted and symmetric
+
+
+class SimWorld:
+    def __init__(self, seed: int = 1, delay: float = 0.005, jitter: float = 0.0, loss: float = 0.0) -> None:
+        self.now = 1000.0
+        self.rng = random.Random(seed)
+        self.delay, self.jitter, self.loss = delay, jitter, loss
+        self._queue: List[tuple] = []
+        self._seq = itertools.count()
+        self.nodes: Dict[Endpoint, object] = {}           # bound endpoint -> ChatClient / Rendezvous
+        self.nats: Dict[str, Nat] = {}                    # public ip -> Nat
+        self.nat_of: Dict[str, Nat] = {}                  # private ip -> Nat
+        self.events: Dict[str, List[dict]] = {}
+        self.bootnode: Optional[Rendezvous] = None
+        self.bootnode_addr: Endpoint = ("192.0.2.1", 9595)
+        self.sent: List[Tuple[Endpoint, Endpoint, bytes]] = []   # (from, to, data) as sent, for replay tests
+        self.filter: Optional[Callable[[Endpoint, Endpoint, bytes], bool]] = None
+
+    # --- topology ---------------------------------------------------------------------
+
+    def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0) -> Rendezvous:
+        table = fastpath.SessionTable(1000, timeout, self.now)
+        self.bootnode = Rendezvous(table, heartbeat_interval_s=interval, peer_timeout_s=timeout,
+                                   limits=Limits(1000, 100, 1000.0, 1000), cookies=CookieJar(b"k" * 32))
+        self.nodes[self.bootnode_addr] = self.bootnode
+        return self.bootnode
+
+    def stop_bootnode(self) -> None:
+        self.nodes.pop(self.bootnode_addr, None)
+        self.bootnode = None
+
+    def add_nat(self, public_ip: str, kind: str) -> Nat:
+        nat = self.nats[public_ip] = Nat(public_ip, kind)
+        return nat
+
+    def add_client(self, name: str, ip: str, port: int = 4545, nat: Optional[Nat] = None, room: str = "lobby",
+                   passphrase: Optional[str] = None, key: Optional[bytes] = None, local: bool = True,
+                   **kw) -> ChatClient:
+        if nat is not None:
+            nat.inside.add(ip)
+            self.nat_of[ip] = nat
+        client = ChatClient(static_private=key or generate_private_key(), name=name, room=room,
+                            psk=room_psk(room, passphrase), bootnode=self.bootnode_addr, now=self.now,
+                            local_endpoints=[(ip, port)] if local else [], random_bytes=self.rng.randbytes, **kw)
+        self.nodes[(ip, port)] = client
+        self.events[name] = []
+        self._drain(client, (ip, port))
+        return client
+
+    def remove(self, endpoint: Endpoint) -> None:
+        self.nodes.pop(endpoint, None)
+
+    # --- packets ----------------------------------------------------------------------
+
+    def _transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        self.sent.append((src, dst, data))
+        if self.filter is not None and not self.filter(src, dst, data):
+            return
+        nat = self.nat_of.get(src[0])
+        if nat is not None and dst[0] not in nat.inside:
+            if dst[0] == nat.public_ip:
+                return   # no hairpinning
+            src = nat.outbound(src, dst)
+        if self.loss and self.rng.random() < self.loss:
+            return
+        t = self.now + self.delay + (self.rng.random() * self.jitter if self.jitter else 0.0)
+        heapq.heappush(self._queue, (t, next(self._seq), src, dst, data))
+
+    def _arrive(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        nat = self.nats.get(dst[0])
+        if nat is not None:
+            inner = nat.inbound(src, dst[1])
+            if inner is None:
+                return
+            dst = inner
+        node = self.nodes.get(dst)
+        if node is None:
+            return
+        if isinstance(node, Rendezvous):
+            self._deliver_bootnode(node.receive_datagram(data, src, self.now) + node.flush_announcements())
+        else:
+            node.receive_datagram(data, src, self.now)
+            self._drain(node, dst)
+
+    def _deliver_bootnode(self, actions) -> None:
+        assert self.bootnode is not None
+        for a in actions:
+            if isinstance(a, Send):
+                self._transmit(self.bootnode_addr, (wire.normalize_host(a.addr[0]), a.addr[1]), a.data)
+            else:
+                assert isinstance(a, SendToRoom)
+                t = self.bootnode.table
+                for i in t.room_members(a.room_id):
+                    if i != a.exclude_slot:
+                        self._transmit(self.bootnode_addr, t.endpoint(i), a.data)
+
+    def _drain(self, client: ChatClient, me: Endpoint) -> None:
+        for data, dst in client.outbox:
+            self._transmit(me, dst, data)
+        client.outbox.clear()
+        self.events[client.name].extend(client.events)
+        client.events.clear()
+
+    # --- time ---------------------------------------------------------------------------
+
+    def _next_timer(self) -> Tuple[Optional[float], object, Optional[Endpoint]]:
+        best: Tuple[Optional[float], object, Optional[Endpoint]] = (None, None, None)
+        for ep, node in self.nodes.items():
+            t = node.get_timer(self.now) if isinstance(node, Rendezvous) else node.get_timer()
+            if t is not None and (best[0] is None or t < best[0]):
+                best = (t, node, ep)
+        return best
+
+    def run(self, until: float) -> None:
+        """Advance simulated time to ``until`` (absolute), handling every packet and timer."""
+        for _ in range(2_000_000):
+            t_timer, node, ep = self._next_timer()
+            t_packet = self._queue[0][0] if self._queue else None
+            candidates = [t for t in (t_timer, t_packet) if t is not None]
+            if not candidates or min(candidates) > until:
+                self.now = until
+                return
+            if t_packet is not None and (t_timer is None or t_packet <= t_timer):
+                t, _, src, dst, data = heapq.heappop(self._queue)
+                self.now = max(self.now, t)
+                self._arrive(src, dst, data)
+            else:
+                self.now = max(self.now, t_timer)
+                if isinstance(node, Rendezvous):
+                    self._deliver_bootnode(node.handle_timer(self.now))
+                else:
+                    node.handle_timer(self.now)
+                    self._drain(node, ep)
+        raise AssertionError("simulation did not settle")
+
+    def run_for(self, seconds: float) -> None:
+        self.run(self.now + seconds)
+
+    def run_until(self, predicate: Callable[[], bool], limit: float = 60.0, step: float = 0.01) -> float:
+        """Advance until predicate() holds; returns the simulated time it took."""
+        start = self.now
+        while not predicate():
+            if self.now - start > limit:
+                raise AssertionError(f"condition not met within {limit} simulated seconds")
+            self.run(self.now + step)
+        return self.now - start
+
+    def kinds(self, name: str, kind: str) -> List[dict]:
+        return [e for e in self.events[name] if e["event"] == kind]
+
+    def send(self, client: ChatClient, text: str) -> int:
+        n = client.send_message(text, self.now)
+        me = next(ep for ep, node in self.nodes.items() if node is client)
+        self._drain(client, me)
+        return n
