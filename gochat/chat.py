@@ -152,7 +152,8 @@ class ChatClient:
             self.counters["bad_peer_key"] += 1
             return
         self.peers[entry.public_key] = peer
-        self.event({"event": "peer_joined", "name": peer.name, "fingerprint": peer.fingerprint})
+        self.event({"event": "peer_joined", "name": peer.name, "fingerprint": peer.fingerprint,
+                    "public_key": peer.key.hex()})
         peer.handle_timer(now)   # the first punch round goes out at once
 
     def _forget(self, peer: Peer) -> None:

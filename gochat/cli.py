@@ -29,10 +29,14 @@ def _options(func):
 @_options
 @click.option("--env-file", "env_file", default=".env", show_default=True, metavar="PATH",
               help="settings file read after the environment (never overrides it)")
+@click.option("--no-ui", "no_ui", is_flag=True, default=None,
+              help="client: line mode for scripts: stdin lines are messages, stdout JSON events [env NO_UI]")
 @click.version_option(__version__, "--version", prog_name="gochat")
 def main(env_file: str, **flags) -> None:
     """Peer-to-peer group chat over UDP: a bootnode introduces the peers of a room."""
     try:
+        if flags.get("no_ui"):
+            flags["no_ui"] = "true"
         settings = resolve(flags, os.environ, Path(env_file) if env_file else None)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -43,8 +47,28 @@ def main(env_file: str, **flags) -> None:
     )
     if settings.mode == "bootnode":
         sys.exit(run_bootnode(settings))
-    click.echo("gochat: client mode is not available in this version yet (only --mode bootnode)", err=True)
-    sys.exit(1)
+    sys.exit(run_client(settings))
+
+
+def run_client(settings: Settings) -> int:
+    from .client import ClientConfig
+    from .identity import IdentityError, data_dir, load_or_create
+    from . import linemode
+
+    path = settings.identity or data_dir(os.environ) / "identity"
+    try:
+        identity = load_or_create(path)
+    except (IdentityError, OSError) as exc:
+        click.echo(f"gochat: identity {path}: {exc}", err=True)
+        return 1
+    assert settings.bootnode is not None and settings.room is not None and settings.name is not None
+    config = ClientConfig(
+        bootnode=settings.bootnode, room=settings.room, name=settings.name, port=settings.port,
+        passphrase=settings.passphrase or None, heartbeat_interval=settings.heartbeat_interval,
+        peer_timeout=settings.peer_timeout)
+    if not settings.no_ui:
+        click.echo("gochat: the terminal UI is not in this version yet; running in line mode (--no-ui)", err=True)
+    return linemode.run(config, identity)
 
 
 def run_bootnode(settings: Settings) -> int:

@@ -135,6 +135,43 @@ def parse_text(text: str) -> str:
     return text.strip()
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_name(text: str) -> str:
+    """A display name as the wire carries it: 1-32 UTF-8 bytes, no control characters."""
+    name = text.strip()
+    if not name:
+        raise ValueError("must not be empty")
+    if len(name.encode("utf-8")) > C.MAX_NAME_bytes:
+        raise ValueError(f"at most {C.MAX_NAME_bytes} bytes of UTF-8")
+    if _CONTROL.search(name):
+        raise ValueError("must not contain control characters")
+    return name
+
+
+def parse_path(text: str) -> Optional[Path]:
+    return Path(text).expanduser() if text.strip() else None
+
+
+def default_name(environ: Mapping[str, str]) -> str:
+    """The login name, made a valid display name."""
+    login = environ.get("USER") or environ.get("LOGNAME") or "user"
+    login = _CONTROL.sub("", login).strip() or "user"
+    while len(login.encode("utf-8")) > C.MAX_NAME_bytes:
+        login = login[:-1]
+    return login
+
+
 # --- the settings table ------------------------------------------------------------------
 
 
@@ -158,8 +195,14 @@ SPECS: Tuple[Spec, ...] = (
     Spec("bootnode", "BOOTNODE", "--bootnode", None, parse_text,
          "client: bootnode address, HOST[:PORT]"),
     Spec("room", "ROOM", "--room", None, parse_text, "client: room to join"),
-    Spec("port", "LOCAL_UDP_PORT", "--port", str(C.DEFAULT_LOCAL_UDP_PORT), parse_port,
-         "client: local UDP port"),
+    Spec("port", "LOCAL_UDP_PORT", "--port", str(C.DEFAULT_LOCAL_UDP_PORT),
+         lambda text: parse_port(text, allow_zero=True), "client: local UDP port (0: any free port)"),
+    Spec("name", "NAME", "--name", None, parse_name, "client: display name (default: the login name)"),
+    Spec("identity", "IDENTITY_FILE", "--identity", "", parse_path,
+         "client: identity key file (default: $XDG_DATA_HOME/gochat/identity)"),
+    Spec("passphrase", "ROOM_PASSPHRASE", "--passphrase", "", parse_text,
+         "client: room passphrase; peers need the same one (prefer the environment: flags show in ps)"),
+    Spec("no_ui", "NO_UI", None, "false", parse_bool, "client: line mode, JSON events on stdout"),
     Spec("heartbeat_interval", "HEARTBEAT_INTERVAL", "--heartbeat-interval",
          f"{C.DEFAULT_HEARTBEAT_INTERVAL_s:g}s", parse_duration,
          "how often clients send heartbeats (the bootnode tells clients its value)"),
@@ -194,6 +237,10 @@ class Settings:
     bootnode: Optional[HostPort]
     room: Optional[str]
     port: int
+    name: Optional[str]
+    identity: Optional[Path]
+    passphrase: str
+    no_ui: bool
     heartbeat_interval: float
     peer_timeout: float
     max_peers: int
@@ -248,6 +295,9 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Opti
         except ValueError as exc:
             raise ConfigError(f"invalid {sources[spec.field]}: {raw!r}: {exc}") from None
 
+    if values["name"] is None:
+        values["name"] = default_name(environ)
+        sources["name"] = "NAME (default: the login name)"
     if values["mode"] == "client":
         if not values["room"]:
             raise ConfigError("client mode needs a room: set --room or ROOM")

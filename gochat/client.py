@@ -1,0 +1,195 @@
+"""asyncio driver of a chat client: owns the UDP socket, the clock and the one timer.
+
+All protocol decisions are in chat.py (and below it); this module feeds it datagrams
+and timer ticks with ``loop.time()``, sends what it returns, and hands its events to
+a front end (line mode, or the terminal UI) through one callback. It also does the
+client's local file work that a state machine must not: trust on first use of the
+peers' keys (known_peers.json beside the identity file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from ._addr import format_endpoint, sockaddr_for
+from .chat import ChatClient, canonical
+from .identity import Identity, KnownPeers, fingerprint
+from .noise import room_psk
+
+log = logging.getLogger("gochat.client")
+
+EventSink = Callable[[dict], None]
+
+
+class StartupError(Exception):
+    """The client cannot start (bootnode name does not resolve, port in use...)."""
+
+
+@dataclass
+class ClientConfig:
+    bootnode: Tuple[str, int]
+    room: str
+    name: str
+    port: int
+    passphrase: Optional[str]
+    heartbeat_interval: float
+    peer_timeout: float
+
+
+def resolve_bootnode(host: str, port: int) -> Tuple[int, Tuple[str, int]]:
+    """(socket family, (address, port)) of the bootnode; StartupError if it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve bootnode {host}: {exc.strerror}") from None
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)   # IPv4 first: most NATs are IPv4
+    family, _, _, _, sockaddr = infos[0]
+    return family, canonical(sockaddr)
+
+
+def local_endpoint_towards(family: int, target: Tuple[str, int], port: int) -> List[Tuple[str, int]]:
+    """The address the kernel would send from towards ``target`` (the LAN address behind a
+    NAT), with our port: what peers behind the same NAT can reach us on."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.connect(sockaddr_for(family, target))   # no packet is sent: UDP connect only routes
+        return [canonical((probe.getsockname()[0], port))]
+    except OSError:
+        return []
+    finally:
+        probe.close()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, driver: "ClientDriver") -> None:
+        self.driver = driver
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.driver.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:   # ICMP errors: a candidate that is not there
+        self.driver.machine.counters["send_error"] += 1
+
+
+class ClientDriver:
+    def __init__(self, config: ClientConfig, identity: Identity, sink: EventSink) -> None:
+        self.config = config
+        self.identity = identity
+        self.sink = sink
+        self.known = KnownPeers(identity.path.parent / "known_peers.json")
+        self.loop = asyncio.get_running_loop()
+        self.machine: ChatClient  # set by start()
+        self.transport: Optional[asyncio.DatagramTransport] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self.finished = asyncio.Event()
+
+    async def start(self) -> None:
+        family, bootnode = resolve_bootnode(*self.config.bootnode)
+        bind = ("::" if family == socket.AF_INET6 else "0.0.0.0", self.config.port)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(bind)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"cannot use UDP port {self.config.port}: {exc.strerror or exc} "
+                               "(choose another with --port or LOCAL_UDP_PORT)") from None
+        self.family = family
+        self.port = sock.getsockname()[1]
+        self.transport, _ = await self.loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        psk = room_psk(self.config.room, self.config.passphrase)
+        self.machine = ChatClient(
+            static_private=self.identity.private_key, name=self.config.name, room=self.config.room, psk=psk,
+            bootnode=bootnode, now=self.loop.time(),
+            local_endpoints=local_endpoint_towards(family, bootnode, self.port),
+            heartbeat_interval=self.config.heartbeat_interval, peer_timeout=self.config.peer_timeout)
+        log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode),
+                 self.config.room)
+        self._after_input()
+
+    # --- inputs ---------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.machine.receive_datagram(data, addr, self.loop.time())
+        self._after_input()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.machine.handle_timer(self.loop.time())
+        self._after_input()
+
+    def send_message(self, text: str) -> int:
+        n = self.machine.send_message(text, self.loop.time())
+        self._after_input()
+        return n
+
+    def quit(self) -> None:
+        self.machine.quit(self.loop.time())
+        self._after_input()
+
+    # --- outputs --------------------------------------------------------------------
+
+    def _after_input(self) -> None:
+        machine = self.machine
+        if machine.outbox and self.transport is not None:
+            for data, endpoint in machine.outbox:
+                try:
+                    self.transport.sendto(data, sockaddr_for(self.family, endpoint))
+                except OSError:
+                    machine.counters["send_error"] += 1
+            machine.outbox.clear()
+        if machine.events:
+            events, machine.events = machine.events, []
+            for event in events:
+                self._emit(event)
+        if machine.finished:
+            self.close()
+            return
+        when = machine.get_timer()
+        if self._timer is not None and (when is None or self._timer.when() != when):
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _emit(self, event: dict) -> None:
+        if event["event"] == "peer_joined":
+            key = bytes.fromhex(event["public_key"])
+            previous = self.known.get(event["name"])
+            status = self.known.remember(event["name"], key)
+            event["trust"] = "verified" if status == KnownPeers.KNOWN and previous and previous.get("verified") \
+                else status
+            self.sink(event)
+            if status == KnownPeers.CHANGED and previous is not None:
+                old = fingerprint(bytes.fromhex(previous["key"]))
+                self.sink({"event": "key_changed", "name": event["name"], "fingerprint": event["fingerprint"],
+                           "previous_fingerprint": old,
+                           "message": f"WARNING: {event['name']} has a different key than before "
+                                      f"({old} -> {event['fingerprint']}). It may be someone else: "
+                                      f"compare safety numbers before trusting it."})
+            return
+        self.sink(event)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self.finished.set()
+
+    def status(self) -> dict:
+        now = self.loop.time()
+        return {"event": "peers", "bootnode": self.machine.bootnode_status(),
+                "peers": self.machine.peer_snapshot(now)}
+
+
+def identity_path(explicit: Optional[Path], data_dir: Path) -> Path:
+    return explicit if explicit is not None else data_dir / "identity"
