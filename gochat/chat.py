@@ -126,14 +126,12 @@ class ChatClient:
                 for key, reason in msg.left:
                     peer = self.peers.get(key)
                     if peer is not None:
-                        peer.leave(LeaveReason(reason).name)
+                        peer.leave(LeaveReason(reason).name.lower())
                         self._forget(peer)
             else:
                 for entry in msg.peers:
                     self._introduce(entry, now)
-        elif isinstance(msg, (wire.Cookie, wire.Registered, wire.Refused, wire.TokenMessage)):
-            self.link.receive(msg, now)
-        else:
+        elif not self.link.receive(msg, now):
             self.counters["unexpected"] += 1
 
     def _introduce(self, entry: wire.PeerEntry, now: float) -> None:

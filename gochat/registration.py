@@ -23,6 +23,8 @@ from .constants import (
 )
 from .wire import FLAG_ACK_REQUESTED, MsgType, RefuseReason
 
+_REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_SESSION, MsgType.DISCONNECT_ACK)
+
 REGISTERING, REGISTERED, FAILED, CLOSING, CLOSED = "registering", "registered", "failed", "closing", "closed"
 
 
@@ -84,23 +86,29 @@ class BootnodeLink:
 
     # --- inputs ------------------------------------------------------------------
 
-    def receive(self, msg: wire.Message, now: float) -> None:
-        """A decoded datagram that came from the bootnode's address."""
+    def receive(self, msg: wire.Message, now: float) -> bool:
+        """A decoded datagram that came from the bootnode's address. False when it was
+        ignored (a late reply to an earlier request, or a type a client never gets)."""
+        registering = self.state == REGISTERING
         if isinstance(msg, wire.Cookie):
-            if self.state == REGISTERING and msg.request_id == self._request_id and self._cookie_rounds < 3:
+            if registering and msg.request_id == self._request_id and self._cookie_rounds < 3:
                 self.last_answer = now
                 self.cookie = msg.cookie
                 self._cookie_rounds += 1
                 self.outbox.append(self._register_bytes())
+                return True
         elif isinstance(msg, wire.Registered):
-            if self.state == REGISTERING and msg.request_id == self._request_id:
+            if registering and msg.request_id == self._request_id:
                 self._registered(msg, now)
+                return True
         elif isinstance(msg, wire.Refused):
-            if self.state == REGISTERING and msg.request_id == self._request_id:
+            if registering and msg.request_id == self._request_id:
                 self.last_answer = now
                 self._refused(msg, now)
-        elif isinstance(msg, wire.TokenMessage) and msg.token == self.token:
-            self._token_reply(msg, now)
+                return True
+        elif isinstance(msg, wire.TokenMessage) and msg.token == self.token and msg.type in _REPLIES:
+            return self._token_reply(msg, now)
+        return False
 
     def _registered(self, msg: wire.Registered, now: float) -> None:
         self.state = REGISTERED
@@ -120,7 +128,7 @@ class BootnodeLink:
 
     def _refused(self, msg: wire.Refused, now: float) -> None:
         try:
-            reason = RefuseReason(msg.reason).name
+            reason = RefuseReason(msg.reason).name.lower()
         except ValueError:
             reason = f"reason {msg.reason}"
         text = (f"bootnode {format_endpoint(self.bootnode)} refused the registration: {reason}"
@@ -132,7 +140,7 @@ class BootnodeLink:
         self.events.append({"event": "error", "message": text})
         self._deadline = now + max(msg.retry_after_ms / 1000.0, REGISTER_TIMEOUTS_s[0])
 
-    def _token_reply(self, msg: wire.TokenMessage, now: float) -> None:
+    def _token_reply(self, msg: wire.TokenMessage, now: float) -> bool:
         if msg.type is MsgType.HEARTBEAT_ACK and self.state == REGISTERED:
             self.last_answer = now
             if self._heartbeat_sent is not None:
@@ -148,6 +156,9 @@ class BootnodeLink:
             self._register(now, new_request=True)
         elif msg.type is MsgType.DISCONNECT_ACK and self.state == CLOSING:
             self.state = CLOSED
+        else:
+            return False
+        return True
 
     # --- timers ------------------------------------------------------------------
 

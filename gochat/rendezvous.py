@@ -104,7 +104,8 @@ class Rendezvous:
 
     def get_timer(self, now: float) -> float:
         """When handle_timer should run next: the next wheel tick."""
-        return (int(now / TICK_s) + 1) * TICK_s
+        t = (int(now / TICK_s) + 1) * TICK_s
+        return t if t > now else t + TICK_s   # float rounding can land on ``now`` itself
 
     def handle_timer(self, now: float) -> List[Action]:
         return self.announce_expired(self.collect_expired(now))

@@ -21,7 +21,6 @@ events), and time is an argument.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -274,7 +273,7 @@ class Peer:
 
     def _fail(self, reason: str) -> None:
         self.state = FAILED
-        self._hs = None
+        self._hs, self._hs_next, self._hs_deadline = None, None, None
         self.ctx.event({"event": "handshake_failed", "name": self.name, "fingerprint": self.fingerprint,
                         "reason": reason})
         self._give_up_pending()
@@ -413,7 +412,7 @@ class Peer:
         times = []
         if self.state == PUNCHING:
             times += [self._next_punch, self._punch_started + PUNCH_DEADLINE_s]
-        if self._hs_next is not None:
+        if self._hs_next is not None and self.state in (HANDSHAKING, CONNECTED):
             times.append(self._hs_next)
         if self._hs_deadline is not None:
             times.append(self._hs_deadline)

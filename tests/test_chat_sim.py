@@ -1,0 +1,263 @@
+"""The client state machines end to end over a simulated network, with simulated time:
+real Rendezvous bootnode, NATs of the four RFC 4787 kinds, loss, reordering."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gochat import peer_wire as pw
+from gochat.constants import PUNCH_DEADLINE_s
+from gochat.reliable import MessageTooLong
+from gochat.transport import REKEY_AFTER_TIME_s
+from .simnet import FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, SimWorld
+
+KINDS = [FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC]
+UNREACHABLE_PAIRS = {(PORT_RESTRICTED, SYMMETRIC), (SYMMETRIC, PORT_RESTRICTED), (SYMMETRIC, SYMMETRIC)}
+
+
+def connected(w, name, peer):
+    return any(e["event"] == "peer_connected" and e["name"] == peer for e in w.events[name])
+
+
+def texts(w, name, sender=None):
+    return [e["text"] for e in w.events[name] if e["event"] == "message" and (sender is None or e["from"] == sender)]
+
+
+def two_peers(kind_a=None, kind_b=None, **world):
+    w = SimWorld(**world)
+    w.start_bootnode()
+    na = w.add_nat("203.0.113.1", kind_a) if kind_a else None
+    nb = w.add_nat("203.0.113.2", kind_b) if kind_b else None
+    a = w.add_client("alice", "10.0.1.2" if na else "198.51.100.10", nat=na)
+    b = w.add_client("bob", "10.0.2.2" if nb else "198.51.100.20", nat=nb)
+    return w, a, b
+
+
+@pytest.mark.parametrize("kind_a,kind_b", list(itertools.product(KINDS, KINDS)))
+def test_nat_combinations(kind_a, kind_b):
+    w, a, b = two_peers(kind_a, kind_b)
+    if (kind_a, kind_b) in UNREACHABLE_PAIRS:
+        took = w.run_until(lambda: w.kinds("alice", "peer_unreachable") and w.kinds("bob", "peer_unreachable"),
+                           limit=PUNCH_DEADLINE_s + 2)
+        assert took <= PUNCH_DEADLINE_s + 0.1
+        assert "both sides' NATs may be symmetric" in w.kinds("alice", "peer_unreachable")[0]["message"]
+        assert not connected(w, "alice", "bob") and not connected(w, "bob", "alice")
+        return
+    took = w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    assert took < 1.0   # one round trip to the bootnode, a punch round, a handshake
+    w.send(a, "hello bob")
+    w.send(b, "hello alice")
+    w.run_until(lambda: texts(w, "bob") and texts(w, "alice"), limit=5)
+    assert texts(w, "bob") == ["hello bob"] and texts(w, "alice") == ["hello alice"]
+    if SYMMETRIC in (kind_a, kind_b):
+        # the symmetric side was reached on a port the bootnode never saw: peer-reflexive
+        sym_name, other = ("alice", "bob") if kind_a == SYMMETRIC else ("bob", "alice")
+        announced = w.kinds(other, "registered")[0]  # other's own; the sym peer's public port is in the bootnode
+        endpoint = w.kinds(other, "peer_connected")[0]["endpoint"]
+        sym_public = w.kinds(sym_name, "registered")[0]["public_endpoint"]
+        assert endpoint != sym_public and endpoint.split(":")[0] == sym_public.split(":")[0]
+        assert announced
+
+
+def test_same_nat_without_hairpin_uses_local_endpoints():
+    w = SimWorld()
+    w.start_bootnode()
+    nat = w.add_nat("203.0.113.1", PORT_RESTRICTED)
+    w.add_client("alice", "10.0.1.2", nat=nat)
+    w.add_client("bob", "10.0.1.3", nat=nat)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    assert w.kinds("alice", "peer_connected")[0]["endpoint"] == "10.0.1.3:4545"
+
+
+def test_lower_key_initiates_one_session_each_side():
+    w, a, b = two_peers()
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    initiations = [d for (_, _, d) in w.sent if pw.is_peer_datagram(d) and d[2] == pw.PeerType.HANDSHAKE_INIT]
+    assert len(initiations) == 1
+    initiator = a if a.public_key < b.public_key else b
+    assert initiations[0] in [d for (src, _, d) in w.sent if w.nodes.get(src) is initiator]
+    assert len(w.kinds("alice", "peer_connected")) == 1 and len(w.kinds("bob", "peer_connected")) == 1
+
+
+def test_wrong_passphrase_fails_handshake_on_both_sides_and_nothing_crosses():
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", passphrase="correct horse")
+    b = w.add_client("bob", "198.51.100.20", passphrase="battery staple")
+    w.run_until(lambda: w.kinds("alice", "handshake_failed") and w.kinds("bob", "handshake_failed"), limit=15)
+    assert "passphrase" in w.kinds("alice", "handshake_failed")[0]["reason"]
+    w.send(a, "secret")
+    w.send(b, "secret")
+    w.run_for(5)
+    assert not texts(w, "alice") and not texts(w, "bob")
+    assert not connected(w, "alice", "bob") and not connected(w, "bob", "alice")
+
+
+def _established(loss=0.0, jitter=0.0, delay=0.005, seed=1):
+    """Two connected peers; the link impairments apply from then on."""
+    w, a, b = two_peers(seed=seed)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w.loss, w.jitter, w.delay = loss, jitter, delay
+    return w, a, b
+
+
+def _last_transport_to(w, node):
+    dst = next(ep for ep, n in w.nodes.items() if n is node)
+    return [(src, d) for (src, to, d) in w.sent if to == dst and pw.is_peer_datagram(d)
+            and d[2] == pw.PeerType.TRANSPORT][-1]
+
+
+def test_replayed_and_tampered_packets_are_dropped():
+    w, a, b = _established()
+    w.send(a, "once")
+    w.run_until(lambda: texts(w, "bob") == ["once"], limit=5)
+    w.run_for(0.5)
+    src, data = next((s, d) for (s, to, d) in w.sent if w.nodes.get(to) is b and pw.is_peer_datagram(d)
+                     and d[2] == pw.PeerType.TRANSPORT and len(d) == 16 + 17 + len("once") + 16)
+    b.receive_datagram(data, src, w.now)      # the captured packet again
+    flipped = bytearray(data)
+    flipped[-1] ^= 1
+    b.receive_datagram(bytes(flipped), src, w.now)
+    w.run_for(0.5)
+    assert texts(w, "bob") == ["once"]
+    assert b.counters["replayed"] == 1 and b.counters["tampered"] == 1
+
+
+def test_packet_from_unknown_address_claiming_a_session_is_dropped():
+    w, a, b = _established()
+    w.send(a, "hello")
+    w.run_until(lambda: texts(w, "bob") == ["hello"], limit=5)
+    src, data = _last_transport_to(w, b)
+    peer = b.peers[a.public_key]
+    path_before = peer.path
+    forged = data[:16] + bytes(len(data) - 16)        # a valid index, garbage ciphertext
+    b.receive_datagram(forged, ("192.0.2.99", 4444), w.now)
+    b.receive_datagram(data, ("192.0.2.99", 4444), w.now)   # a replay from elsewhere
+    assert b.counters["tampered"] == 1 and b.counters["replayed"] == 1
+    assert peer.path == path_before
+    w.send(a, "still here")
+    w.run_until(lambda: texts(w, "bob") == ["hello", "still here"], limit=5)
+
+
+def test_lossy_reordering_link_delivers_exactly_once_in_order():
+    w, a, b = _established(loss=0.2, delay=0.05, jitter=0.04, seed=7)
+    for i in range(100):
+        w.send(a, f"a{i}")
+        w.send(b, f"b{i}")
+        w.run_for(0.01)
+    w.run_until(lambda: len(texts(w, "bob")) == 100 and len(texts(w, "alice")) == 100, limit=60)
+    assert texts(w, "bob") == [f"a{i}" for i in range(100)]
+    assert texts(w, "alice") == [f"b{i}" for i in range(100)]
+    assert not w.kinds("alice", "undelivered") and not w.kinds("bob", "undelivered")
+
+
+def test_large_messages_fragment_and_oversized_are_refused():
+    w, a, b = _established(loss=0.1, seed=3)
+    big = "x" * (64 * 1024)
+    w.send(a, big)
+    w.run_until(lambda: texts(w, "bob") == [big], limit=30)
+    with pytest.raises(MessageTooLong):
+        a.send_message(big + "y", w.now)
+
+
+def test_bootnode_death_leaves_conversations_alone_and_restart_reregisters():
+    w, a, b = _established()
+    w.stop_bootnode()
+    w.run_until(lambda: w.kinds("alice", "bootnode_lost") and w.kinds("bob", "bootnode_lost"), limit=30)
+    w.send(a, "still talking")
+    w.run_until(lambda: texts(w, "bob") == ["still talking"], limit=5)
+    w.run_for(30)   # long past the peer timeout: keepalives hold the session
+    w.send(b, "yes")
+    w.run_until(lambda: texts(w, "alice") == ["yes"], limit=5)
+    w.start_bootnode()
+    w.run_until(lambda: w.kinds("alice", "bootnode_restored") and w.kinds("bob", "bootnode_restored"), limit=15)
+    assert [e["again"] for e in w.kinds("alice", "registered")] == [False, True]
+    assert not w.kinds("alice", "peer_left") and not w.kinds("bob", "peer_left")
+    assert len(w.kinds("alice", "peer_connected")) == 1   # the session was never torn down
+
+
+def test_quick_bootnode_restart_answers_unknown_session_with_reregistration():
+    w, a, b = _established()
+    w.stop_bootnode()
+    w.start_bootnode()   # lost its table; the next heartbeat gets UNKNOWN_SESSION
+    w.run_until(lambda: len(w.kinds("alice", "registered")) == 2 and len(w.kinds("bob", "registered")) == 2,
+                limit=15)
+    assert w.kinds("alice", "bootnode_reregistering")[0]["reason"] == "unknown_session"
+    assert not w.kinds("alice", "bootnode_lost")
+    w.send(a, "after")
+    w.run_until(lambda: texts(w, "bob") == ["after"], limit=5)
+    assert w.bootnode.table.room_size(a.room_id) == 2
+
+
+def test_bye_is_immediate_and_vanished_peer_times_out():
+    w = SimWorld()
+    w.start_bootnode(timeout=15.0)
+    a = w.add_client("alice", "198.51.100.10")
+    w.add_client("bob", "198.51.100.20")
+    c = w.add_client("carol", "198.51.100.30")
+    w.run_until(lambda: all(connected(w, x, y) for x in ("alice", "bob", "carol")
+                            for y in ("alice", "bob", "carol") if x != y), limit=5)
+    c.quit(w.now)
+    w._drain(c, ("198.51.100.30", 4545))
+    w.run_until(lambda: w.kinds("alice", "peer_left"), limit=1)   # at once, by the bye
+    assert w.kinds("alice", "peer_left")[0] == {"event": "peer_left", "name": "carol",
+                                                "fingerprint": c.fingerprint, "reason": "quit"}
+    w.run_until(lambda: c.finished, limit=2)
+    w.remove(("198.51.100.20", 4545))   # bob vanishes without a word
+    t = w.run_until(lambda: w.kinds("alice", "peer_left")[1:], limit=30)
+    assert w.kinds("alice", "peer_left")[1]["name"] == "bob"
+    assert w.kinds("alice", "peer_left")[1]["reason"] == "timed_out"
+    assert t <= 15.5
+    w.send(a, "anyone?")
+    assert len(w.kinds("alice", "peer_left")) == 2 and len(w.kinds("alice", "error")) == 0
+
+
+def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow():
+    w, a, b = _established()
+    w.send(a, "before")
+    w.send(b, "before")
+    w.run_until(lambda: texts(w, "bob") == ["before"] and texts(w, "alice") == ["before"], limit=5)
+    w.remove(("198.51.100.20", 4545))
+    b2 = w.add_client("bob2", "198.51.100.20", key=b.static_private)   # same identity, new process
+    w.run_until(lambda: connected(w, "bob2", "alice"), limit=10)
+    w.send(b2, "after restart")
+    w.send(a, "welcome back")
+    w.run_until(lambda: texts(w, "alice", "bob2") == ["after restart"] and texts(w, "bob2") == ["welcome back"],
+                limit=10)
+
+
+def test_rekey_keeps_the_conversation_going():
+    w, a, b = _established()
+    first = a.peers[b.public_key].current
+    w.run_for(REKEY_AFTER_TIME_s + 5)
+    assert a.peers[b.public_key].current is not first and b.peers[a.public_key].current is not None
+    for i in range(5):
+        w.send(a, f"m{i}")
+        w.send(b, f"n{i}")
+    w.run_until(lambda: len(texts(w, "bob")) == 5 and len(texts(w, "alice")) == 5, limit=5)
+    w.run_for(REKEY_AFTER_TIME_s * 2)   # past the keys' hard limit: rekeying kept them fresh
+    w.send(a, "late")
+    w.run_until(lambda: texts(w, "bob")[-1:] == ["late"], limit=5)
+    assert len(w.kinds("alice", "peer_connected")) == 1 and not w.kinds("alice", "peer_left")
+
+
+def test_undelivered_after_give_up_names_the_peer():
+    w, a, b = _established()
+    w.filter = lambda src, dst, data: not (dst[0] == "198.51.100.20" and pw.is_peer_datagram(data))
+    w.send(a, "into the void")
+    w.run_until(lambda: w.kinds("alice", "undelivered"), limit=40)
+    assert w.kinds("alice", "undelivered")[0]["to"] == "bob"
+    assert w.kinds("alice", "undelivered")[0]["text"] == "into the void"
+
+
+def test_garbage_datagrams_are_counted_not_raised():
+    w, a, b = _established()
+    for junk in [b"", b"\x47", b"\x47\x01\x20\x00" + b"x" * 10, b"\x47\x01\x23\x00" + bytes(30),
+                 b"\x47\x01\x21\x00" + bytes(200), b"\x47\x01\x05\x00" + bytes(12), b"\x00" * 1300]:
+        a.receive_datagram(junk, ("198.51.100.20", 4545), w.now)
+        a.receive_datagram(junk, w.bootnode_addr, w.now)
+    assert sum(a.counters.values()) >= 14
+    w.send(b, "fine")
+    w.run_until(lambda: texts(w, "alice") == ["fine"], limit=5)
