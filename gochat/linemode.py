@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -23,10 +24,10 @@ COMMANDS = "/quit, /peers"
 
 
 class LineMode:
-    def __init__(self, config: ClientConfig, identity: Identity, stdin: IO[bytes], stdout: IO[str]) -> None:
+    def __init__(self, config: ClientConfig, identity: Identity, stdin_fd: int, stdout: IO[str]) -> None:
         self.config = config
         self.identity = identity
-        self.stdin = stdin
+        self.stdin_fd = stdin_fd
         self.stdout = stdout
         self.driver: Optional[ClientDriver] = None
 
@@ -63,12 +64,23 @@ class LineMode:
         return 0
 
     def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Blocking reads in a thread: works for pipes, files, terminals and /dev/null alike."""
+        """Blocking reads in a thread: works for pipes, files, terminals and /dev/null alike.
+        Raw os.read on the descriptor, not the buffered file object, so that the thread
+        holds no interpreter-level lock when the process exits while it waits."""
+        pending = b""
         try:
-            for raw in self.stdin:
-                loop.call_soon_threadsafe(self.handle_line, raw.decode("utf-8", "replace").rstrip("\r\n"))
-        except (OSError, ValueError):
-            pass
+            while True:
+                chunk = os.read(self.stdin_fd, 65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    loop.call_soon_threadsafe(self.handle_line, raw.decode("utf-8", "replace").rstrip("\r"))
+            if pending:
+                loop.call_soon_threadsafe(self.handle_line, pending.decode("utf-8", "replace").rstrip("\r"))
+        except (OSError, RuntimeError):
+            return
         try:
             loop.call_soon_threadsafe(self.handle_line, None)
         except RuntimeError:   # the loop is already closed
@@ -99,4 +111,4 @@ class LineMode:
 
 
 def run(config: ClientConfig, identity: Identity) -> int:
-    return asyncio.run(LineMode(config, identity, sys.stdin.buffer, sys.stdout).run())
+    return asyncio.run(LineMode(config, identity, sys.stdin.fileno(), sys.stdout).run())

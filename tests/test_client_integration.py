@@ -1,0 +1,131 @@
+"""Real client processes and a real bootnode on loopback, over real UDP."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from .procs import Bootnode, Client
+
+
+@pytest.fixture
+def bootnode():
+    node = Bootnode()
+    yield node
+    node.stop()
+
+
+def _all_connected(clients):
+    for c in clients:
+        for other in clients:
+            if other is not c:
+                c.wait_event("peer_connected", name=other.name)
+
+
+def test_three_clients_chat_then_kill_term_and_bootnode_restart(tmp_path, bootnode):
+    clients = [Client(bootnode.address, name, tmp_path) for name in ("alice", "bob", "carol")]
+    try:
+        for c in clients:
+            reg = c.wait_event("registered")
+            assert reg["room"] == "lobby" and reg["public_endpoint"].startswith("127.0.0.1:")
+            assert reg["fingerprint"] == c.wait_event("started")["fingerprint"]
+        _all_connected(clients)
+        alice, bob, carol = clients
+        joined = alice.wait_event("peer_joined", name="bob")
+        assert joined["fingerprint"] == bob.wait_event("registered")["fingerprint"] and joined["trust"] == "new"
+        alice.say("hello from alice")
+        bob.say("hello from bob")
+        carol.say("ünïcode ✓ 漢字")
+        for c in clients:
+            for other in clients:
+                if other is not c:
+                    c.wait_for(lambda e: e["event"] == "message" and e["from"] == other.name, what=f"from {other.name}")
+        assert bob.messages("alice") == ["hello from alice"] and alice.messages("carol") == ["ünïcode ✓ 漢字"]
+
+        # The bootnode restarts mid-chat: clients re-register by themselves, the chat goes on.
+        port = bootnode.port
+        assert bootnode.stop() == 0
+        alice.say("while the bootnode is away")
+        bob.wait_for(lambda e: e.get("text") == "while the bootnode is away")
+        restarted = Bootnode(listen=f"127.0.0.1:{port}")
+        try:
+            for c in clients:
+                c.wait_for(lambda e: e["event"] == "registered" and e["again"], timeout=20, what="re-registration")
+
+            # carol is killed: no bye; the others see her time out.
+            carol.kill()
+            for c in (alice, bob):
+                left = c.wait_event("peer_left", name="carol", timeout=20)
+                assert left["reason"] == "timed_out"
+            # bob quits with SIGTERM: a bye, so alice knows at once; bob exits 0.
+            assert bob.stop(signal.SIGTERM) == 0
+            assert alice.wait_event("peer_left", name="bob", timeout=5)["reason"] == "quit"
+            alice.say("alone now")
+            alice.wait_for(lambda e: e["event"] == "error" and "nobody" in e["message"])
+            alice.close_stdin()                 # end of input: graceful quit
+            assert alice.proc.wait(15) == 0
+            assert restarted.stop() == 0
+        finally:
+            restarted.stop()
+    finally:
+        for c in clients:
+            c.kill()
+
+
+def test_commands_and_errors_in_line_mode(tmp_path, bootnode):
+    alice = Client(bootnode.address, "alice", tmp_path)
+    bob = Client(bootnode.address, "bob", tmp_path)
+    try:
+        _all_connected([alice, bob])
+        alice.say("/peers")
+        peers = alice.wait_event("peers")
+        assert peers["bootnode"]["state"] == "connected"
+        assert [(p["name"], p["state"], p["path"]) for p in peers["peers"]] == [("bob", "connected", "direct")]
+        alice.say("/frobnicate")
+        assert "unknown command /frobnicate" in alice.wait_event("error")["message"]
+        alice.say("x" * 70000)
+        assert "limit is 65536" in alice.wait_for(lambda e: e["event"] == "error" and "limit" in e["message"])["message"]
+        alice.say("/quit")
+        assert alice.proc.wait(15) == 0
+        assert bob.wait_event("peer_left", name="alice", timeout=5)["reason"] == "quit"
+        assert bob.stop(signal.SIGINT) == 0
+    finally:
+        alice.kill()
+        bob.kill()
+
+
+def test_unreachable_bootnode_is_a_clear_error_exit_1(tmp_path):
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))   # a port where nobody answers (we hold it and read nothing)
+    try:
+        c = Client(f"127.0.0.1:{s.getsockname()[1]}", "alice", tmp_path)
+        error = c.wait_event("error", timeout=20)
+        assert error["fatal"]
+        assert error["message"] == (f"bootnode 127.0.0.1:{s.getsockname()[1]} did not answer after 4 tries over 8 s: "
+                                    "is it running and reachable over UDP?")
+        assert c.proc.wait(10) == 1
+    finally:
+        s.close()
+
+
+def test_identity_is_kept_and_a_changed_key_is_reported(tmp_path, bootnode):
+    alice = Client(bootnode.address, "alice", tmp_path)
+    bob = Client(bootnode.address, "bob", tmp_path)
+    try:
+        _all_connected([alice, bob])
+        first = bob.wait_event("registered")["fingerprint"]
+        assert (tmp_path / "bob" / "identity").stat().st_mode & 0o777 == 0o600
+        assert bob.stop() == 0
+        bob = Client(bootnode.address, "bob", tmp_path)          # same identity file
+        assert bob.wait_event("registered")["fingerprint"] == first
+        alice.wait_for(lambda e: e["event"] == "peer_joined" and e["name"] == "bob" and e["trust"] == "known")
+        assert bob.stop() == 0
+        mallory = Client(bootnode.address, "bob", tmp_path, identity=str(tmp_path / "mallory" / "identity"))
+        warning = alice.wait_event("key_changed", name="bob")
+        assert warning["previous_fingerprint"] == first and "WARNING" in warning["message"]
+        mallory.stop()
+    finally:
+        alice.kill()
+        bob.kill()
