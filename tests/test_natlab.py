@@ -1,0 +1,105 @@
+"""Real gochat processes behind real kernel NATs in network namespaces (root only)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gochat.constants import PUNCH_DEADLINE_s
+
+from .natlab import BOOTNODE, CLIENT_PORT, FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, Lab, \
+    missing_requirements
+from .procs import Bootnode, Client
+
+_why = missing_requirements()
+pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
+
+CONES = [FULL_CONE, RESTRICTED, PORT_RESTRICTED]
+LAB_TIMERS = ["--heartbeat-interval", "2s", "--peer-timeout", "6s"]
+
+
+def _start(lab, tmp_path, names=(("alice", "a", 0), ("bob", "b", 0))):
+    boot = Bootnode(listen=BOOTNODE, prefix=lab.prefix(lab.ns["boot"]), extra=LAB_TIMERS)
+    clients = [Client(BOOTNODE, name, tmp_path, prefix=lab.prefix(lab.hosts[side][i]), port=CLIENT_PORT,
+                      extra=LAB_TIMERS) for name, side, i in names]
+    return boot, clients
+
+
+def _chat_both_ways(alice, bob):
+    alice.say("hello from behind nat a")
+    bob.say("hello from behind nat b")
+    bob.wait_for(lambda e: e.get("text") == "hello from behind nat a", what="alice's message")
+    alice.wait_for(lambda e: e.get("text") == "hello from behind nat b", what="bob's message")
+
+
+def _stop(boot, clients):
+    for c in clients:
+        c.kill()
+    boot.stop()
+
+
+@pytest.mark.parametrize("kind_a,kind_b", list(itertools.combinations_with_replacement(CONES, 2))
+                         + [(SYMMETRIC, FULL_CONE), (SYMMETRIC, RESTRICTED)])
+def test_direct_path_through_nats(tmp_path, kind_a, kind_b):
+    with Lab(kind_a, kind_b) as lab:
+        boot, (alice, bob) = _start(lab, tmp_path)
+        try:
+            a_conn = alice.wait_event("peer_connected", name="bob", timeout=15)
+            b_conn = bob.wait_event("peer_connected", name="alice", timeout=15)
+            assert a_conn["path"] == b_conn["path"] == "direct"
+            assert a_conn["endpoint"].startswith("198.18.3.2:") and b_conn["endpoint"].startswith("198.18.2.2:")
+            if kind_a == SYMMETRIC:
+                # bob reached alice on the port her NAT opened towards him, not the one the
+                # bootnode saw: a peer-reflexive endpoint.
+                assert b_conn["endpoint"] != alice.wait_event("registered")["public_endpoint"]
+            _chat_both_ways(alice, bob)
+        finally:
+            _stop(boot, clients=[alice, bob])
+
+
+@pytest.mark.parametrize("kind_a,kind_b", [(PORT_RESTRICTED, SYMMETRIC), (SYMMETRIC, PORT_RESTRICTED)])
+def test_port_restricted_against_symmetric_is_reported_unreachable(tmp_path, kind_a, kind_b):
+    with Lab(kind_a, kind_b) as lab:
+        boot, (alice, bob) = _start(lab, tmp_path)
+        try:
+            alice.wait_event("peer_joined", name="bob")
+            event = alice.wait_event("peer_unreachable", name="bob", timeout=PUNCH_DEADLINE_s + 5)
+            assert "both sides' NATs may be symmetric" in event["message"]
+            bob.wait_event("peer_unreachable", name="alice", timeout=PUNCH_DEADLINE_s + 5)
+            assert not alice.kinds("peer_connected") and not bob.kinds("peer_connected")
+        finally:
+            _stop(boot, [alice, bob])
+
+
+def test_same_nat_without_hairpin_connects_over_local_endpoints(tmp_path):
+    with Lab(PORT_RESTRICTED, PORT_RESTRICTED, hosts_a=2) as lab:
+        boot, (alice, bob) = _start(lab, tmp_path, names=(("alice", "a", 0), ("bob", "a", 1)))
+        try:
+            assert alice.wait_event("peer_connected", name="bob", timeout=15)["endpoint"] == f"10.0.1.3:{CLIENT_PORT}"
+            assert bob.wait_event("peer_connected", name="alice", timeout=15)["endpoint"] == f"10.0.1.2:{CLIENT_PORT}"
+            _chat_both_ways(alice, bob)
+        finally:
+            _stop(boot, [alice, bob])
+
+
+def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path):
+    with Lab(PORT_RESTRICTED, PORT_RESTRICTED) as lab:
+        lab.impair(loss_percent=20, delay_ms=50, jitter_ms=30, seconds=240)
+        boot, (alice, bob) = _start(lab, tmp_path)
+        try:
+            alice.wait_event("peer_connected", name="bob", timeout=30)
+            bob.wait_event("peer_connected", name="alice", timeout=30)
+            for i in range(100):
+                alice.say(f"a{i:03d}")
+                bob.say(f"b{i:03d}")
+            want_a = [f"a{i:03d}" for i in range(100)]
+            want_b = [f"b{i:03d}" for i in range(100)]
+            bob.wait_for(lambda e: e.get("text") == "a099", timeout=120, what="the last of alice's messages")
+            alice.wait_for(lambda e: e.get("text") == "b099", timeout=120, what="the last of bob's messages")
+            assert bob.messages("alice") == want_a
+            assert alice.messages("bob") == want_b
+            assert not alice.kinds("undelivered") and not bob.kinds("undelivered")
+            assert lab.impaired_drops() >= 20   # the path really was lossy
+        finally:
+            _stop(boot, [alice, bob])
