@@ -85,6 +85,7 @@ class Client:
                            "--port", str(port), "--identity", identity, *extra, prefix=prefix),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(env))
         self.events: List[dict] = []
+        self.arrivals: dict = {}   # id(event) -> time.monotonic() when the line was read
         self.stderr: List[str] = []
         self._cond = threading.Condition()
         self._eof = False
@@ -95,7 +96,9 @@ class Client:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             event = json.loads(raw)
+            arrived = time.monotonic()
             with self._cond:
+                self.arrivals[id(event)] = arrived
                 self.events.append(event)
                 self._cond.notify_all()
         with self._cond:

@@ -129,3 +129,23 @@ def test_identity_is_kept_and_a_changed_key_is_reported(tmp_path, bootnode):
     finally:
         alice.kill()
         bob.kill()
+
+
+def test_wrong_passphrase_gives_handshake_failed_and_no_message_crosses(tmp_path, bootnode):
+    alice = Client(bootnode.address, "alice", tmp_path, env={"ROOM_PASSPHRASE": "correct horse"})
+    bob = Client(bootnode.address, "bob", tmp_path, env={"ROOM_PASSPHRASE": "battery staple"})
+    carol = Client(bootnode.address, "carol", tmp_path, env={"ROOM_PASSPHRASE": "correct horse"})
+    try:
+        for c, other in ((alice, "bob"), (bob, "alice")):
+            failed = c.wait_event("handshake_failed", name=other, timeout=20)
+            assert "passphrase" in failed["reason"]
+        alice.wait_event("peer_connected", name="carol")          # the right passphrase works
+        alice.say("for carol only")
+        carol.wait_for(lambda e: e.get("text") == "for carol only")
+        bob.say("can anyone hear me?")
+        bob.wait_for(lambda e: e["event"] in ("undelivered", "error"), timeout=40)
+        assert not bob.messages() and alice.messages() == []
+        assert not alice.kinds("peer_connected")[1:] and not bob.kinds("peer_connected")
+    finally:
+        for c in (alice, bob, carol):
+            c.kill()
