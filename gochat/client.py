@@ -108,7 +108,7 @@ class ClientDriver:
             static_private=self.identity.private_key, name=self.config.name, room=self.config.room, psk=psk,
             bootnode=bootnode, now=self.loop.time(),
             local_endpoints=local_endpoint_towards(family, bootnode, self.port),
-            heartbeat_interval=self.config.heartbeat_interval, peer_timeout=self.config.peer_timeout)
+            peer_timeout=self.config.peer_timeout)
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode),
                  self.config.room)
         self._after_input()
@@ -188,7 +188,7 @@ class ClientDriver:
     def status(self) -> dict:
         now = self.loop.time()
         return {"event": "peers", "bootnode": self.machine.bootnode_status(),
-                "peers": self.machine.peer_snapshot(now)}
+                "peers": self.machine.peer_snapshot(now), "dropped": dict(self.machine.counters)}
 
 
 def identity_path(explicit: Optional[Path], data_dir: Path) -> Path:

@@ -46,12 +46,20 @@ def _seq_lt(a: int, b: int) -> bool:
 
 
 class RttEstimator:
-    """Smoothed RTT and retransmission timeout per RFC 6298."""
+    """Smoothed RTT and retransmission timeout per RFC 6298, with its exponential backoff
+    kept apart so that an ACK of new data can end it (as Linux does): otherwise, once
+    every fragment in flight is a retransmission, Karn's rule leaves no sample that
+    could ever bring the timeout down again."""
 
     def __init__(self) -> None:
         self.srtt: Optional[float] = None
         self.rttvar = 0.0
-        self.rto = RTO_INITIAL_s
+        self._base = RTO_INITIAL_s
+        self._backoffs = 0
+
+    @property
+    def rto(self) -> float:
+        return min(RTO_MAX_s, self._base * 2 ** self._backoffs)
 
     def sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -59,10 +67,14 @@ class RttEstimator:
         else:
             self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt)
             self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt
-        self.rto = min(RTO_MAX_s, max(RTO_MIN_s, self.srtt + max(_G, _K * self.rttvar)))
+        self._base = min(RTO_MAX_s, max(RTO_MIN_s, self.srtt + max(_G, _K * self.rttvar)))
 
     def backoff(self) -> None:
-        self.rto = min(RTO_MAX_s, self.rto * 2)
+        if self.rto < RTO_MAX_s:
+            self._backoffs += 1
+
+    def reset_backoff(self) -> None:
+        self._backoffs = 0
 
 
 @dataclass
@@ -75,6 +87,7 @@ class _Fragment:
     first_sent: Optional[float] = None
     last_sent: Optional[float] = None
     retransmitted: bool = False
+    lost: bool = False   # a fragment sent after it was acknowledged: resend now (RACK)
 
 
 @dataclass
@@ -118,13 +131,17 @@ class ReliableSender:
     def datagrams_to_send(self, now: float) -> List[bytes]:
         """DATA frames due now: new fragments within the window, then retransmissions."""
         out = []
+        timed_out = False
         for frag in self._in_flight.values():
-            if now >= frag.last_sent + self.rtt.rto:  # the same sum get_timer() returns
+            expired = now >= frag.last_sent + self.rtt.rto  # the same sum get_timer() returns
+            if expired or frag.lost:
+                timed_out |= expired and not frag.lost
                 frag.last_sent = now
                 frag.retransmitted = True
+                frag.lost = False
                 self.retransmissions += 1
                 out.append(frag)
-        if out:
+        if timed_out:
             self.rtt.backoff()  # RFC 6298 5.5
         while self._queue and len(self._in_flight) < WINDOW_FRAGMENTS:
             frag = self._queue.pop(0)
@@ -135,7 +152,7 @@ class ReliableSender:
         return [_DATA.pack(T_DATA, f.seq, base, f.msg_id, f.index, f.count) + f.payload for f in out]
 
     def get_timer(self) -> Optional[float]:
-        times = [f.last_sent + self.rtt.rto for f in self._in_flight.values()]
+        times = [f.last_sent if f.lost else f.last_sent + self.rtt.rto for f in self._in_flight.values()]
         times += [m.created + GIVE_UP_AFTER_s for m in self._messages.values()]
         return min(times) if times else None
 
@@ -144,10 +161,12 @@ class ReliableSender:
         acked = [s for s in self._in_flight if _seq_lt(s, next_expected)]
         acked += [(next_expected + 1 + i) & 0xFFFFFFFF for i in range(64) if sack >> i & 1]
         done = []
+        newest_sent = None
         for seq in acked:
             frag = self._in_flight.pop(seq, None)
             if frag is None:
                 continue
+            newest_sent = frag.last_sent if newest_sent is None else max(newest_sent, frag.last_sent)
             if not frag.retransmitted:  # Karn's algorithm: only unambiguous samples
                 self.rtt.sample(now - frag.first_sent)
             msg = self._messages.get(frag.msg_id)
@@ -156,6 +175,14 @@ class ReliableSender:
                 if len(msg.acked) == len(msg.seqs):
                     del self._messages[frag.msg_id]
                     done.append(frag.msg_id)
+        if newest_sent is not None:
+            self.rtt.reset_backoff()
+            # RACK (RFC 8985), simplified: a fragment sent before one that has now been
+            # acknowledged, and older than an RTT plus a reordering allowance, is lost.
+            srtt = self.rtt.srtt if self.rtt.srtt is not None else self.rtt.rto
+            for f in self._in_flight.values():
+                if f.last_sent < newest_sent and now - f.last_sent >= srtt * 1.25:
+                    f.lost = True
         return done
 
     def expired(self, now: float) -> List[Tuple[int, bytes]]:

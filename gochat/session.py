@@ -320,6 +320,7 @@ class Peer:
             elif kind == reliable.T_ACK:
                 for msg_id in self.sender.on_ack(*reliable.parse_ack(frame), now):
                     self.pending.pop(msg_id, None)
+                self._flush(now)   # fragments the ACK showed lost go again at once
             elif kind == T_BYE and len(frame) == 1:
                 self.leave("quit")
             else:
@@ -476,5 +477,6 @@ class Peer:
         return {"name": self.name, "fingerprint": self.fingerprint, "state": self.state,
                 "path": self.path_kind if self.state == CONNECTED else None,
                 "endpoint": format_endpoint(self.path) if self.path else None,
-                "rtt_ms": round(self.sender.rtt.srtt * 1000, 1) if self.sender.rtt.srtt is not None else None}
+                "rtt_ms": round(self.sender.rtt.srtt * 1000, 1) if self.sender.rtt.srtt is not None else None,
+                "unacknowledged": len(self.pending), "retransmissions": self.sender.retransmissions}
 

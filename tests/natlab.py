@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -161,7 +162,9 @@ class Lab:
         """)
         self.sh(inet, "ip rule add fwmark 1 lookup 100; ip route add local 0.0.0.0/0 dev lo table 100")
         relay = subprocess.Popen([*self.prefix(inet), "python3", str(RELAY), "7777", str(delay_ms), str(jitter_ms),
-                                  str(seconds)], stdout=subprocess.PIPE, text=True)
+                                  str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.relay_log: List[str] = []
+        threading.Thread(target=lambda: self.relay_log.extend(relay.stderr), daemon=True).start()
         self._procs.append(relay)
         assert relay.stdout is not None and relay.stdout.readline().strip() == "relay ready"
 

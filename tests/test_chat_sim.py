@@ -261,3 +261,18 @@ def test_garbage_datagrams_are_counted_not_raised():
     assert sum(a.counters.values()) >= 14
     w.send(b, "fine")
     w.run_until(lambda: texts(w, "alice") == ["fine"], limit=5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_burst_over_a_slow_lossy_path_gives_up_nothing(seed):
+    # 100 messages each way at once over a ~300 ms RTT path losing 20% each way: every
+    # fragment is retransmitted at some point, so recovery must not depend on fresh RTT
+    # samples (backoff ends on an ACK of new data; RACK resends what later ACKs show lost).
+    w, a, b = _established(loss=0.2, delay=0.13, jitter=0.05, seed=seed)
+    for i in range(100):
+        w.send(a, f"a{i}")
+        w.send(b, f"b{i}")
+    w.run_until(lambda: len(texts(w, "bob")) == 100 and len(texts(w, "alice")) == 100, limit=60)
+    assert texts(w, "bob") == [f"a{i}" for i in range(100)]
+    assert texts(w, "alice") == [f"b{i}" for i in range(100)]
+    assert not w.kinds("alice", "undelivered") and not w.kinds("bob", "undelivered")

@@ -95,8 +95,16 @@ def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path):
                 bob.say(f"b{i:03d}")
             want_a = [f"a{i:03d}" for i in range(100)]
             want_b = [f"b{i:03d}" for i in range(100)]
-            bob.wait_for(lambda e: e.get("text") == "a099", timeout=120, what="the last of alice's messages")
-            alice.wait_for(lambda e: e.get("text") == "b099", timeout=120, what="the last of bob's messages")
+            try:
+                bob.wait_for(lambda e: e.get("text") == "a099", timeout=120, what="the last of alice's messages")
+                alice.wait_for(lambda e: e.get("text") == "b099", timeout=120, what="the last of bob's messages")
+            except AssertionError:
+                for c in (alice, bob):   # both sides' view, for the failure report
+                    c.say("/peers")
+                    print(c.name, c.wait_event("peers"))
+                    print(c.name, [e for e in c.events if e["event"] != "message"])
+                print("".join(lab.relay_log[-40:]))
+                raise
             assert bob.messages("alice") == want_a
             assert alice.messages("bob") == want_b
             assert not alice.kinds("undelivered") and not bob.kinds("undelivered")

@@ -42,7 +42,13 @@ def main() -> None:
     seq = 0
     print("relay ready", flush=True)
     end = time.monotonic() + seconds
+    received = forwarded = 0
+    next_report = time.monotonic() + 1.0
     while time.monotonic() < end:
+        if time.monotonic() >= next_report:
+            print(f"relay t={time.monotonic():.1f} received={received} forwarded={forwarded} queued={len(queue)} "
+                  f"sockets={len(senders)}", file=sys.stderr, flush=True)
+            next_report += 1.0
         timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 0.2
         for key, _ in sel.select(min(timeout, 0.2)):
             try:
@@ -58,6 +64,7 @@ def main() -> None:
                 continue
             due = time.monotonic() + (delay_ms + rng.random() * jitter_ms) / 1000.0
             heapq.heappush(queue, (due, seq, src, dst, data))
+            received += 1
             seq += 1
         now = time.monotonic()
         while queue and queue[0][0] <= now:
@@ -68,8 +75,9 @@ def main() -> None:
                 sel.register(sender, selectors.EVENT_READ)   # replies to src may be delivered to it
             try:
                 sender.sendto(data, dst)
-            except OSError:
-                pass
+                forwarded += 1
+            except OSError as exc:
+                print(f"relay: send {src} -> {dst} failed: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
