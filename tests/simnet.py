@@ -71,6 +71,8 @@ class SimWorld:
         self.bootnode: Optional[Rendezvous] = None
         self.bootnode_addr: Endpoint = ("192.0.2.1", 9595)
         self.sent: List[Tuple[Endpoint, Endpoint, bytes]] = []   # (from, to, data) as sent, for replay tests
+        self.sent_times: List[float] = []
+        self.event_times: Dict[str, List[float]] = {}
         self.filter: Optional[Callable[[Endpoint, Endpoint, bytes], bool]] = None
 
     # --- topology ---------------------------------------------------------------------
@@ -101,6 +103,7 @@ class SimWorld:
                             local_endpoints=[(ip, port)] if local else [], random_bytes=self.rng.randbytes, **kw)
         self.nodes[(ip, port)] = client
         self.events[name] = []
+        self.event_times[name] = []
         self._drain(client, (ip, port))
         return client
 
@@ -111,6 +114,7 @@ class SimWorld:
 
     def _transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         self.sent.append((src, dst, data))
+        self.sent_times.append(self.now)
         if self.filter is not None and not self.filter(src, dst, data):
             return
         nat = self.nat_of.get(src[0])
@@ -156,6 +160,7 @@ class SimWorld:
             self._transmit(me, dst, data)
         client.outbox.clear()
         self.events[client.name].extend(client.events)
+        self.event_times.setdefault(client.name, []).extend([self.now] * len(client.events))
         client.events.clear()
 
     # --- time ---------------------------------------------------------------------------

@@ -276,3 +276,24 @@ def test_burst_over_a_slow_lossy_path_gives_up_nothing(seed):
     assert texts(w, "bob") == [f"a{i}" for i in range(100)]
     assert texts(w, "alice") == [f"b{i}" for i in range(100)]
     assert not w.kinds("alice", "undelivered") and not w.kinds("bob", "undelivered")
+
+
+def test_punch_schedule_and_deadline():
+    w, a, b = two_peers(PORT_RESTRICTED, SYMMETRIC)
+    w.run_until(lambda: w.kinds("alice", "peer_unreachable"), limit=PUNCH_DEADLINE_s + 2)
+    a_ip = "10.0.1.2"
+    punches = [(t, dst) for t, (src, dst, d) in zip(w.sent_times, w.sent)
+               if src[0] == a_ip and pw.is_peer_datagram(d) and d[2] == pw.PeerType.PUNCH]
+    host, port = w.kinds("bob", "registered")[0]["public_endpoint"].split(":")
+    announced = {(host, int(port)), ("10.0.2.2", 4545)}   # bob's public endpoint, then his LAN one
+    start = punches[0][0]
+    scheduled = [(t, dst) for t, dst in punches if dst in announced]
+    rounds = sorted({round(t - start, 3) for t, _ in scheduled})
+    assert rounds == [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert len(scheduled) == 2 * len(rounds)   # every round goes to every candidate
+    # bob's punches came from ports his symmetric NAT opened towards alice: she adopted
+    # them as peer-reflexive candidates and checked them at once (in vain: her NAT filters)
+    assert any(dst not in announced and dst[0] == host for _, dst in punches)
+    unreachable_at = next(t for t, e in zip(w.event_times["alice"], w.events["alice"])
+                          if e["event"] == "peer_unreachable")
+    assert unreachable_at - start == pytest.approx(PUNCH_DEADLINE_s, abs=0.01)
