@@ -95,3 +95,20 @@ def test_cli_version_and_help():
     assert r.returncode == 0 and r.stdout.startswith("gochat, version")
     r = run_cli("--help")
     assert r.returncode == 0 and "--peer-timeout" in r.stdout and "PEER_TIMEOUT" in r.stdout
+
+
+def test_client_settings_name_identity_passphrase_line_mode(tmp_path: Path):
+    base = {"mode": "client", "room": "x", "bootnode": "127.0.0.1"}
+    s = resolve(base, {"USER": "alice"}, None)
+    assert s.name == "alice" and s.identity is None and s.passphrase == "" and s.no_ui is False
+    s = resolve({**base, "name": "Zoë 漢字"}, {"IDENTITY_FILE": str(tmp_path / "id"), "ROOM_PASSPHRASE": "pw",
+                                              "NO_UI": "yes", "LOCAL_UDP_PORT": "0"}, None)
+    assert (s.name, s.identity, s.passphrase, s.no_ui, s.port) == ("Zoë 漢字", tmp_path / "id", "pw", True, 0)
+    assert resolve(base, {"USER": "a-very-long-login-name-" * 3}, None).name.encode().__len__() <= 32
+    for bad, needle in (("x" * 33, "--name (command line)"), ("", "must not be empty"), ("a\tb", "control")):
+        with pytest.raises(ConfigError, match=None) as info:
+            resolve({**base, "name": bad}, {}, None)
+        assert needle in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        resolve(base, {"NO_UI": "maybe"}, None)
+    assert "NO_UI (environment)" in str(info.value)

@@ -1,0 +1,61 @@
+"""The peer data-plane codec: exact sizes, round trips, and only DecodeError on bad input."""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from gochat import peer_wire as pw
+from gochat.wire import DecodeError
+
+KEY = bytes(range(32))
+PUNCH_KEY = pw.punch_key(b"s" * 32)
+
+
+def test_sizes_and_round_trips():
+    punch = pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8, reply=True)
+    assert len(punch) == 60
+    msg = pw.decode(punch)
+    assert msg == pw.Punch(KEY, b"t" * 8, punch[44:], True) and pw.verify_punch(PUNCH_KEY, msg)
+    assert not pw.verify_punch(pw.punch_key(b"o" * 32), msg)
+    assert not pw.verify_punch(PUNCH_KEY, pw.Punch(KEY, b"t" * 8, punch[44:], False))   # the flag is covered
+    init = pw.encode_handshake_init(7, b"n" * pw.NOISE_INIT_bytes)
+    assert len(init) == 120 and pw.decode(init) == pw.HandshakeInit(7, b"n" * pw.NOISE_INIT_bytes)
+    resp = pw.encode_handshake_resp(8, 7, b"r" * pw.NOISE_RESP_bytes)
+    assert len(resp) == 68 < len(init) and pw.decode(resp) == pw.HandshakeResp(8, 7, b"r" * pw.NOISE_RESP_bytes)
+    data = pw.transport_ad(9, 2**40) + b"c" * 20
+    assert pw.decode(data) == pw.Transport(9, 2**40, b"c" * 20, data[:16])
+
+
+def test_each_kind_of_bad_input_has_its_reason():
+    cases = {
+        b"\x47\x01\x20": "truncated",
+        b"\x46\x01\x20\x00" + bytes(56): "bad_magic",
+        b"\x47\x02\x20\x00" + bytes(56): "bad_version",
+        b"\x47\x01\x3f\x00": "unknown_type",
+        pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8) + b"x": "trailing_bytes",
+        pw.encode_handshake_init(1, bytes(pw.NOISE_INIT_bytes))[:-1]: "truncated",
+        pw.transport_ad(1, 1) + bytes(15): "truncated",
+        pw.transport_ad(1, 1) + bytes(1200): "oversized",
+    }
+    for data, reason in cases.items():
+        try:
+            pw.decode(data)
+        except DecodeError as exc:
+            assert exc.reason == reason, (data[:8], exc.reason)
+        else:
+            raise AssertionError(f"{data[:8]!r} decoded")
+
+
+@given(st.binary(max_size=1300))
+def test_random_bytes_raise_only_decode_error(data):
+    try:
+        pw.decode(data)
+    except DecodeError:
+        pass
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.binary(min_size=16, max_size=1000))
+def test_transport_round_trip(index, counter, ciphertext):
+    data = pw.transport_ad(index, counter) + ciphertext
+    msg = pw.decode(data)
+    assert (msg.receiver_index, msg.counter, msg.ciphertext) == (index, counter, ciphertext)
