@@ -11,8 +11,11 @@ FROM python:3.11-slim
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && python -c "import gochat._fastpath" \
-    && useradd --system --no-create-home gochat
+    && useradd --system --no-create-home gochat \
+    && mkdir /data && chown gochat /data
 USER gochat
-ENV MODE=bootnode LISTEN=0.0.0.0:9595
+# The client keeps its identity key and known peers under $XDG_DATA_HOME/gochat.
+ENV MODE=bootnode LISTEN=0.0.0.0:9595 XDG_DATA_HOME=/data
+VOLUME /data
 EXPOSE 9595/udp
 ENTRYPOINT ["gochat"]
