@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py gochat/_fastpath.pyx
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gochat --mode bootnode --listen 127.0.0.1:9595
+	$(BIN)/gochat --mode demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

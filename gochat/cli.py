@@ -47,13 +47,14 @@ def main(env_file: str, **flags) -> None:
     )
     if settings.mode == "bootnode":
         sys.exit(run_bootnode(settings))
-    sys.exit(run_client(settings))
+    sys.exit(run_client(settings))   # client and demo
 
 
 def run_client(settings: Settings) -> int:
-    from .client import ClientConfig
+    """Client and demo modes: the terminal UI, or line mode with --no-ui (or without a terminal)."""
+    from .client import ClientConfig, StartupError
     from .identity import IdentityError, data_dir, load_or_create
-    from . import linemode
+    from .linemode import LineMode
 
     path = settings.identity or data_dir(os.environ) / "identity"
     try:
@@ -61,14 +62,51 @@ def run_client(settings: Settings) -> int:
     except (IdentityError, OSError) as exc:
         click.echo(f"gochat: identity {path}: {exc}", err=True)
         return 1
-    assert settings.bootnode is not None and settings.room is not None and settings.name is not None
-    config = ClientConfig(
-        bootnode=settings.bootnode, room=settings.room, name=settings.name, port=settings.port,
-        passphrase=settings.passphrase or None, heartbeat_interval=settings.heartbeat_interval,
-        peer_timeout=settings.peer_timeout)
-    if not settings.no_ui:
-        click.echo("gochat: the terminal UI is not in this version yet; running in line mode (--no-ui)", err=True)
-    return linemode.run(config, identity)
+    assert settings.name is not None
+    use_ui = not settings.no_ui
+    if use_ui and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        click.echo("gochat: not a terminal: running in line mode (--no-ui)", err=True)
+        use_ui = False
+    if use_ui:
+        _log_to_file(identity.path.parent / "gochat.log", settings.log_level)
+
+    async def front_end(config: ClientConfig, identity) -> int:
+        if use_ui:
+            from .ui import ChatApp
+
+            return await ChatApp(config, identity).run()
+        return await LineMode(config, identity, sys.stdin.fileno(), sys.stdout).run()
+
+    async def main() -> int:
+        if settings.mode == "demo":
+            from .demo import run_demo
+
+            return await run_demo(identity, settings.name, front_end)
+        assert settings.bootnode is not None and settings.room is not None
+        return await front_end(ClientConfig(
+            bootnode=settings.bootnode, room=settings.room, name=settings.name, port=settings.port,
+            passphrase=settings.passphrase or None, heartbeat_interval=settings.heartbeat_interval,
+            peer_timeout=settings.peer_timeout), identity)
+
+    try:
+        return asyncio.run(main())
+    except StartupError as exc:
+        click.echo(f"gochat: {exc}", err=True)
+        return 1
+
+
+def _log_to_file(path: Path, level: str) -> None:
+    """The screen belongs to the UI: logs go to a file beside the identity."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    try:
+        handler: logging.Handler = logging.FileHandler(path)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
 
 
 def run_bootnode(settings: Settings) -> int:

@@ -186,8 +186,8 @@ class Spec:
 
 
 SPECS: Tuple[Spec, ...] = (
-    Spec("mode", "MODE", "--mode", "client", parse_choice("bootnode", "client"),
-         "bootnode (rendezvous server) or client"),
+    Spec("mode", "MODE", "--mode", "client", parse_choice("bootnode", "client", "demo"),
+         "bootnode (rendezvous server), client, or demo (bootnode, echo bot and you, in one process)"),
     Spec("listen", "LISTEN", "--listen", C.DEFAULT_LISTEN, parse_listen,
          "bootnode: UDP address to listen on, HOST:PORT ([::]:9595 for IPv6)"),
     Spec("bootnode_udp_port", "BOOTNODE_UDP_PORT", None, str(C.DEFAULT_BOOTNODE_UDP_PORT), parse_port,

@@ -110,5 +110,3 @@ class LineMode:
             self.emit({"event": "error", "message": str(exc)})
 
 
-def run(config: ClientConfig, identity: Identity) -> int:
-    return asyncio.run(LineMode(config, identity, sys.stdin.fileno(), sys.stdout).run())

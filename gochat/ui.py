@@ -1,0 +1,367 @@
+"""The full-screen terminal chat (urwid), on the same asyncio loop as the network.
+
+It consumes the client's events (the line-mode schema) and draws: a header (room, you,
+bootnode status), the message pane (time, sender in a stable per-peer colour, system
+lines), a peer sidebar (hidden on narrow terminals) and an input line with history.
+Paste of several lines sends several messages (each line is one, as typed).
+Everything is event-driven: no polling, so an idle client sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import urwid
+
+from .client import ClientConfig, ClientDriver
+from .identity import Identity, safety_number
+from .reliable import MessageTooLong
+
+PEER_COLOURS = ["light cyan", "light magenta", "yellow", "light green", "light blue", "light red",
+                "dark cyan", "brown", "dark magenta", "dark green"]
+PALETTE = [
+    ("header", "white,bold", "dark blue"),
+    ("time", "dark gray", ""),
+    ("system", "dark cyan", ""),
+    ("warning", "light red,bold", ""),
+    ("error", "light red", ""),
+    ("me", "white,bold", ""),
+    ("undelivered", "light red", ""),
+    ("sidebar", "light gray", ""),
+    ("sidebar_title", "white,bold", ""),
+    ("more", "black", "yellow"),
+    ("prompt", "light green,bold", ""),
+] + [(f"peer{i}", colour + ",bold", "") for i, colour in enumerate(PEER_COLOURS)]
+
+HELP = ("commands: /help, /quit (leave), /peers (list peers), /verify NAME (safety number; marks NAME "
+        "verified), /clear (clear the messages). PgUp/PgDn scroll, Up/Down recall what you typed, Ctrl-C quits.")
+SIDEBAR_WIDTH = 30
+NARROW = 60          # below this many columns the sidebar is hidden
+HISTORY_LIMIT = 500
+SCROLLBACK_LIMIT = 5000
+
+
+def peer_colour(fingerprint: str) -> str:
+    """A stable colour per peer: the same fingerprint always gets the same one."""
+    return f"peer{hashlib.sha256(fingerprint.encode()).digest()[0] % len(PEER_COLOURS)}"
+
+
+class InputLine(urwid.Edit):
+    """The input line, with a history recalled by Up and Down."""
+
+    def __init__(self, on_submit: Callable[[str], None]) -> None:
+        super().__init__(("prompt", "> "))
+        self.on_submit = on_submit
+        self.history: List[str] = []
+        self._recall: Optional[int] = None
+
+    def keypress(self, size, key):
+        if key == "enter":
+            text = self.edit_text
+            self.set_edit_text("")
+            self._recall = None
+            if text.strip():
+                self.history.append(text)
+                del self.history[:-HISTORY_LIMIT]
+                self.on_submit(text)
+            return None
+        if key in ("up", "down") and self.history:
+            if key == "up":
+                self._recall = len(self.history) - 1 if self._recall is None else max(0, self._recall - 1)
+            elif self._recall is not None:
+                self._recall += 1
+                if self._recall >= len(self.history):
+                    self._recall = None
+            self.set_edit_text(self.history[self._recall] if self._recall is not None else "")
+            self.set_edit_pos(len(self.edit_text))
+            return None
+        return super().keypress(size, key)
+
+
+class MessagePane(urwid.ListBox):
+    """Scrollback that follows new lines unless the user scrolled up."""
+
+    def __init__(self) -> None:
+        self.walker = urwid.SimpleFocusListWalker([])
+        super().__init__(self.walker)
+        self.following = True
+        self.unseen = 0
+        self._size: Optional[Tuple[int, int]] = None
+
+    def render(self, size, focus=False):
+        self._size = size
+        return super().render(size, focus)
+
+    def add(self, widget: urwid.Widget) -> None:
+        self.walker.append(widget)
+        if len(self.walker) > SCROLLBACK_LIMIT:
+            del self.walker[0]
+        if self.following:
+            self.set_focus(len(self.walker) - 1)
+        else:
+            self.unseen += 1
+
+    def scroll(self, key: str) -> None:
+        if self._size is None or not self.walker:
+            return
+        self.keypress(self._size, key)
+        self.following = "bottom" in self.ends_visible(self._size)
+        if self.following:
+            self.set_focus(len(self.walker) - 1)
+            self.unseen = 0
+
+    def clear(self) -> None:
+        del self.walker[:]
+        self.following, self.unseen = True, 0
+
+
+class Body(urwid.WidgetWrap):
+    """Messages with the peer sidebar, or messages alone when the terminal is narrow."""
+
+    def __init__(self, messages: urwid.Widget, sidebar: urwid.Widget) -> None:
+        self._messages = messages
+        self._wide = urwid.Columns([messages, (SIDEBAR_WIDTH, urwid.LineBox(sidebar, title="peers"))],
+                                   dividechars=1)
+        super().__init__(self._wide)
+
+    def render(self, size, focus=False):
+        self._w = self._wide if size[0] >= NARROW and len(size) > 1 and size[1] >= 4 else self._messages
+        return super().render(size, focus)
+
+    def selectable(self) -> bool:
+        return False
+
+
+class ChatScreen(urwid.WidgetWrap):
+    """The whole screen as one widget (rendered in tests with urwid canvases)."""
+
+    def __init__(self, room: str, name: str, fingerprint: str, on_input: Callable[[str], None]) -> None:
+        self.room, self.name, self.fingerprint = room, name, fingerprint
+        self.header = urwid.Text("", wrap="clip")
+        self.messages = MessagePane()
+        self.sidebar_text = urwid.Text("")
+        self.more = urwid.Text("", wrap="clip")
+        self.input = InputLine(on_input)
+        self.peers: Dict[str, dict] = {}     # name -> latest snapshot or event fields
+        self.bootnode = {"state": "registering", "rtt_ms": None}
+        self._own: List[Tuple[str, urwid.Text, list]] = []   # (text, widget, markup) of our messages
+        sidebar = urwid.ListBox(urwid.SimpleFocusListWalker([self.sidebar_text]))
+        frame = urwid.Frame(Body(self.messages, sidebar), header=urwid.AttrMap(self.header, "header"),
+                            footer=urwid.Pile([self.more, self.input]), focus_part="footer")
+        super().__init__(frame)
+        self.refresh()
+
+    # --- drawing -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        boot = self.bootnode
+        state = {"registered": "connected"}.get(boot["state"], boot["state"])
+        rtt = f" {boot['rtt_ms']:g} ms" if boot.get("rtt_ms") is not None and state == "connected" else ""
+        self.header.set_text(f" gochat · room {self.room} · {self.name} ({short_fingerprint_text(self.fingerprint)})"
+                             f" · bootnode {state}{rtt}")
+        lines: list = []
+        for name, peer in sorted(self.peers.items()):
+            rtt_ms = peer.get("rtt_ms")
+            lines += [(peer_colour(peer["fingerprint"]), name), f" {short_fingerprint_text(peer['fingerprint'])}\n",
+                      ("sidebar", f"  {peer.get('state', '?')}"
+                                  + (f" {rtt_ms:g} ms" if rtt_ms is not None else "") + "\n")]
+        self.sidebar_text.set_text(lines or ("sidebar", "nobody yet"))
+        m = self.messages
+        self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen
+                           else "")
+
+    def line(self, markup, ts: Optional[float] = None) -> urwid.Text:
+        stamp = time.strftime("%H:%M ", time.localtime(ts if ts is not None else time.time()))
+        widget = urwid.Text([("time", stamp)] + (markup if isinstance(markup, list) else [markup]))
+        self.messages.add(widget)
+        self.refresh()
+        return widget
+
+    def system(self, text: str, attr: str = "system") -> None:
+        self.line((attr, f"* {text}"))
+
+    def own_message(self, text: str) -> None:
+        markup = [("me", self.name), ": ", text]
+        self._own.append((text, self.line(markup), markup))
+        del self._own[:-200]
+
+    def mark_undelivered(self, to: str, text: str) -> None:
+        for own_text, widget, markup in reversed(self._own):
+            if own_text == text:
+                markup.append(("undelivered", f"  ✗ not delivered to {to}"))
+                widget.set_text([widget.get_text()[0][:6] and ("time", widget.get_text()[0][:6])] + markup)
+                return
+        self.system(f"not delivered to {to}: {text}", "error")
+
+    def keypress(self, size, key):
+        if key in ("page up", "page down"):
+            self.messages.scroll(key)
+            self.refresh()
+            return None
+        return super().keypress(size, key)
+
+    # --- events --------------------------------------------------------------------------
+
+    def handle_event(self, event: dict) -> None:
+        kind = event["event"]
+        name = event.get("name")
+        if kind == "registered":
+            self.bootnode["state"] = "registered"
+            self.system(("re-registered" if event.get("again") else "registered") +
+                        f" with the bootnode; your public endpoint is {event['public_endpoint']}")
+        elif kind == "peer_joined":
+            self.peers[name] = {"fingerprint": event["fingerprint"], "state": "punching"}
+            trust = {"verified": " (verified)", "known": "", "new": " (new: compare fingerprints with /verify)"}
+            self.system(f"{name} joined · {event['fingerprint']}{trust.get(event.get('trust', ''), '')}")
+        elif kind == "key_changed":
+            self.system(event["message"], "warning")
+        elif kind == "peer_connected":
+            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = event["path"]
+            self.system(f"{name} connected ({event['path']}, {event['endpoint']})")
+        elif kind == "message":
+            self.line([(peer_colour(event["fingerprint"]), event["from"]), ": ", event["text"]])
+        elif kind == "undelivered":
+            self.mark_undelivered(event["to"], event["text"])
+        elif kind == "peer_left":
+            self.peers.pop(name, None)
+            self.system(f"{name} left ({event['reason'].replace('_', ' ')})")
+        elif kind == "peer_unreachable":
+            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = "unreachable"
+            self.system(event["message"], "error")
+        elif kind == "handshake_failed":
+            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = "failed"
+            self.system(f"handshake with {name} failed: {event['reason']}", "error")
+        elif kind == "bootnode_lost":
+            self.bootnode["state"] = "lost"
+            self.system("bootnode lost: conversations go on; re-registering in the background", "error")
+        elif kind == "bootnode_restored":
+            self.bootnode["state"] = "registered"
+            self.system("bootnode reachable again")
+        elif kind == "bootnode_reregistering":
+            self.bootnode["state"] = "re-registering"
+            self.system("the bootnode forgot us (restarted?): re-registering")
+        elif kind == "error":
+            self.system(event["message"], "error")
+        self.refresh()
+
+    def update_status(self, status: dict) -> None:
+        """Round-trip times and states from the driver (refreshed now and then)."""
+        self.bootnode = dict(status["bootnode"])
+        for peer in status["peers"]:
+            shown = self.peers.setdefault(peer["name"], {"fingerprint": peer["fingerprint"]})
+            shown["state"] = peer["path"] or peer["state"]
+            shown["rtt_ms"] = peer["rtt_ms"]
+        self.refresh()
+
+
+def short_fingerprint_text(fingerprint: str) -> str:
+    return fingerprint[:9]
+
+
+class ChatApp:
+    """Ties a ChatScreen to a ClientDriver and runs them on one asyncio loop."""
+
+    STATUS_EVERY_s = 2.0
+
+    def __init__(self, config: ClientConfig, identity: Identity) -> None:
+        self.driver = ClientDriver(config, identity, self.on_event)
+        self.screen = ChatScreen(config.room, config.name, identity.fingerprint, self.submit)
+        self._status_timer: Optional[asyncio.TimerHandle] = None
+        self._redraw_pending = False
+        self.loop: Optional[urwid.MainLoop] = None
+
+    def on_event(self, event: dict) -> None:
+        self.screen.handle_event(event)
+        self._request_redraw()
+
+    def _request_redraw(self) -> None:
+        """Network events arrive outside urwid's input handling: draw once, soon."""
+        if self.loop is not None and not self._redraw_pending:
+            self._redraw_pending = True
+            asyncio.get_running_loop().call_soon(self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        if self.loop is not None and not self.driver.finished.is_set():
+            self.loop.draw_screen()
+
+    def submit(self, text: str) -> None:
+        if text.startswith("/"):
+            self.command(text)
+            return
+        try:
+            if self.driver.send_message(text) == 0:
+                self.screen.system("nobody else is in the room yet: message not sent", "error")
+                return
+        except MessageTooLong as exc:
+            self.screen.system(str(exc), "error")
+            return
+        self.screen.own_message(text)
+
+    def command(self, text: str) -> None:
+        parts = text.split(maxsplit=1)
+        command, arg = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if command == "/quit":
+            self.screen.system("leaving…")
+            self.driver.quit()
+        elif command == "/help":
+            self.screen.system(HELP)
+        elif command == "/clear":
+            self.screen.messages.clear()
+        elif command == "/peers":
+            status = self.driver.status()
+            self.screen.update_status(status)
+            if not status["peers"]:
+                self.screen.system("no peers")
+            for p in status["peers"]:
+                rtt = f", {p['rtt_ms']:g} ms" if p["rtt_ms"] is not None else ""
+                self.screen.system(f"{p['name']} · {p['fingerprint']} · {p['path'] or p['state']}"
+                                   f"{' ' + p['endpoint'] if p['endpoint'] else ''}{rtt}")
+        elif command == "/verify":
+            self.verify(arg)
+        else:
+            self.screen.system(f"unknown command {command}: try /help", "error")
+
+    def verify(self, name: str) -> None:
+        peer = next((p for p in self.driver.machine.peers.values() if p.name == name), None)
+        if not name or peer is None:
+            self.screen.system(f"/verify NAME: no peer called {name!r} here" if name else "/verify NAME", "error")
+            return
+        number = safety_number(self.driver.machine.public_key, peer.key)
+        self.driver.known.verify(name, peer.key)
+        self.screen.system(f"safety number with {name}: {number}")
+        self.screen.system(f"read it to {name} over another channel (phone, in person); if it matches on both "
+                           f"screens, the session is not intercepted. {name} is now marked verified.")
+
+    def _refresh_status(self) -> None:
+        if self.driver.finished.is_set():
+            return
+        self.screen.update_status(self.driver.status())
+        self._request_redraw()
+        self._status_timer = asyncio.get_running_loop().call_later(self.STATUS_EVERY_s, self._refresh_status)
+
+    async def run(self) -> int:
+        """Draw until the driver finishes; the terminal is restored on every way out.
+        Raises StartupError before touching the terminal if the client cannot start.
+        Returns the exit code: 0 after a graceful quit, 1 if registration failed."""
+        await self.driver.start()
+        aloop = asyncio.get_running_loop()
+        self.loop = urwid.MainLoop(self.screen, PALETTE, event_loop=urwid.AsyncioEventLoop(loop=aloop),
+                                   handle_mouse=False)
+        self.loop.screen.set_terminal_properties(colors=256)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            aloop.add_signal_handler(sig, self.driver.quit)
+        try:
+            with self.loop.start():
+                self._refresh_status()
+                await self.driver.finished.wait()
+        finally:
+            if self._status_timer is not None:
+                self._status_timer.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                aloop.remove_signal_handler(sig)
+        return 1 if self.driver.machine.failure else 0
