@@ -174,26 +174,27 @@ class ChatScreen(urwid.WidgetWrap):
         self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen
                            else "")
 
-    def line(self, markup, ts: Optional[float] = None) -> urwid.Text:
-        stamp = time.strftime("%H:%M ", time.localtime(ts if ts is not None else time.time()))
-        widget = urwid.Text([("time", stamp)] + (markup if isinstance(markup, list) else [markup]))
+    def line(self, markup) -> Tuple[urwid.Text, list]:
+        """Add a line stamped with the time; returns the widget and its whole markup."""
+        full = [("time", time.strftime("%H:%M "))] + (markup if isinstance(markup, list) else [markup])
+        widget = urwid.Text(full)
         self.messages.add(widget)
         self.refresh()
-        return widget
+        return widget, full
 
     def system(self, text: str, attr: str = "system") -> None:
         self.line((attr, f"* {text}"))
 
     def own_message(self, text: str) -> None:
-        markup = [("me", self.name), ": ", text]
-        self._own.append((text, self.line(markup), markup))
+        widget, full = self.line([("me", self.name), ": ", text])
+        self._own.append((text, widget, full))
         del self._own[:-200]
 
     def mark_undelivered(self, to: str, text: str) -> None:
-        for own_text, widget, markup in reversed(self._own):
+        for own_text, widget, full in reversed(self._own):
             if own_text == text:
-                markup.append(("undelivered", f"  ✗ not delivered to {to}"))
-                widget.set_text([widget.get_text()[0][:6] and ("time", widget.get_text()[0][:6])] + markup)
+                full.append(("undelivered", f"  ✗ not delivered to {to}"))
+                widget.set_text(full)
                 return
         self.system(f"not delivered to {to}: {text}", "error")
 

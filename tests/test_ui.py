@@ -1,0 +1,112 @@
+"""The chat screen's widgets rendered to urwid canvases (no terminal needed)."""
+
+from __future__ import annotations
+
+import urwid
+
+from gochat.ui import NARROW, ChatScreen, peer_colour
+
+ME_FP = "aaaa bbbb cccc dddd eeee ffff 0000 1111"
+BOB_FP = "1234 5678 9abc def0 1234 5678 9abc def0"
+
+
+def text_of(widget, cols, rows) -> str:
+    canvas = widget.render((cols, rows), focus=True)
+    return "\n".join(line.decode("utf-8") for line in canvas.text)
+
+
+def screen_with_bob():
+    sent = []
+    screen = ChatScreen("lobby", "alice", ME_FP, sent.append)
+    screen.handle_event({"event": "registered", "public_endpoint": "203.0.113.5:4545", "again": False})
+    screen.handle_event({"event": "peer_joined", "name": "bob", "fingerprint": BOB_FP, "trust": "new"})
+    screen.handle_event({"event": "peer_connected", "name": "bob", "fingerprint": BOB_FP, "path": "direct",
+                         "endpoint": "198.51.100.2:4545"})
+    return screen, sent
+
+
+def test_layout_header_messages_sidebar_input():
+    screen, _ = screen_with_bob()
+    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "hi alice"})
+    out = text_of(screen, 100, 20)
+    lines = out.splitlines()
+    assert "room lobby" in lines[0] and "alice (aaaa bbbb)" in lines[0] and "bootnode connected" in lines[0]
+    assert "bob joined" in out and "bob connected (direct, 198.51.100.2:4545)" in out
+    assert "bob: hi alice" in out
+    assert "peers" in out and "bob 1234 5678" in out and "direct" in out       # the sidebar
+    assert lines[-1].startswith("> ")
+
+
+def test_narrow_and_tiny_terminals_degrade_without_crashing():
+    screen, _ = screen_with_bob()
+    for i in range(30):
+        screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": f"line {i} " * 5})
+    narrow = text_of(screen, NARROW - 1, 10)
+    assert "peers" not in narrow and "line 29" in narrow       # sidebar hidden, messages kept
+    for cols, rows in ((20, 5), (10, 3), (1, 1), (200, 60)):
+        text_of(screen, cols, rows)
+
+
+def test_wide_characters_are_laid_out_by_display_width():
+    screen, _ = screen_with_bob()
+    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "漢字" * 30})
+    out = text_of(screen, 50, 12)
+    for line in out.splitlines():
+        assert urwid.str_util.calc_width(line, 0, len(line)) <= 50
+    assert "漢字漢字" in out
+
+
+def test_input_history_and_submit():
+    screen, sent = screen_with_bob()
+    size = (80, 10)
+    for ch in "first":
+        screen.keypress(size, ch)
+    screen.keypress(size, "enter")
+    for ch in "second":
+        screen.keypress(size, ch)
+    screen.keypress(size, "enter")
+    assert sent == ["first", "second"] and screen.input.edit_text == ""
+    screen.keypress(size, "up")
+    assert screen.input.edit_text == "second"
+    screen.keypress(size, "up")
+    assert screen.input.edit_text == "first"
+    screen.keypress(size, "down")
+    screen.keypress(size, "down")
+    assert screen.input.edit_text == ""
+    screen.keypress(size, "enter")          # empty lines are not sent
+    assert sent == ["first", "second"]
+
+
+def test_scrollback_shows_more_below_until_back_at_the_bottom():
+    screen, _ = screen_with_bob()
+    size = (80, 10)
+    for i in range(40):
+        screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": f"m{i}"})
+    text_of(screen, *size)
+    screen.keypress(size, "page up")
+    screen.keypress(size, "page up")
+    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "newest"})
+    out = text_of(screen, *size)
+    assert "more below (1 new)" in out and "newest" not in out
+    for _ in range(5):
+        screen.keypress(size, "page down")
+    out = text_of(screen, *size)
+    assert "more below" not in out and "newest" in out
+
+
+def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
+    screen, _ = screen_with_bob()
+    screen.own_message("did you get this?")
+    screen.handle_event({"event": "undelivered", "to": "bob", "fingerprint": BOB_FP, "text": "did you get this?"})
+    screen.handle_event({"event": "key_changed", "name": "carol", "fingerprint": BOB_FP,
+                         "previous_fingerprint": ME_FP, "message": "WARNING: carol has a different key"})
+    screen.handle_event({"event": "bootnode_lost"})
+    out = text_of(screen, 100, 12)
+    assert "alice: did you get this?  ✗ not delivered to bob" in out
+    assert "* WARNING: carol has a different key" in out
+    assert "bootnode lost" in out.splitlines()[0]
+
+
+def test_peer_colours_are_stable_and_spread():
+    assert peer_colour(BOB_FP) == peer_colour(BOB_FP)
+    assert len({peer_colour(f"{i:04x} fingerprint") for i in range(100)}) >= 6
