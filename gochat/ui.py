@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -365,4 +366,7 @@ class ChatApp:
                 self._status_timer.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 aloop.remove_signal_handler(sig)
-        return 1 if self.driver.machine.failure else 0
+        failure = self.driver.machine.failure
+        if failure:   # the screen is gone: say it where it stays
+            print(f"gochat: {failure}", file=sys.stderr)
+        return 1 if failure else 0

@@ -154,3 +154,18 @@ def test_two_clients_in_two_panes_idle_cpu_and_graceful_quit(term):
         assert term.exit_code(bob) == 0
     finally:
         boot.stop()
+
+
+def test_unreachable_bootnode_leaves_the_terminal_clean_with_the_reason(term):
+    import socket
+    hold = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hold.bind(("127.0.0.1", 0))          # a port where nobody answers
+    try:
+        port = hold.getsockname()[1]
+        pane = term.run("lonely", "--mode", "client", "--bootnode", f"127.0.0.1:{port}", "--room", "r", "--port", "0")
+        term.wait_for(pane, r"bootnode registering")
+        assert term.exit_code(pane, timeout=20) == 1
+        screen = term.wait_for(pane, r"gochat: bootnode 127\.0\.0\.1:\d+ did not answer after 4 tries over 8 s")
+        assert "room r" not in screen      # the UI is gone, the shell's screen is back
+    finally:
+        hold.close()
