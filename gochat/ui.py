@@ -16,11 +16,15 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import logging
+
 import urwid
 
 from .client import ClientConfig, ClientDriver
 from .identity import Identity, safety_number
 from .reliable import MessageTooLong
+
+log = logging.getLogger("gochat.ui")
 
 PEER_COLOURS = ["light cyan", "light magenta", "yellow", "light green", "light blue", "light red",
                 "dark cyan", "brown", "dark magenta", "dark green"]
@@ -277,7 +281,11 @@ class ChatApp:
         self.loop: Optional[urwid.MainLoop] = None
 
     def on_event(self, event: dict) -> None:
-        self.screen.handle_event(event)
+        try:
+            self.screen.handle_event(event)
+        except Exception:   # a bug must show as a line, never take the terminal down
+            log.exception("while showing %r", event)
+            self.screen.system(f"internal error showing a {event.get('event')} event (details in the log)", "error")
         self._request_redraw()
 
     def _request_redraw(self) -> None:
@@ -292,6 +300,13 @@ class ChatApp:
             self.loop.draw_screen()
 
     def submit(self, text: str) -> None:
+        try:
+            self._submit(text)
+        except Exception:   # a bug must show as a line, never take the terminal down
+            log.exception("while handling %r", text)
+            self.screen.system("internal error (details in the log)", "error")
+
+    def _submit(self, text: str) -> None:
         if text.startswith("/"):
             self.command(text)
             return

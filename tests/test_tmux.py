@@ -3,6 +3,7 @@ the screen. Waiting means polling the screen until the text appears, within a bo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -109,6 +110,8 @@ def test_demo_echo_verify_resize_and_quit(term):
     assert "me: hello tmux 漢字" in screen
     term.type(pane, "/verify echo")
     term.wait_for(pane, r"safety number with echo: (\d{5} ){5}\d{5}")
+    known = json.loads((term.tmp / "me" / "gochat" / "known_peers.json").read_text())["peers"]
+    assert known["echo"]["verified"] is True
     term.type(pane, "/nonsense")
     term.wait_for(pane, r"unknown command /nonsense: try /help")
 
