@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import signal
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
-
-import logging
 
 import urwid
 
