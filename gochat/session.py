@@ -250,9 +250,18 @@ class Peer:
         keypair = Keypair(TransportKeys(send.key, recv.key, now), self._hs_index, resp.sender_index,
                           initiator=True, confirmed=True, incarnation=incarnation)
         self._hs, self._hs_index, self._hs_next = None, None, None
-        self.path = source
+        self._move_path(source)
         self._install(keypair, now)
         self._send_frame(b"", now)   # confirms the session to the responder at once
+
+    def _move_path(self, endpoint: Endpoint) -> None:
+        """The path is where authenticated packets come from; a change on a live session
+        (a NAT rebinding, a restarted peer on a new port) is reported."""
+        if self.state == CONNECTED and self.path is not None and endpoint != self.path:
+            self.ctx.event({"event": "path_changed", "name": self.name, "fingerprint": self.fingerprint,
+                            "path": self.path_kind, "endpoint": format_endpoint(endpoint),
+                            "previous_endpoint": format_endpoint(self.path)})
+        self.path = endpoint
 
     def _install(self, keypair: Keypair, now: float) -> None:
         if self.remote_incarnation is not None and keypair.incarnation != self.remote_incarnation:
@@ -299,10 +308,10 @@ class Peer:
         if kp is self.next_keypair:   # the initiator's first packet: the handshake is confirmed
             self.next_keypair = None
             kp.confirmed = True
-            self.path = source
+            self._move_path(source)
             self._install(kp, now)
         elif source != self.path:
-            self.path = source   # authenticated and fresh: the peer roamed (a NAT rebinding)
+            self._move_path(source)   # authenticated and fresh: the peer roamed (a NAT rebinding)
         self.last_received = now
         self._on_frame(plaintext, now)
 

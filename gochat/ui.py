@@ -227,6 +227,9 @@ class ChatScreen(urwid.WidgetWrap):
         elif kind == "peer_connected":
             self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = event["path"]
             self.system(f"{name} connected ({event['path']}, {event['endpoint']})")
+        elif kind == "path_changed":
+            self.system(f"{name} now reached {event['path']} at {event['endpoint']} "
+                        f"(was {event['previous_endpoint']})")
         elif kind == "message":
             self.line([(peer_colour(event["fingerprint"]), event["from"]), ": ", event["text"]])
         elif kind == "undelivered":

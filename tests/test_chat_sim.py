@@ -297,3 +297,18 @@ def test_punch_schedule_and_deadline():
     unreachable_at = next(t for t, e in zip(w.event_times["alice"], w.events["alice"])
                           if e["event"] == "peer_unreachable")
     assert unreachable_at - start == pytest.approx(PUNCH_DEADLINE_s, abs=0.01)
+
+
+def test_nat_rebinding_moves_the_path_and_says_so():
+    w, a, b = two_peers(FULL_CONE, FULL_CONE)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    nat_b = w.nats["203.0.113.2"]
+    nat_b._map.clear()                     # bob's NAT forgets its mappings: new ports from now on
+    nat_b._next_port = 50000
+    w.send(b, "after rebinding")
+    w.run_until(lambda: texts(w, "alice") == ["after rebinding"], limit=5)
+    (moved,) = w.kinds("alice", "path_changed")
+    assert moved["name"] == "bob" and moved["endpoint"] == "203.0.113.2:50000"
+    assert moved["previous_endpoint"] != moved["endpoint"]
+    w.send(a, "reply")
+    w.run_until(lambda: texts(w, "bob") == ["reply"], limit=5)   # the answer goes to the new port

@@ -101,7 +101,10 @@ def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen.handle_event({"event": "key_changed", "name": "carol", "fingerprint": BOB_FP,
                          "previous_fingerprint": ME_FP, "message": "WARNING: carol has a different key"})
     screen.handle_event({"event": "bootnode_lost"})
+    screen.handle_event({"event": "path_changed", "name": "bob", "fingerprint": BOB_FP, "path": "direct",
+                         "endpoint": "198.51.100.2:5000", "previous_endpoint": "198.51.100.2:4545"})
     out = text_of(screen, 100, 12)
+    assert "bob now reached direct at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
     assert "alice: did you get this?  ✗ not delivered to bob" in out
     assert "* WARNING: carol has a different key" in out
     assert "bootnode lost" in out.splitlines()[0]
