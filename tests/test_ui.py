@@ -103,7 +103,7 @@ def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen.handle_event({"event": "bootnode_lost"})
     screen.handle_event({"event": "path_changed", "name": "bob", "fingerprint": BOB_FP, "path": "direct",
                          "endpoint": "198.51.100.2:5000", "previous_endpoint": "198.51.100.2:4545"})
-    out = text_of(screen, 100, 12)
+    out = text_of(screen, 200, 14)
     assert "bob now reached direct at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
     assert "alice: did you get this?  ✗ not delivered to bob" in out
     assert "* WARNING: carol has a different key" in out
