@@ -19,9 +19,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from . import peer_wire as pw
 from . import wire
 from ._addr import endpoint_key, format_endpoint, key_endpoint
-from .constants import MAX_PEERS_PER_CLIENT, PEER_KEEPALIVE_MAX_s
+from .constants import (
+    HANDSHAKE_INIT_BURST_PER_IP,
+    HANDSHAKE_INIT_RATE_PER_IP,
+    HANDSHAKE_INIT_SOURCES,
+    MAX_PEERS_PER_CLIENT,
+    PEER_KEEPALIVE_MAX_s,
+)
 from .identity import fingerprint
 from .noise import HandshakeState, NoiseError, dh, public_key
+from .ratelimit import TokenBuckets
 from .registration import BootnodeLink
 from .reliable import MessageTooLong
 from .session import GONE, Peer
@@ -67,6 +74,8 @@ class ChatClient:
         self.peers: Dict[bytes, Peer] = {}
         self._indexes: Dict[int, Peer] = {}
         self._secrets: Dict[bytes, bytes] = {}
+        self._initiations = TokenBuckets(HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP,
+                                         HANDSHAKE_INIT_SOURCES)
         self.bootnode = canonical(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
         self.link = BootnodeLink(self.bootnode, self.room_id, card, now, random_bytes)
@@ -168,6 +177,9 @@ class ChatClient:
                 return
             peer.on_punch(msg, source, now)
         elif isinstance(msg, pw.HandshakeInit):
+            if not self._initiations.allow(source[0], now)[0]:   # before any X25519 work
+                self.counters["handshake_rate_limited"] += 1
+                return
             hs = HandshakeState(initiator=False, static_private=self.static_private, psk=self.psk,
                                 prologue=self.prologue)
             try:

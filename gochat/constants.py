@@ -83,3 +83,8 @@ HANDSHAKE_UNCONFIRMED_LIMIT = 3
 # Keepalive on an idle session: well inside the 30 s that many NATs keep a UDP mapping.
 PEER_KEEPALIVE_MAX_s = 10.0
 MAX_PEERS_PER_CLIENT = 256       # peers a client tracks at once; more are refused politely
+# Handshake initiations accepted per source IP (each costs four X25519 operations):
+# a peer retries once a second, so this leaves room for many peers behind one NAT.
+HANDSHAKE_INIT_RATE_PER_IP = 20.0
+HANDSHAKE_INIT_BURST_PER_IP = 40
+HANDSHAKE_INIT_SOURCES = 1024

@@ -312,3 +312,16 @@ def test_nat_rebinding_moves_the_path_and_says_so():
     assert moved["previous_endpoint"] != moved["endpoint"]
     w.send(a, "reply")
     w.run_until(lambda: texts(w, "bob") == ["reply"], limit=5)   # the answer goes to the new port
+
+
+def test_initiation_flood_is_rate_limited_before_any_crypto():
+    w, a, b = _established()
+    src, init = next((s, d) for (s, to, d) in w.sent if pw.is_peer_datagram(d)
+                     and d[2] == pw.PeerType.HANDSHAKE_INIT)
+    target = a if w.nodes.get(src) is b else b
+    for _ in range(100):
+        target.receive_datagram(init, ("192.0.2.66", 1234), w.now)
+    assert target.counters["handshake_rate_limited"] == 60       # the burst of 40 went through
+    assert target.counters["replayed_initiation"] + target.counters["init_from_responder"] <= 40
+    w.send(a, "unharmed")
+    w.run_until(lambda: texts(w, "bob") == ["unharmed"], limit=5)
