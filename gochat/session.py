@@ -93,6 +93,7 @@ class Peer:
         self.state = PUNCHING
         self.path: Optional[Endpoint] = None
         self.path_kind = "direct"
+        self.reconnecting = False   # silent once connected: punching again before giving up
         self._punch_key = pw.punch_key(ctx.shared_secret(key))
         self._txids: "OrderedDict[bytes, Endpoint]" = OrderedDict()
         self._start_punching(now)
@@ -263,6 +264,20 @@ class Peer:
                             "previous_endpoint": format_endpoint(self.path)})
         self.path = endpoint
 
+    def _reconnect(self, now: float) -> None:
+        """Silent for the peer timeout: look for a path again (both sides do) for one punch
+        deadline before calling the peer gone, so a short outage heals by itself and
+        queued messages still go out. A dead peer is usually announced by the bootnode
+        first."""
+        self.reconnecting = True
+        if self.path is not None and self.path not in self.candidates:
+            self.candidates.append(self.path)
+        if self._hs_index is not None:
+            self.ctx.release_index(self._hs_index)
+        self._hs, self._hs_index, self._hs_next, self._hs_deadline = None, None, None, None
+        self._start_punching(now)
+        self.handle_timer(now)   # the first punch round now
+
     def _install(self, keypair: Keypair, now: float) -> None:
         if self.remote_incarnation is not None and keypair.incarnation != self.remote_incarnation:
             self.receiver = reliable.ReliableReceiver()   # the peer restarted: its sequence restarts
@@ -274,6 +289,7 @@ class Peer:
         self._unconfirmed_inits = 0
         self._auth_failures = 0
         self._hs_deadline = None
+        self.reconnecting = False
         if self.state != CONNECTED:
             self.state = CONNECTED
             self.connected_at = now
@@ -442,6 +458,9 @@ class Peer:
     def handle_timer(self, now: float) -> None:
         if self.state == PUNCHING:
             if now >= self._punch_started + PUNCH_DEADLINE_s:
+                if self.reconnecting:   # silent, and no path back either: it is gone
+                    self.leave("timed_out")
+                    return
                 self.state = UNREACHABLE
                 self.ctx.event({"event": "peer_unreachable", "name": self.name, "fingerprint": self.fingerprint,
                                 "message": f"no direct path to {self.name}: both sides' NATs may be symmetric"})
@@ -468,7 +487,7 @@ class Peer:
         if self.state != CONNECTED:
             return
         if now >= self.last_received + self.ctx.silence_s:
-            self.leave("timed_out")
+            self._reconnect(now)
             return
         if (self.initiator and self._hs is None and self.current is not None
                 and self.current.keys.needs_rekey(now)):

@@ -325,3 +325,27 @@ def test_initiation_flood_is_rate_limited_before_any_crypto():
     assert target.counters["replayed_initiation"] + target.counters["init_from_responder"] <= 40
     w.send(a, "unharmed")
     w.run_until(lambda: texts(w, "bob") == ["unharmed"], limit=5)
+
+
+def test_an_outage_longer_than_the_timeout_heals_and_queued_messages_arrive():
+    w, a, b = _established()
+    w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)   # the direct path goes dark
+    w.run_for(16)                                  # past the 15 s peer timeout: both look again
+    w.send(a, "sent during the outage")
+    w.run_for(2)
+    w.filter = None
+    w.run_until(lambda: texts(w, "bob") == ["sent during the outage"], limit=10)
+    assert not w.kinds("alice", "peer_left") and not w.kinds("bob", "peer_left")
+    assert len(w.kinds("alice", "peer_connected")) == 2     # connected again
+    w.send(b, "back")
+    w.run_until(lambda: texts(w, "alice") == ["back"], limit=5)
+
+
+def test_a_silent_peer_without_a_bootnode_is_gone_after_one_more_punch_deadline():
+    w, a, b = _established()
+    w.stop_bootnode()
+    w.remove(("198.51.100.20", 4545))              # bob vanishes; nobody will announce it
+    took = w.run_until(lambda: w.kinds("alice", "peer_left"), limit=40)
+    assert w.kinds("alice", "peer_left")[0]["reason"] == "timed_out"
+    assert 15 + PUNCH_DEADLINE_s - 3.5 <= took <= 15 + PUNCH_DEADLINE_s + 0.5
+    assert not w.kinds("alice", "peer_unreachable")
