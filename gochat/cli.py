@@ -85,8 +85,7 @@ def run_client(settings: Settings) -> int:
         assert settings.bootnode is not None and settings.room is not None
         return await front_end(ClientConfig(
             bootnode=settings.bootnode, room=settings.room, name=settings.name, port=settings.port,
-            passphrase=settings.passphrase or None, heartbeat_interval=settings.heartbeat_interval,
-            peer_timeout=settings.peer_timeout), identity)
+            passphrase=settings.passphrase or None, peer_timeout=settings.peer_timeout), identity)
 
     try:
         return asyncio.run(main())

@@ -37,7 +37,6 @@ class ClientConfig:
     name: str
     port: int
     passphrase: Optional[str]
-    heartbeat_interval: float
     peer_timeout: float
 
 

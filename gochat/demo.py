@@ -37,7 +37,7 @@ class EchoBot:
 
 def client_config(port: int, name: str) -> ClientConfig:
     return ClientConfig(bootnode=("127.0.0.1", port), room=ROOM, name=name, port=0, passphrase=None,
-                        heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL_s, peer_timeout=DEFAULT_PEER_TIMEOUT_s)
+                        peer_timeout=DEFAULT_PEER_TIMEOUT_s)
 
 
 async def run_demo(identity: Identity, name: str, front_end) -> int:
