@@ -153,8 +153,12 @@ class ReliableSender:
 
     def get_timer(self) -> Optional[float]:
         times = [f.last_sent if f.lost else f.last_sent + self.rtt.rto for f in self._in_flight.values()]
-        times += [m.created + GIVE_UP_AFTER_s for m in self._messages.values()]
-        return min(times) if times else None
+        give_up = self.give_up_timer()
+        return min(times + [give_up]) if give_up is not None else None
+
+    def give_up_timer(self) -> Optional[float]:
+        """The next give-up deadline alone: all that matters while nothing can be sent."""
+        return min((m.created + GIVE_UP_AFTER_s for m in self._messages.values()), default=None)
 
     def on_ack(self, next_expected: int, sack: int, now: float) -> List[int]:
         """Process an ACK; returns the ids of messages now fully delivered."""

@@ -446,13 +446,10 @@ class Peer:
             times += [self.last_sent + self.ctx.keepalive_s, self.last_received + self.ctx.silence_s]
             if self.initiator and self.current is not None and self._hs is None:
                 times.append(self.current.keys.created + REKEY_AFTER_TIME_s)
-            t = self.sender.get_timer()
-            if t is not None:
-                times.append(t)
-        elif self.pending:
-            t = self.sender.get_timer()
-            if t is not None:
-                times.append(t)
+        # Retransmissions only happen on a session; otherwise only give-ups are due.
+        t = self.sender.get_timer() if self.state == CONNECTED else self.sender.give_up_timer()
+        if t is not None:
+            times.append(t)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:

@@ -349,3 +349,13 @@ def test_a_silent_peer_without_a_bootnode_is_gone_after_one_more_punch_deadline(
     assert w.kinds("alice", "peer_left")[0]["reason"] == "timed_out"
     assert 15 + PUNCH_DEADLINE_s - 3.5 <= took <= 15 + PUNCH_DEADLINE_s + 0.5
     assert not w.kinds("alice", "peer_unreachable")
+
+
+def test_a_message_in_flight_when_the_path_goes_dark_arrives_after_it_heals():
+    w, a, b = _established()
+    w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)
+    w.send(a, "in flight when the path went dark")   # sent, never acknowledged
+    w.run_for(17)                                     # silence: both punch again, nothing is due meanwhile
+    w.filter = None
+    w.run_until(lambda: texts(w, "bob") == ["in flight when the path went dark"], limit=10)
+    assert not w.kinds("alice", "undelivered")
