@@ -28,6 +28,11 @@ def key_endpoint(addr16: bytes, port: int) -> Tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6, addr16), port
 
 
+def canonical_endpoint(addr: tuple) -> Tuple[str, int]:
+    """(host, port) with IPv4-mapped IPv6 shown as IPv4, whatever the socket family."""
+    return key_endpoint(*endpoint_key(addr))
+
+
 def sockaddr_for(family: int, endpoint: tuple) -> tuple:
     """The address tuple a socket of ``family`` accepts for ``endpoint``."""
     addr16, port = endpoint_key(endpoint)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import peer_wire as pw
 from . import wire
-from ._addr import endpoint_key, format_endpoint, key_endpoint
+from ._addr import canonical_endpoint, format_endpoint
 from .constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
     HANDSHAKE_INIT_RATE_PER_IP,
@@ -29,8 +29,8 @@ from .constants import (
 from .identity import fingerprint
 from .noise import HandshakeState, NoiseError, dh, public_key
 from .ratelimit import TokenBuckets
-from .registration import BootnodeLink
-from .reliable import MessageTooLong
+from .registration import FAILED, BootnodeLink
+from .reliable import check_length
 from .session import GONE, Peer
 from .wire import DecodeError, Endpoint, LeaveReason
 
@@ -43,11 +43,6 @@ def room_id_for(room: str) -> bytes:
 def prologue_for(room_id: bytes) -> bytes:
     """Bound into every handshake: a session belongs to one room."""
     return b"gochat peer v1\0" + room_id
-
-
-def canonical(addr: tuple) -> Endpoint:
-    """(host, port) with IPv4-mapped IPv6 shown as IPv4, whatever the socket family."""
-    return key_endpoint(*endpoint_key(addr))
 
 
 class ChatClient:
@@ -76,7 +71,7 @@ class ChatClient:
         self._secrets: Dict[bytes, bytes] = {}
         self._initiations = TokenBuckets(HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP,
                                          HANDSHAKE_INIT_SOURCES)
-        self.bootnode = canonical(bootnode)
+        self.bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
         self.link = BootnodeLink(self.bootnode, self.room_id, card, now, random_bytes)
         self.quitting = False
@@ -112,7 +107,7 @@ class ChatClient:
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
         """One datagram from the socket. Never raises for bad input: it is counted."""
         try:
-            source = canonical(addr)
+            source = canonical_endpoint(addr)
         except (OSError, ValueError):
             self.counters["bad_source"] += 1
             return
@@ -211,15 +206,14 @@ class ChatClient:
         """Send ``text`` to every peer of the room that can still get it; returns how
         many. Messages to peers still connecting wait for the session (and may end
         undelivered). Raises MessageTooLong over 64 KiB."""
-        if len(text.encode("utf-8")) > 64 * 1024:
-            raise MessageTooLong(f"message of {len(text.encode('utf-8'))} bytes; the limit is 65536")
+        check_length(text.encode("utf-8"))   # before anyone gets it, so all or nobody do
         recipients = [p for p in self.peers.values() if p.accepts_messages]
         for peer in recipients:
             peer.send_message(text, now)
         return len(recipients)
 
-    def peer_snapshot(self, now: float) -> List[dict]:
-        return [p.snapshot(now) for p in self.peers.values()]
+    def peer_snapshot(self) -> List[dict]:
+        return [p.snapshot() for p in self.peers.values()]
 
     def quit(self, now: float) -> None:
         """Graceful leave: bye to every connected peer, disconnect from the bootnode."""
@@ -234,7 +228,7 @@ class ChatClient:
     @property
     def finished(self) -> bool:
         """Quit completed (or the first registration failed for good)."""
-        return self.link.closed and (self.quitting or self.link.state == "failed")
+        return self.link.closed and (self.quitting or self.link.state == FAILED)
 
     @property
     def failure(self) -> Optional[str]:

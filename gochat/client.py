@@ -13,11 +13,10 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from ._addr import format_endpoint, sockaddr_for
-from .chat import ChatClient, canonical
+from ._addr import canonical_endpoint, format_endpoint, sockaddr_for
+from .chat import ChatClient
 from .identity import Identity, KnownPeers, fingerprint
 from .noise import room_psk
 
@@ -48,7 +47,7 @@ def resolve_bootnode(host: str, port: int) -> Tuple[int, Tuple[str, int]]:
         raise StartupError(f"cannot resolve bootnode {host}: {exc.strerror}") from None
     infos.sort(key=lambda i: i[0] != socket.AF_INET)   # IPv4 first: most NATs are IPv4
     family, _, _, _, sockaddr = infos[0]
-    return family, canonical(sockaddr)
+    return family, canonical_endpoint(sockaddr)
 
 
 def local_endpoint_towards(family: int, target: Tuple[str, int], port: int) -> List[Tuple[str, int]]:
@@ -57,7 +56,7 @@ def local_endpoint_towards(family: int, target: Tuple[str, int], port: int) -> L
     probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
         probe.connect(sockaddr_for(family, target))   # no packet is sent: UDP connect only routes
-        return [canonical((probe.getsockname()[0], port))]
+        return [canonical_endpoint((probe.getsockname()[0], port))]
     except OSError:
         return []
     finally:
@@ -185,10 +184,5 @@ class ClientDriver:
         self.finished.set()
 
     def status(self) -> dict:
-        now = self.loop.time()
         return {"event": "peers", "bootnode": self.machine.bootnode_status(),
-                "peers": self.machine.peer_snapshot(now), "dropped": dict(self.machine.counters)}
-
-
-def identity_path(explicit: Optional[Path], data_dir: Path) -> Path:
-    return explicit if explicit is not None else data_dir / "identity"
+                "peers": self.machine.peer_snapshot(), "dropped": dict(self.machine.counters)}

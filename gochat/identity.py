@@ -37,8 +37,9 @@ def fingerprint(key: bytes) -> str:
     return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
-def short_fingerprint(key: bytes) -> str:
-    return fingerprint(key)[:9]
+def short_fingerprint(fingerprint_text: str) -> str:
+    """The first two groups of a fingerprint, for headers and lists."""
+    return fingerprint_text[:9]
 
 
 def safety_number(a: bytes, b: bytes) -> str:

@@ -56,7 +56,6 @@ class BootnodeLink:
         self.last_answer = now
         self._attempt = 0
         self._cookie_rounds = 0
-        self._started = now
         self._deadline = now
         self._next_heartbeat: Optional[float] = None
         self._heartbeat_sent: Optional[float] = None

@@ -41,6 +41,12 @@ class MessageTooLong(ValueError):
     """A message over MAX_MESSAGE_bytes: refused before anything is sent."""
 
 
+def check_length(message: bytes) -> None:
+    """Raise MessageTooLong for a message over MAX_MESSAGE_bytes."""
+    if len(message) > MAX_MESSAGE_bytes:
+        raise MessageTooLong(f"message of {len(message)} bytes; the limit is {MAX_MESSAGE_bytes}")
+
+
 def _seq_lt(a: int, b: int) -> bool:
     return ((a - b) & 0xFFFFFFFF) > 0x7FFFFFFF
 
@@ -115,8 +121,7 @@ class ReliableSender:
 
     def send(self, message: bytes, now: float) -> int:
         """Queue a message; returns its id. Raises MessageTooLong over 64 KiB."""
-        if len(message) > MAX_MESSAGE_bytes:
-            raise MessageTooLong(f"message of {len(message)} bytes; the limit is {MAX_MESSAGE_bytes}")
+        check_length(message)
         msg_id = self.next_msg_id
         self.next_msg_id = (self.next_msg_id + 1) & 0xFFFFFFFF
         chunks = [message[i : i + FRAGMENT_bytes] for i in range(0, len(message), FRAGMENT_bytes)] or [b""]
@@ -199,6 +204,19 @@ class ReliableSender:
                 self._in_flight.pop(seq, None)
             self._queue = [f for f in self._queue if f.msg_id != mid]
         return [(mid, m.text) for mid, m in gone]
+
+    def abandon(self) -> List[bytes]:
+        """Give up on everything still unacknowledged (the peer is gone); returns the
+        messages. ``base`` moves past them, so a receiver met again skips them."""
+        texts = [m.text for m in self._messages.values()]
+        self._messages.clear()
+        self._in_flight.clear()
+        self._queue.clear()
+        return texts
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._messages)
 
     @property
     def idle(self) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Callable, List, Optional, Protocol
 
 from . import peer_wire as pw
 from . import reliable
@@ -95,7 +95,7 @@ class Peer:
         self.path_kind = "direct"
         self.reconnecting = False   # silent once connected: punching again before giving up
         self._punch_key = pw.punch_key(ctx.shared_secret(key))
-        self._txids: "OrderedDict[bytes, Endpoint]" = OrderedDict()
+        self._txids: "OrderedDict[bytes, None]" = OrderedDict()   # requests awaiting a reply
         self._start_punching(now)
         # handshake in flight (initiator side)
         self._hs: Optional[HandshakeState] = None
@@ -114,10 +114,8 @@ class Peer:
         # delivery
         self.sender = reliable.ReliableSender(now)
         self.receiver = reliable.ReliableReceiver()
-        self.pending: Dict[int, str] = {}   # msg_id -> text, until acknowledged or given up
         self.last_received = now
         self.last_sent = now
-        self.connected_at: Optional[float] = None
 
     # --- candidates and punching ----------------------------------------------------
 
@@ -135,7 +133,7 @@ class Peer:
 
     def _punch(self, endpoint: Endpoint) -> None:
         txid = self.ctx.random_bytes(pw.TXID_SIZE_bytes)
-        self._txids[txid] = endpoint
+        self._txids[txid] = None
         while len(self._txids) > MAX_TXIDS:
             self._txids.popitem(last=False)
         self.ctx.send(pw.encode_punch(self._punch_key, self.ctx.public_key, txid), endpoint)
@@ -145,9 +143,10 @@ class Peer:
             self.ctx.counters["bad_punch_mac"] += 1
             return
         if punch.reply:
-            if self._txids.pop(punch.txid, None) is None:
+            if punch.txid not in self._txids:
                 self.ctx.counters["unexpected_punch_reply"] += 1
                 return
+            del self._txids[punch.txid]
             if self.state == PUNCHING:
                 self.path = source
                 self._begin_handshake(now)
@@ -292,7 +291,6 @@ class Peer:
         self.reconnecting = False
         if self.state != CONNECTED:
             self.state = CONNECTED
-            self.connected_at = now
             self.ctx.event({"event": "peer_connected", "name": self.name, "fingerprint": self.fingerprint,
                             "path": self.path_kind, "endpoint": format_endpoint(self.path)})
 
@@ -343,8 +341,7 @@ class Peer:
                     self.ctx.event({"event": "message", "from": self.name, "fingerprint": self.fingerprint,
                                     "text": message.decode("utf-8", "replace")})
             elif kind == reliable.T_ACK:
-                for msg_id in self.sender.on_ack(*reliable.parse_ack(frame), now):
-                    self.pending.pop(msg_id, None)
+                self.sender.on_ack(*reliable.parse_ack(frame), now)
                 self._flush(now)   # fragments the ACK showed lost go again at once
             elif kind == T_BYE and len(frame) == 1:
                 self.leave("quit")
@@ -363,18 +360,15 @@ class Peer:
         kp = self._usable_keypair()
         if kp is None or self.path is None:
             return False
+        ad = pw.transport_ad(kp.remote_index, kp.keys.send_counter)   # the counter encrypt() uses next
         try:
-            counter, ciphertext = kp.keys.encrypt(frame, pw.transport_ad(kp.remote_index, kp.keys.send_counter), now)
+            _, ciphertext = kp.keys.encrypt(frame, ad, now)
         except TransportError:
             self.ctx.counters["keys_expired_send"] += 1
             return False
-        self._send_raw(pw.transport_ad(kp.remote_index, counter) + ciphertext, now)
+        self.ctx.send(ad + ciphertext, self.path)
+        self.last_sent = now
         return True
-
-    def _send_raw(self, data: bytes, now: float) -> None:
-        if self.path is not None:
-            self.ctx.send(data, self.path)
-            self.last_sent = now
 
     # --- chat ---------------------------------------------------------------------------
 
@@ -383,8 +377,7 @@ class Peer:
         return self.state in (PUNCHING, HANDSHAKING, CONNECTED)
 
     def send_message(self, text: str, now: float) -> None:
-        msg_id = self.sender.send(text.encode("utf-8"), now)
-        self.pending[msg_id] = text
+        self.sender.send(text.encode("utf-8"), now)
         self._flush(now)
 
     def _flush(self, now: float) -> None:
@@ -393,11 +386,8 @@ class Peer:
                 self._send_frame(frame, now)
 
     def _give_up_pending(self) -> None:
-        for text in self.pending.values():
-            self.ctx.event({"event": "undelivered", "to": self.name, "fingerprint": self.fingerprint,
-                            "text": text})
-        self.pending.clear()
-        self.sender = reliable.ReliableSender(0.0)
+        for text in self.sender.abandon():
+            self._undelivered(text)
 
     def bye(self, now: float) -> None:
         """Tell the peer we leave (twice: it is not acknowledged)."""
@@ -494,14 +484,17 @@ class Peer:
             self._send_frame(b"", now)
 
     def _expire_pending(self, now: float) -> None:
-        for msg_id, raw in self.sender.expired(now):
-            text = self.pending.pop(msg_id, None) or raw.decode("utf-8", "replace")
-            self.ctx.event({"event": "undelivered", "to": self.name, "fingerprint": self.fingerprint, "text": text})
+        for _, text in self.sender.expired(now):
+            self._undelivered(text)
 
-    def snapshot(self, now: float) -> dict:
+    def _undelivered(self, text: bytes) -> None:
+        self.ctx.event({"event": "undelivered", "to": self.name, "fingerprint": self.fingerprint,
+                        "text": text.decode("utf-8")})   # we encoded it: it decodes
+
+    def snapshot(self) -> dict:
         return {"name": self.name, "fingerprint": self.fingerprint, "state": self.state,
                 "path": self.path_kind if self.state == CONNECTED else None,
                 "endpoint": format_endpoint(self.path) if self.path else None,
                 "rtt_ms": round(self.sender.rtt.srtt * 1000, 1) if self.sender.rtt.srtt is not None else None,
-                "unacknowledged": len(self.pending), "retransmissions": self.sender.retransmissions}
+                "unacknowledged": self.sender.unacknowledged, "retransmissions": self.sender.retransmissions}
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import urwid
 
 from .client import ClientConfig, ClientDriver
-from .identity import Identity, safety_number
+from .identity import Identity, safety_number, short_fingerprint
 from .reliable import MessageTooLong
 
 log = logging.getLogger("gochat.ui")
@@ -165,12 +165,12 @@ class ChatScreen(urwid.WidgetWrap):
         boot = self.bootnode
         state = {"registered": "connected"}.get(boot["state"], boot["state"])
         rtt = f" {boot['rtt_ms']:g} ms" if boot.get("rtt_ms") is not None and state == "connected" else ""
-        self.header.set_text(f" gochat · room {self.room} · {self.name} ({short_fingerprint_text(self.fingerprint)})"
+        self.header.set_text(f" gochat · room {self.room} · {self.name} ({short_fingerprint(self.fingerprint)})"
                              f" · bootnode {state}{rtt}")
         lines: list = []
         for name, peer in sorted(self.peers.items()):
             rtt_ms = peer.get("rtt_ms")
-            lines += [(peer_colour(peer["fingerprint"]), name), f" {short_fingerprint_text(peer['fingerprint'])}\n",
+            lines += [(peer_colour(peer["fingerprint"]), name), f" {short_fingerprint(peer['fingerprint'])}\n",
                       ("sidebar", f"  {peer.get('state', '?')}"
                                   + (f" {rtt_ms:g} ms" if rtt_ms is not None else "") + "\n")]
         self.sidebar_text.set_text(lines or ("sidebar", "nobody yet"))
@@ -264,10 +264,6 @@ class ChatScreen(urwid.WidgetWrap):
             shown["state"] = peer["path"] or peer["state"]
             shown["rtt_ms"] = peer["rtt_ms"]
         self.refresh()
-
-
-def short_fingerprint_text(fingerprint: str) -> str:
-    return fingerprint[:9]
 
 
 class ChatApp:
