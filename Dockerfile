@@ -10,7 +10,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && python -c "import gochat._fastpath" \
+    && python -c "import gochat.bootnode._fastpath" \
     && useradd --system --no-create-home gochat \
     && mkdir /data && chown gochat /data
 USER gochat

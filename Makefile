@@ -9,11 +9,11 @@ STAMP  := $(VENV)/.installed-stamp
 all: $(STAMP)
 
 # A venv with the package installed editable; pip builds the Cython extension in place.
-$(STAMP): pyproject.toml setup.py gochat/_fastpath.pyx
+$(STAMP): pyproject.toml setup.py gochat/bootnode/_fastpath.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -c "import gochat._fastpath"  # fail here, not in the tests, if it did not compile
+	$(BIN)/python -c "import gochat.bootnode._fastpath"  # fail here, not in the tests, if it did not compile
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -41,7 +41,7 @@ wheel: $(STAMP)
 	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps -w dist .
 	rm -rf build/wheel-venv && $(PYTHON) -m venv build/wheel-venv
 	build/wheel-venv/bin/python -m pip install -q dist/gochat-*.whl
-	build/wheel-venv/bin/python -c "import gochat._fastpath, gochat.fastpath as f; assert f.IMPLEMENTATION == 'cython'"
+	build/wheel-venv/bin/python -c "import gochat.bootnode._fastpath, gochat.bootnode.fastpath as f; assert f.IMPLEMENTATION == 'cython'"
 	build/wheel-venv/bin/gochat --version
 
 # System packages the tests use (network namespaces, NAT, terminal tests). Needs root.
@@ -50,4 +50,4 @@ system-deps:
 	apt-get install -y --no-install-recommends iproute2 nftables iptables tmux procps
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info gochat/_fastpath.c gochat/*.so .pytest_cache .benchmarks
+	rm -rf $(VENV) build dist *.egg-info gochat/bootnode/_fastpath.c gochat/bootnode/*.so .pytest_cache .benchmarks

@@ -7,8 +7,8 @@ setup(
     ext_modules=cythonize(
         [
             Extension(
-                "gochat._fastpath",
-                ["gochat/_fastpath.pyx"],
+                "gochat.bootnode._fastpath",
+                ["gochat/bootnode/_fastpath.pyx"],
                 define_macros=[("_GNU_SOURCE", "1")],
                 extra_compile_args=["-O2"],
             )

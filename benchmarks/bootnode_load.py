@@ -31,8 +31,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from gochat import fastpath, wire
-from gochat.metrics import parse_exposition
+from gochat.bootnode import fastpath
+
+from gochat.wire import control as wire
+from gochat.bootnode.metrics import parse_exposition
 
 HB = struct.Struct("!BBBB")
 FANOUT_ROOM_SIZE = 1000

@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from gochat import wire
-from gochat.cookie import CookieJar
-from gochat.rendezvous import Limits, Rendezvous
-from gochat.wire import MsgType
+from gochat.wire import control as wire
+from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.rendezvous import Limits, Rendezvous
+from gochat.wire.control import MsgType
 
 TAG = b"T" * 8
 N_TABLE = 100_000

@@ -3,9 +3,9 @@ encryption + decryption of one chat-sized message on an established session."""
 
 from __future__ import annotations
 
-from gochat import peer_wire as pw
-from gochat.noise import HandshakeState, generate_private_key, public_key, room_psk
-from gochat.transport import TransportKeys
+from gochat.wire import data as pw
+from gochat.crypto.noise import HandshakeState, generate_private_key, public_key, room_psk
+from gochat.crypto.transport import TransportKeys
 
 PSK = room_psk("lobby", None)
 

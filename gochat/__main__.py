@@ -1,3 +1,3 @@
-from .cli import main
+from gochat.cli import main
 
 main()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import SPECS, ConfigError, Settings, resolve
+from gochat.config import SPECS, ConfigError, Settings, resolve
 
 
 def _options(func):
@@ -52,9 +52,9 @@ def main(env_file: str, **flags) -> None:
 
 def run_client(settings: Settings) -> int:
     """Client and demo modes: the terminal UI, or line mode with --no-ui (or without a terminal)."""
-    from .client import ClientConfig, StartupError
-    from .identity import IdentityError, data_dir, load_or_create
-    from .linemode import LineMode
+    from gochat.client.driver import ClientConfig, StartupError
+    from gochat.crypto.identity import IdentityError, data_dir, load_or_create
+    from gochat.frontends.linemode import LineMode
 
     path = settings.identity or data_dir(os.environ) / "identity"
     try:
@@ -72,14 +72,14 @@ def run_client(settings: Settings) -> int:
 
     async def front_end(config: ClientConfig, identity) -> int:
         if use_ui:
-            from .ui import ChatApp
+            from gochat.frontends.ui import ChatApp
 
             return await ChatApp(config, identity).run()
         return await LineMode(config, identity, sys.stdin.fileno(), sys.stdout).run()
 
     async def main() -> int:
         if settings.mode == "demo":
-            from .demo import run_demo
+            from gochat.frontends.demo import run_demo
 
             return await run_demo(identity, settings.name, front_end)
         assert settings.bootnode is not None and settings.room is not None
@@ -109,8 +109,8 @@ def _log_to_file(path: Path, level: str) -> None:
 
 
 def run_bootnode(settings: Settings) -> int:
-    from .bootnode import BootnodeConfig, serve
-    from .rendezvous import Limits
+    from gochat.bootnode.driver import BootnodeConfig, serve
+    from gochat.bootnode.rendezvous import Limits
 
     config = BootnodeConfig(
         listen=settings.listen,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from dotenv import dotenv_values
 
-from . import constants as C
+from gochat import constants as C
 
 HostPort = Tuple[str, int]
 

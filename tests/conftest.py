@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from gochat import _purepath
-from gochat.bootnode import Bootnode, BootnodeConfig
-from gochat.rendezvous import Limits
+from gochat.bootnode import _purepath
+from gochat.bootnode.driver import Bootnode, BootnodeConfig
+from gochat.bootnode.rendezvous import Limits
 
 
 class _Impl:
@@ -26,7 +26,7 @@ class _Impl:
 
 
 def _cython():
-    from gochat import _fastpath  # make test builds it; a missing build must fail loudly
+    from gochat.bootnode import _fastpath  # make test builds it; a missing build must fail loudly
 
     return _Impl(_fastpath, "cython")
 

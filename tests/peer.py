@@ -7,9 +7,9 @@ import socket
 import time
 from typing import Callable, Optional
 
-from gochat import wire
-from gochat.chat import room_id_for
-from gochat.wire import MsgType
+from gochat.wire import control as wire
+from gochat.client.room import room_id_for
+from gochat.wire.control import MsgType
 
 
 room_id = room_id_for   # the client's own derivation

@@ -14,11 +14,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from gochat import fastpath, wire
-from gochat.chat import ChatClient
-from gochat.cookie import CookieJar
-from gochat.noise import generate_private_key, room_psk
-from gochat.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.bootnode import fastpath
+
+from gochat.wire import control as wire
+from gochat.client.room import ChatClient
+from gochat.bootnode.cookie import CookieJar
+from gochat.crypto.noise import generate_private_key, room_psk
+from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
 
 Endpoint = Tuple[str, int]
 

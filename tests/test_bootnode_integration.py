@@ -15,9 +15,9 @@ import urllib.request
 
 import pytest
 
-from gochat import wire
-from gochat.metrics import parse_exposition
-from gochat.wire import LeaveReason, MsgType
+from gochat.wire import control as wire
+from gochat.bootnode.metrics import parse_exposition
+from gochat.wire.control import LeaveReason, MsgType
 
 from .peer import SimPeer, room_id
 

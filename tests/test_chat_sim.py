@@ -7,10 +7,10 @@ import itertools
 
 import pytest
 
-from gochat import peer_wire as pw
+from gochat.wire import data as pw
 from gochat.constants import PUNCH_DEADLINE_s
-from gochat.reliable import MessageTooLong
-from gochat.transport import REKEY_AFTER_TIME_s
+from gochat.client.reliable import MessageTooLong
+from gochat.crypto.transport import REKEY_AFTER_TIME_s
 from .simnet import FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, SimWorld
 
 KINDS = [FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC]

@@ -10,8 +10,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gochat import wire
-from gochat.wire import MsgType
+from gochat.wire import control as wire
+from gochat.wire.control import MsgType
 
 ROOM_A = b"A" * 16
 ROOM_B = b"B" * 16

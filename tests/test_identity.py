@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from gochat.identity import IdentityError, KnownPeers, data_dir, fingerprint, load_or_create, safety_number
-from gochat.noise import generate_private_key, public_key
+from gochat.crypto.identity import IdentityError, KnownPeers, data_dir, fingerprint, load_or_create, safety_number
+from gochat.crypto.noise import generate_private_key, public_key
 
 
 def test_created_once_with_owner_only_permissions(tmp_path):

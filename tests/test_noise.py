@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gochat.noise import (
+from gochat.crypto.noise import (
     PROTOCOL_IKPSK2,
     HandshakeState,
     NoiseError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from gochat import peer_wire as pw
-from gochat.wire import DecodeError
+from gochat.wire import data as pw
+from gochat.wire.control import DecodeError
 
 KEY = bytes(range(32))
 PUNCH_KEY = pw.punch_key(b"s" * 32)

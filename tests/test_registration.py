@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from gochat import wire
+from gochat.wire import control as wire
 from gochat.constants import DISCONNECT_WAIT_s, REGISTER_TIMEOUTS_s
-from gochat.registration import CLOSED, REGISTERED, BootnodeLink
-from gochat.wire import MsgType, RefuseReason
+from gochat.client.bootnode_link import CLOSED, REGISTERED, BootnodeLink
+from gochat.wire.control import MsgType, RefuseReason
 
 BOOTNODE = ("192.0.2.1", 9595)
 CARD = wire.encode_card(b"k" * 32, "alice", [])

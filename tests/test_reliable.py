@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from gochat.reliable import (
+from gochat.client.reliable import (
     GIVE_UP_AFTER_s,
     MAX_MESSAGE_bytes,
     RTO_INITIAL_s,

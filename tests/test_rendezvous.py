@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 
 
-from gochat import wire
-from gochat.cookie import CookieJar
-from gochat.rendezvous import Limits, Rendezvous, Send, SendToRoom
-from gochat.wire import LeaveReason, MsgType, RefuseReason
+from gochat.wire import control as wire
+from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.wire.control import LeaveReason, MsgType, RefuseReason
 
 from .peer import room_id
 

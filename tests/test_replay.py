@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from gochat.replay import ReplayWindow
+from gochat.crypto.replay import ReplayWindow
 
 
 def test_window_is_at_least_1024():

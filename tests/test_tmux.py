@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gochat.metrics import parse_exposition
+from gochat.bootnode.metrics import parse_exposition
 
 from .procs import Bootnode
 

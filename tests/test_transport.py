@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from gochat.noise import HandshakeState, generate_private_key, public_key
-from gochat.transport import REJECT_AFTER_TIME_s, REKEY_AFTER_TIME_s, TransportError, TransportKeys
+from gochat.crypto.noise import HandshakeState, generate_private_key, public_key
+from gochat.crypto.transport import REJECT_AFTER_TIME_s, REKEY_AFTER_TIME_s, TransportError, TransportKeys
 
 
 def session(now=0.0, **kw):

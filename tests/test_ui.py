@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urwid
 
-from gochat.ui import NARROW, ChatScreen, peer_colour
+from gochat.frontends.ui import NARROW, ChatScreen, peer_colour
 
 ME_FP = "aaaa bbbb cccc dddd eeee ffff 0000 1111"
 BOB_FP = "1234 5678 9abc def0 1234 5678 9abc def0"

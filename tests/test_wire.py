@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gochat import wire
+from gochat.wire import control as wire
 from gochat.constants import MAX_DATAGRAM_bytes
-from gochat.wire import DecodeError, LeaveReason, MsgType, RefuseReason
+from gochat.wire.control import DecodeError, LeaveReason, MsgType, RefuseReason
 
 KEY = bytes(range(32))
 TOKEN = bytes(range(12))

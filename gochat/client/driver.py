@@ -15,10 +15,10 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from ._addr import canonical_endpoint, format_endpoint, sockaddr_for
-from .chat import ChatClient
-from .identity import Identity, KnownPeers, fingerprint
-from .noise import room_psk
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
+from gochat.client.room import ChatClient
+from gochat.crypto.identity import Identity, KnownPeers, fingerprint
+from gochat.crypto.noise import room_psk
 
 log = logging.getLogger("gochat.client")
 

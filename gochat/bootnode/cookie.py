@@ -12,8 +12,8 @@ import hmac
 import os
 from typing import Optional
 
-from ._addr import endpoint_key
-from .constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
+from gochat.wire.endpoints import endpoint_key
+from gochat.constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
 
 
 class CookieJar:

@@ -12,11 +12,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-from .bootnode import Bootnode, BootnodeConfig
-from .client import ClientConfig, ClientDriver
-from .constants import DEFAULT_HEARTBEAT_INTERVAL_s, DEFAULT_PEER_TIMEOUT_s
-from .identity import Identity, load_or_create
-from .rendezvous import Limits
+from gochat.bootnode.driver import Bootnode, BootnodeConfig
+from gochat.client.driver import ClientConfig, ClientDriver
+from gochat.constants import DEFAULT_HEARTBEAT_INTERVAL_s, DEFAULT_PEER_TIMEOUT_s
+from gochat.crypto.identity import Identity, load_or_create
+from gochat.bootnode.rendezvous import Limits
 
 ROOM = "lobby"
 BOT_NAME = "echo"

@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import urwid
 
-from .client import ClientConfig, ClientDriver
-from .identity import Identity, safety_number, short_fingerprint
-from .reliable import MessageTooLong
+from gochat.client.driver import ClientConfig, ClientDriver
+from gochat.crypto.identity import Identity, safety_number, short_fingerprint
+from gochat.client.reliable import MessageTooLong
 
 log = logging.getLogger("gochat.ui")
 

@@ -15,8 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence, Tuple, Union
 
-from ._addr import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint
-from .constants import (
+from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint
+from gochat.constants import (
     COOKIE_SIZE_bytes,
     HEADER_SIZE_bytes,
     MAGIC,

@@ -16,23 +16,23 @@ import os
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import peer_wire as pw
-from . import wire
-from ._addr import canonical_endpoint, format_endpoint
-from .constants import (
+from gochat.wire import data as pw
+from gochat.wire import control as wire
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint
+from gochat.constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
     HANDSHAKE_INIT_RATE_PER_IP,
     HANDSHAKE_INIT_SOURCES,
     MAX_PEERS_PER_CLIENT,
     PEER_KEEPALIVE_MAX_s,
 )
-from .identity import fingerprint
-from .noise import HandshakeState, NoiseError, dh, public_key
-from .ratelimit import TokenBuckets
-from .registration import FAILED, BootnodeLink
-from .reliable import check_length
-from .session import GONE, Peer
-from .wire import DecodeError, Endpoint, LeaveReason
+from gochat.crypto.identity import fingerprint
+from gochat.crypto.noise import HandshakeState, NoiseError, dh, public_key
+from gochat.ratelimit import TokenBuckets
+from gochat.client.bootnode_link import FAILED, BootnodeLink
+from gochat.client.reliable import check_length
+from gochat.client.peer import GONE, Peer
+from gochat.wire.control import DecodeError, Endpoint, LeaveReason
 
 
 def room_id_for(room: str) -> bytes:

@@ -26,10 +26,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Protocol
 
-from . import peer_wire as pw
-from . import reliable
-from ._addr import format_endpoint
-from .constants import (
+from gochat.wire import data as pw
+from gochat.client import reliable
+from gochat.wire.endpoints import format_endpoint
+from gochat.constants import (
     HANDSHAKE_DEADLINE_s,
     HANDSHAKE_RETRY_s,
     HANDSHAKE_UNCONFIRMED_LIMIT,
@@ -37,10 +37,10 @@ from .constants import (
     PUNCH_INTERVAL_s,
     PUNCH_SCHEDULE_s,
 )
-from .identity import fingerprint
-from .noise import HandshakeState, NoiseError
-from .transport import REKEY_AFTER_TIME_s, TransportError, TransportKeys
-from .wire import Endpoint
+from gochat.crypto.identity import fingerprint
+from gochat.crypto.noise import HandshakeState, NoiseError
+from gochat.crypto.transport import REKEY_AFTER_TIME_s, TransportError, TransportKeys
+from gochat.wire.control import Endpoint
 
 PUNCHING, HANDSHAKING, CONNECTED, UNREACHABLE, FAILED, GONE = (
     "punching", "handshaking", "connected", "unreachable", "failed", "gone")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Dict, List, Optional
 
-from ._addr import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint, sockaddr_for
+from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint, sockaddr_for
 
 MAGIC = 0x47
 VERSION = 1

@@ -16,9 +16,9 @@ import sys
 import threading
 from typing import IO, Optional
 
-from .client import ClientConfig, ClientDriver, StartupError
-from .identity import Identity
-from .reliable import MessageTooLong
+from gochat.client.driver import ClientConfig, ClientDriver, StartupError
+from gochat.crypto.identity import Identity
+from gochat.client.reliable import MessageTooLong
 
 COMMANDS = "/quit, /peers"
 

@@ -16,7 +16,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 import os
 import socket as _socket
 
-from gochat._addr import endpoint_key, key_endpoint
+from gochat.wire.endpoints import endpoint_key, key_endpoint
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -104,7 +104,7 @@ ctypedef struct Room:
     int32_t count        # 0 and head == NONE: free (then head reused as free-list link)
 
 
-from gochat._purepath import TableFull  # one exception class for both twins
+from gochat.bootnode._purepath import TableFull  # one exception class for both twins
 
 
 cdef inline uint32_t ms_of(double now):

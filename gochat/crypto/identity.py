@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from .noise import generate_private_key, public_key
+from gochat.crypto.noise import generate_private_key, public_key
 
 _MAGIC = "gochat-identity-v1"
 

@@ -2,7 +2,7 @@
 import socket
 from typing import Dict, List, Optional, Tuple
 
-from gochat._purepath import TableFull as TableFull
+from gochat.bootnode._purepath import TableFull as TableFull
 
 Address = Tuple  # (host, port) or (host, port, flowinfo, scope_id)
 

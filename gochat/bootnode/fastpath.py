@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from . import _purepath as pure
+from gochat.bootnode import _purepath as pure
 
 if os.environ.get("GOCHAT_PURE_PYTHON", "") not in ("", "0"):
     impl = pure
     IMPLEMENTATION = "pure-python"
 else:
     try:
-        from . import _fastpath as impl  # type: ignore[no-redef]
+        from gochat.bootnode import _fastpath as impl  # type: ignore[no-redef]
 
         IMPLEMENTATION = "cython"
     except ImportError:  # no compiler where this was installed

@@ -12,7 +12,7 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .replay import ReplayWindow
+from gochat.crypto.replay import ReplayWindow
 
 # Limits after wireguard-go's device/constants.go, with the same meaning.
 REKEY_AFTER_MESSAGES = 2**60

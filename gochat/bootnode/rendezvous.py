@@ -19,13 +19,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
-from . import wire
-from .constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
-from ._addr import endpoint_key, key_endpoint
-from ._purepath import TableFull  # shared by both fast paths
-from .cookie import CookieJar
-from .ratelimit import TokenBuckets
-from .wire import LeaveReason, MsgType, RefuseReason
+from gochat.wire import control as wire
+from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from gochat.wire.endpoints import endpoint_key, key_endpoint
+from gochat.bootnode._purepath import TableFull  # shared by both fast paths
+from gochat.bootnode.cookie import CookieJar
+from gochat.ratelimit import TokenBuckets
+from gochat.wire.control import LeaveReason, MsgType, RefuseReason
 
 log = logging.getLogger("gochat.bootnode")
 

@@ -15,8 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Union
 
-from .constants import HEADER_SIZE_bytes, MAGIC, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes, VERSION
-from .wire import DecodeError
+from gochat.constants import HEADER_SIZE_bytes, MAGIC, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes, VERSION
+from gochat.wire.control import DecodeError
 
 _HEADER = struct.Struct("!BBBB")
 _INDEX = struct.Struct("!I")

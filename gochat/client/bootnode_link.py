@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Optional
 
-from . import wire
-from ._addr import format_endpoint
-from .constants import (
+from gochat.wire import control as wire
+from gochat.wire.endpoints import format_endpoint
+from gochat.constants import (
     DISCONNECT_RETRY_s,
     DISCONNECT_WAIT_s,
     REGISTER_RETRY_MAX_s,
     REGISTER_TIMEOUTS_s,
 )
-from .wire import FLAG_ACK_REQUESTED, MsgType, RefuseReason
+from gochat.wire.control import FLAG_ACK_REQUESTED, MsgType, RefuseReason
 
 _REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_SESSION, MsgType.DISCONNECT_ACK)
 

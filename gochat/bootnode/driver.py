@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import fastpath as default_fastpath
-from ._addr import format_endpoint
-from .constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
-from .rendezvous import Limits, Rendezvous, Send
+from gochat.bootnode import fastpath as default_fastpath
+from gochat.wire.endpoints import format_endpoint
+from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
+from gochat.bootnode.rendezvous import Limits, Rendezvous, Send
 
 log = logging.getLogger("gochat.bootnode")
 
@@ -222,7 +222,7 @@ async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]
         loop.add_signal_handler(sig, stop.set)
     node.start()
     if metrics_listen is not None:
-        from .metrics import start_metrics_server
+        from gochat.bootnode.metrics import start_metrics_server
 
         bound = start_metrics_server(node, metrics_listen)
         log.info("metrics on http://%s/metrics", format_endpoint(bound))
