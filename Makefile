@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all run test test-pure bench system-deps wheel clean
+.PHONY: all run test test-fast test-pure bench system-deps wheel clean
 
 all: $(STAMP)
 
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick edit loop: everything but the tests marked slow (real processes, terminals,
+# network namespaces, real-time deadlines). `make test` still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The whole suite once more with the extension disabled (the fallback users without a
 # compiler get); the differential tests already run both in `make test`.

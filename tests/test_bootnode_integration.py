@@ -57,6 +57,7 @@ def test_many_clients_across_rooms(bootnode_factory):
             p.close()
 
 
+@pytest.mark.slow
 def test_timeout_and_graceful_disconnect_announced(bootnode_factory):
     node = bootnode_factory(peer_timeout_s=1.0, heartbeat_interval_s=0.5)
     a, b, c = (SimPeer(node.address, name=n) for n in ("a", "b", "c"))
@@ -177,6 +178,7 @@ class Process:
         return rc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "pure"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_real_bootnode_process(pure, sig):
@@ -202,6 +204,7 @@ def test_real_bootnode_process(pure, sig):
     assert any("bootnode stopped: 2 peers in 1 rooms, 1 heartbeats, 2 registrations" in line for line in p.lines)
 
 
+@pytest.mark.slow
 def test_real_bootnode_ipv6():
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
@@ -226,6 +229,7 @@ def test_real_bootnode_ipv6():
         assert p.stop() == 0
 
 
+@pytest.mark.slow
 def test_listen_port_in_use_is_a_clear_error():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))

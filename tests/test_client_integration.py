@@ -8,6 +8,8 @@ import pytest
 
 from .procs import Bootnode, Client
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def bootnode():

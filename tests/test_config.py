@@ -81,6 +81,7 @@ def run_cli(*args, env=None, cwd=None):
                           env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_settings_with_exit_code_2(tmp_path):
     r = run_cli("--mode", "bootnode", "--listen", "127.0.0.1:99999", cwd=tmp_path)
     assert r.returncode == 2
@@ -90,6 +91,7 @@ def test_cli_refuses_bad_settings_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "PEER_TIMEOUT (file .env)" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_version_and_help():
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("gochat, version")

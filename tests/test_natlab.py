@@ -13,7 +13,7 @@ from .natlab import BOOTNODE, CLIENT_PORT, FULL_CONE, PORT_RESTRICTED, RESTRICTE
 from .procs import Bootnode, Client
 
 _why = missing_requirements()
-pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why is not None, reason=_why or "")]
 
 CONES = [FULL_CONE, RESTRICTED, PORT_RESTRICTED]
 LAB_TIMERS = ["--heartbeat-interval", "2s", "--peer-timeout", "6s"]

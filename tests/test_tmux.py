@@ -20,7 +20,8 @@ from gochat.bootnode.metrics import parse_exposition
 
 from .procs import Bootnode
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make system-deps installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make system-deps installs it)")]
 
 
 class Tmux:
