@@ -12,8 +12,9 @@ import heapq
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
+from gochat import events as ev
 from gochat.bootnode import fastpath
 
 from gochat.wire import control as wire
@@ -23,6 +24,7 @@ from gochat.crypto.noise import generate_private_key, room_psk
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
 
 Endpoint = Tuple[str, int]
+E = TypeVar("E", bound=ev.Event)
 
 FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC = "full-cone", "restricted-cone", "port-restricted", "symmetric"
 
@@ -69,7 +71,7 @@ class SimWorld:
         self.nodes: Dict[Endpoint, object] = {}           # bound endpoint -> ChatClient / Rendezvous
         self.nats: Dict[str, Nat] = {}                    # public ip -> Nat
         self.nat_of: Dict[str, Nat] = {}                  # private ip -> Nat
-        self.events: Dict[str, List[dict]] = {}
+        self.events: Dict[str, List[ev.Event]] = {}
         self.bootnode: Optional[Rendezvous] = None
         self.bootnode_addr: Endpoint = ("192.0.2.1", 9595)
         self.sent: List[Tuple[Endpoint, Endpoint, bytes]] = []   # (from, to, data) as sent, for replay tests
@@ -209,8 +211,9 @@ class SimWorld:
             self.run(self.now + step)
         return self.now - start
 
-    def kinds(self, name: str, kind: str) -> List[dict]:
-        return [e for e in self.events[name] if e["event"] == kind]
+    def kinds(self, name: str, kind: Type[E]) -> List[E]:
+        """``name``'s events of one type, in order."""
+        return [e for e in self.events[name] if isinstance(e, kind)]
 
     def send(self, client: ChatClient, text: str) -> int:
         n = client.send_message(text, self.now)

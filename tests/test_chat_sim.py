@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from gochat import events as ev
 from gochat.wire import data as pw
 from gochat.constants import PUNCH_DEADLINE_s
 from gochat.client.reliable import MessageTooLong
@@ -18,11 +19,11 @@ UNREACHABLE_PAIRS = {(PORT_RESTRICTED, SYMMETRIC), (SYMMETRIC, PORT_RESTRICTED),
 
 
 def connected(w, name, peer):
-    return any(e["event"] == "peer_connected" and e["name"] == peer for e in w.events[name])
+    return any(isinstance(e, ev.PeerConnected) and e.name == peer for e in w.events[name])
 
 
 def texts(w, name, sender=None):
-    return [e["text"] for e in w.events[name] if e["event"] == "message" and (sender is None or e["from"] == sender)]
+    return [e.text for e in w.events[name] if isinstance(e, ev.MessageReceived) and (sender is None or e.sender == sender)]
 
 
 def two_peers(kind_a=None, kind_b=None, **world):
@@ -39,10 +40,10 @@ def two_peers(kind_a=None, kind_b=None, **world):
 def test_nat_combinations(kind_a, kind_b):
     w, a, b = two_peers(kind_a, kind_b)
     if (kind_a, kind_b) in UNREACHABLE_PAIRS:
-        took = w.run_until(lambda: w.kinds("alice", "peer_unreachable") and w.kinds("bob", "peer_unreachable"),
+        took = w.run_until(lambda: w.kinds("alice", ev.PeerUnreachable) and w.kinds("bob", ev.PeerUnreachable),
                            limit=PUNCH_DEADLINE_s + 2)
         assert took <= PUNCH_DEADLINE_s + 0.1
-        assert "both sides' NATs may be symmetric" in w.kinds("alice", "peer_unreachable")[0]["message"]
+        assert "both sides' NATs may be symmetric" in w.kinds("alice", ev.PeerUnreachable)[0].message
         assert not connected(w, "alice", "bob") and not connected(w, "bob", "alice")
         return
     took = w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
@@ -54,9 +55,9 @@ def test_nat_combinations(kind_a, kind_b):
     if SYMMETRIC in (kind_a, kind_b):
         # the symmetric side was reached on a port the bootnode never saw: peer-reflexive
         sym_name, other = ("alice", "bob") if kind_a == SYMMETRIC else ("bob", "alice")
-        announced = w.kinds(other, "registered")[0]  # other's own; the sym peer's public port is in the bootnode
-        endpoint = w.kinds(other, "peer_connected")[0]["endpoint"]
-        sym_public = w.kinds(sym_name, "registered")[0]["public_endpoint"]
+        announced = w.kinds(other, ev.Registered)[0]  # other's own; the sym peer's public port is in the bootnode
+        endpoint = w.kinds(other, ev.PeerConnected)[0].endpoint
+        sym_public = w.kinds(sym_name, ev.Registered)[0].public_endpoint
         assert endpoint != sym_public and endpoint.split(":")[0] == sym_public.split(":")[0]
         assert announced
 
@@ -68,7 +69,7 @@ def test_same_nat_without_hairpin_uses_local_endpoints():
     w.add_client("alice", "10.0.1.2", nat=nat)
     w.add_client("bob", "10.0.1.3", nat=nat)
     w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
-    assert w.kinds("alice", "peer_connected")[0]["endpoint"] == "10.0.1.3:4545"
+    assert w.kinds("alice", ev.PeerConnected)[0].endpoint == "10.0.1.3:4545"
 
 
 def test_lower_key_initiates_one_session_each_side():
@@ -78,7 +79,7 @@ def test_lower_key_initiates_one_session_each_side():
     assert len(initiations) == 1
     initiator = a if a.public_key < b.public_key else b
     assert initiations[0] in [d for (src, _, d) in w.sent if w.nodes.get(src) is initiator]
-    assert len(w.kinds("alice", "peer_connected")) == 1 and len(w.kinds("bob", "peer_connected")) == 1
+    assert len(w.kinds("alice", ev.PeerConnected)) == 1 and len(w.kinds("bob", ev.PeerConnected)) == 1
 
 
 def test_wrong_passphrase_fails_handshake_on_both_sides_and_nothing_crosses():
@@ -86,8 +87,8 @@ def test_wrong_passphrase_fails_handshake_on_both_sides_and_nothing_crosses():
     w.start_bootnode()
     a = w.add_client("alice", "198.51.100.10", passphrase="correct horse")
     b = w.add_client("bob", "198.51.100.20", passphrase="battery staple")
-    w.run_until(lambda: w.kinds("alice", "handshake_failed") and w.kinds("bob", "handshake_failed"), limit=15)
-    assert "passphrase" in w.kinds("alice", "handshake_failed")[0]["reason"]
+    w.run_until(lambda: w.kinds("alice", ev.HandshakeFailed) and w.kinds("bob", ev.HandshakeFailed), limit=15)
+    assert "passphrase" in w.kinds("alice", ev.HandshakeFailed)[0].reason
     w.send(a, "secret")
     w.send(b, "secret")
     w.run_for(5)
@@ -150,7 +151,7 @@ def test_lossy_reordering_link_delivers_exactly_once_in_order():
     w.run_until(lambda: len(texts(w, "bob")) == 100 and len(texts(w, "alice")) == 100, limit=60)
     assert texts(w, "bob") == [f"a{i}" for i in range(100)]
     assert texts(w, "alice") == [f"b{i}" for i in range(100)]
-    assert not w.kinds("alice", "undelivered") and not w.kinds("bob", "undelivered")
+    assert not w.kinds("alice", ev.Undelivered) and not w.kinds("bob", ev.Undelivered)
 
 
 def test_large_messages_fragment_and_oversized_are_refused():
@@ -165,27 +166,27 @@ def test_large_messages_fragment_and_oversized_are_refused():
 def test_bootnode_death_leaves_conversations_alone_and_restart_reregisters():
     w, a, b = _established()
     w.stop_bootnode()
-    w.run_until(lambda: w.kinds("alice", "bootnode_lost") and w.kinds("bob", "bootnode_lost"), limit=30)
+    w.run_until(lambda: w.kinds("alice", ev.BootnodeLost) and w.kinds("bob", ev.BootnodeLost), limit=30)
     w.send(a, "still talking")
     w.run_until(lambda: texts(w, "bob") == ["still talking"], limit=5)
     w.run_for(30)   # long past the peer timeout: keepalives hold the session
     w.send(b, "yes")
     w.run_until(lambda: texts(w, "alice") == ["yes"], limit=5)
     w.start_bootnode()
-    w.run_until(lambda: w.kinds("alice", "bootnode_restored") and w.kinds("bob", "bootnode_restored"), limit=15)
-    assert [e["again"] for e in w.kinds("alice", "registered")] == [False, True]
-    assert not w.kinds("alice", "peer_left") and not w.kinds("bob", "peer_left")
-    assert len(w.kinds("alice", "peer_connected")) == 1   # the session was never torn down
+    w.run_until(lambda: w.kinds("alice", ev.BootnodeRestored) and w.kinds("bob", ev.BootnodeRestored), limit=15)
+    assert [e.again for e in w.kinds("alice", ev.Registered)] == [False, True]
+    assert not w.kinds("alice", ev.PeerLeft) and not w.kinds("bob", ev.PeerLeft)
+    assert len(w.kinds("alice", ev.PeerConnected)) == 1   # the session was never torn down
 
 
 def test_quick_bootnode_restart_answers_unknown_session_with_reregistration():
     w, a, b = _established()
     w.stop_bootnode()
     w.start_bootnode()   # lost its table; the next heartbeat gets UNKNOWN_SESSION
-    w.run_until(lambda: len(w.kinds("alice", "registered")) == 2 and len(w.kinds("bob", "registered")) == 2,
+    w.run_until(lambda: len(w.kinds("alice", ev.Registered)) == 2 and len(w.kinds("bob", ev.Registered)) == 2,
                 limit=15)
-    assert w.kinds("alice", "bootnode_reregistering")[0]["reason"] == "unknown_session"
-    assert not w.kinds("alice", "bootnode_lost")
+    assert w.kinds("alice", ev.BootnodeReregistering)[0].reason == "unknown_session"
+    assert not w.kinds("alice", ev.BootnodeLost)
     w.send(a, "after")
     w.run_until(lambda: texts(w, "bob") == ["after"], limit=5)
     assert w.bootnode.table.room_size(a.room_id) == 2
@@ -201,17 +202,16 @@ def test_bye_is_immediate_and_vanished_peer_times_out():
                             for y in ("alice", "bob", "carol") if x != y), limit=5)
     c.quit(w.now)
     w._drain(c, ("198.51.100.30", 4545))
-    w.run_until(lambda: w.kinds("alice", "peer_left"), limit=1)   # at once, by the bye
-    assert w.kinds("alice", "peer_left")[0] == {"event": "peer_left", "name": "carol",
-                                                "fingerprint": c.fingerprint, "reason": "quit"}
+    w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=1)   # at once, by the bye
+    assert w.kinds("alice", ev.PeerLeft)[0] == ev.PeerLeft("carol", c.fingerprint, "quit")
     w.run_until(lambda: c.finished, limit=2)
     w.remove(("198.51.100.20", 4545))   # bob vanishes without a word
-    t = w.run_until(lambda: w.kinds("alice", "peer_left")[1:], limit=30)
-    assert w.kinds("alice", "peer_left")[1]["name"] == "bob"
-    assert w.kinds("alice", "peer_left")[1]["reason"] == "timed_out"
+    t = w.run_until(lambda: w.kinds("alice", ev.PeerLeft)[1:], limit=30)
+    assert w.kinds("alice", ev.PeerLeft)[1].name == "bob"
+    assert w.kinds("alice", ev.PeerLeft)[1].reason == "timed_out"
     assert t <= 15.5
     w.send(a, "anyone?")
-    assert len(w.kinds("alice", "peer_left")) == 2 and len(w.kinds("alice", "error")) == 0
+    assert len(w.kinds("alice", ev.PeerLeft)) == 2 and len(w.kinds("alice", ev.Error)) == 0
 
 
 def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow():
@@ -240,16 +240,16 @@ def test_rekey_keeps_the_conversation_going():
     w.run_for(REKEY_AFTER_TIME_s * 2)   # past the keys' hard limit: rekeying kept them fresh
     w.send(a, "late")
     w.run_until(lambda: texts(w, "bob")[-1:] == ["late"], limit=5)
-    assert len(w.kinds("alice", "peer_connected")) == 1 and not w.kinds("alice", "peer_left")
+    assert len(w.kinds("alice", ev.PeerConnected)) == 1 and not w.kinds("alice", ev.PeerLeft)
 
 
 def test_undelivered_after_give_up_names_the_peer():
     w, a, b = _established()
     w.filter = lambda src, dst, data: not (dst[0] == "198.51.100.20" and pw.is_peer_datagram(data))
     w.send(a, "into the void")
-    w.run_until(lambda: w.kinds("alice", "undelivered"), limit=40)
-    assert w.kinds("alice", "undelivered")[0]["to"] == "bob"
-    assert w.kinds("alice", "undelivered")[0]["text"] == "into the void"
+    w.run_until(lambda: w.kinds("alice", ev.Undelivered), limit=40)
+    assert w.kinds("alice", ev.Undelivered)[0].to == "bob"
+    assert w.kinds("alice", ev.Undelivered)[0].text == "into the void"
 
 
 def test_garbage_datagrams_are_counted_not_raised():
@@ -275,16 +275,16 @@ def test_burst_over_a_slow_lossy_path_gives_up_nothing(seed):
     w.run_until(lambda: len(texts(w, "bob")) == 100 and len(texts(w, "alice")) == 100, limit=60)
     assert texts(w, "bob") == [f"a{i}" for i in range(100)]
     assert texts(w, "alice") == [f"b{i}" for i in range(100)]
-    assert not w.kinds("alice", "undelivered") and not w.kinds("bob", "undelivered")
+    assert not w.kinds("alice", ev.Undelivered) and not w.kinds("bob", ev.Undelivered)
 
 
 def test_punch_schedule_and_deadline():
     w, a, b = two_peers(PORT_RESTRICTED, SYMMETRIC)
-    w.run_until(lambda: w.kinds("alice", "peer_unreachable"), limit=PUNCH_DEADLINE_s + 2)
+    w.run_until(lambda: w.kinds("alice", ev.PeerUnreachable), limit=PUNCH_DEADLINE_s + 2)
     a_ip = "10.0.1.2"
     punches = [(t, dst) for t, (src, dst, d) in zip(w.sent_times, w.sent)
                if src[0] == a_ip and pw.is_peer_datagram(d) and d[2] == pw.PeerType.PUNCH]
-    host, port = w.kinds("bob", "registered")[0]["public_endpoint"].split(":")
+    host, port = w.kinds("bob", ev.Registered)[0].public_endpoint.split(":")
     announced = {(host, int(port)), ("10.0.2.2", 4545)}   # bob's public endpoint, then his LAN one
     start = punches[0][0]
     scheduled = [(t, dst) for t, dst in punches if dst in announced]
@@ -295,7 +295,7 @@ def test_punch_schedule_and_deadline():
     # them as peer-reflexive candidates and checked them at once (in vain: her NAT filters)
     assert any(dst not in announced and dst[0] == host for _, dst in punches)
     unreachable_at = next(t for t, e in zip(w.event_times["alice"], w.events["alice"])
-                          if e["event"] == "peer_unreachable")
+                          if isinstance(e, ev.PeerUnreachable))
     assert unreachable_at - start == pytest.approx(PUNCH_DEADLINE_s, abs=0.01)
 
 
@@ -307,9 +307,9 @@ def test_nat_rebinding_moves_the_path_and_says_so():
     nat_b._next_port = 50000
     w.send(b, "after rebinding")
     w.run_until(lambda: texts(w, "alice") == ["after rebinding"], limit=5)
-    (moved,) = w.kinds("alice", "path_changed")
-    assert moved["name"] == "bob" and moved["endpoint"] == "203.0.113.2:50000"
-    assert moved["previous_endpoint"] != moved["endpoint"]
+    (moved,) = w.kinds("alice", ev.PathChanged)
+    assert moved.name == "bob" and moved.endpoint == "203.0.113.2:50000"
+    assert moved.previous_endpoint != moved.endpoint
     w.send(a, "reply")
     w.run_until(lambda: texts(w, "bob") == ["reply"], limit=5)   # the answer goes to the new port
 
@@ -335,8 +335,8 @@ def test_an_outage_longer_than_the_timeout_heals_and_queued_messages_arrive():
     w.run_for(2)
     w.filter = None
     w.run_until(lambda: texts(w, "bob") == ["sent during the outage"], limit=10)
-    assert not w.kinds("alice", "peer_left") and not w.kinds("bob", "peer_left")
-    assert len(w.kinds("alice", "peer_connected")) == 2     # connected again
+    assert not w.kinds("alice", ev.PeerLeft) and not w.kinds("bob", ev.PeerLeft)
+    assert len(w.kinds("alice", ev.PeerConnected)) == 2     # connected again
     w.send(b, "back")
     w.run_until(lambda: texts(w, "alice") == ["back"], limit=5)
 
@@ -345,10 +345,10 @@ def test_a_silent_peer_without_a_bootnode_is_gone_after_one_more_punch_deadline(
     w, a, b = _established()
     w.stop_bootnode()
     w.remove(("198.51.100.20", 4545))              # bob vanishes; nobody will announce it
-    took = w.run_until(lambda: w.kinds("alice", "peer_left"), limit=40)
-    assert w.kinds("alice", "peer_left")[0]["reason"] == "timed_out"
+    took = w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=40)
+    assert w.kinds("alice", ev.PeerLeft)[0].reason == "timed_out"
     assert 15 + PUNCH_DEADLINE_s - 3.5 <= took <= 15 + PUNCH_DEADLINE_s + 0.5
-    assert not w.kinds("alice", "peer_unreachable")
+    assert not w.kinds("alice", ev.PeerUnreachable)
 
 
 def test_a_message_in_flight_when_the_path_goes_dark_arrives_after_it_heals():
@@ -358,4 +358,4 @@ def test_a_message_in_flight_when_the_path_goes_dark_arrives_after_it_heals():
     w.run_for(17)                                     # silence: both punch again, nothing is due meanwhile
     w.filter = None
     w.run_until(lambda: texts(w, "bob") == ["in flight when the path went dark"], limit=10)
-    assert not w.kinds("alice", "undelivered")
+    assert not w.kinds("alice", ev.Undelivered)

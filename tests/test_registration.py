@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gochat import events as ev
 from gochat.wire import control as wire
 from gochat.constants import DISCONNECT_WAIT_s, REGISTER_TIMEOUTS_s
 from gochat.client.bootnode_link import CLOSED, REGISTERED, BootnodeLink
@@ -28,7 +29,7 @@ def run_timers(link, until):
 
 
 def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
-    link = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     tries = [0.0]
     link.outbox.clear()
     while not link.closed:
@@ -40,7 +41,7 @@ def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
     assert tries == [0.0, 1.0, 2.5, 5.0]                       # backoff between the 4 tries
     assert link.get_timer() is None
     (error,) = link.events
-    assert error["fatal"] and error["message"] == (
+    assert error.fatal and error.message == (
         "bootnode 192.0.2.1:9595 did not answer after 4 tries over 8 s: is it running and reachable over UDP?")
     assert sum(REGISTER_TIMEOUTS_s) == 8.0
 
@@ -51,7 +52,7 @@ def _registered(link, now, token=b"t" * 12, tag=b"g" * 8, hb=1000, timeout=3000)
 
 
 def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
-    link = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     first = link.outbox.pop()
     rid = int.from_bytes(first[20:24], "big")
     assert first[4:20] == bytes(16)
@@ -61,7 +62,7 @@ def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
     assert not link.receive(wire.Cookie(rid + 1, b"x" * 16), 0.01)   # not our request
     _registered(link, 0.02)
     assert link.state == REGISTERED and link.public_endpoint == ("203.0.113.5", 4545)
-    assert link.events[-1]["event"] == "registered" and link.events[-1]["public_endpoint"] == "203.0.113.5:4545"
+    assert isinstance(link.events[-1], ev.Registered) and link.events[-1].public_endpoint == "203.0.113.5:4545"
     run_timers(link, 1.02)
     (hb,) = link.outbox
     assert hb[2] == MsgType.HEARTBEAT and hb[3] & wire.FLAG_ACK_REQUESTED and hb[4:] == b"t" * 12
@@ -70,32 +71,32 @@ def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
 
 
 def test_refused_first_registration_is_fatal_with_the_reason():
-    link = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     rid = int.from_bytes(link.outbox[0][20:24], "big")
     link.receive(wire.Refused(rid, RefuseReason.ROOM_FULL, 5000), 0.1)
     assert link.closed
-    assert link.events[-1]["fatal"] and "room_full" in link.events[-1]["message"]
+    assert link.events[-1].fatal and "room_full" in link.events[-1].message
 
 
 def test_lost_then_restored_and_never_gives_up():
-    link = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     _registered(link, 0.0)
     link.events.clear()
     run_timers(link, 2.99)
     assert not link.events
     run_timers(link, 3.0)                    # no answer for the 3 s peer timeout
-    assert link.events == [{"event": "bootnode_lost"}]
+    assert link.events == [ev.BootnodeLost()]
     link.outbox.clear()
     run_timers(link, 600.0)                  # ten minutes of silence: still trying, calmly
     registers = [d for d in link.outbox if d[2] == MsgType.REGISTER]
     assert 100 < len(registers) < 140 and not link.closed
     _registered(link, 600.1, token=b"u" * 12)
-    assert [e["event"] for e in link.events[1:]] == ["bootnode_restored", "registered"]
-    assert link.events[-1]["again"] is True
+    assert [type(e) for e in link.events[1:]] == [ev.BootnodeRestored, ev.Registered]
+    assert link.events[-1].again is True
 
 
 def test_disconnect_waits_for_the_ack_but_not_forever():
-    link = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     _registered(link, 0.0)
     link.outbox.clear()
     link.disconnect(0.5)
@@ -103,7 +104,7 @@ def test_disconnect_waits_for_the_ack_but_not_forever():
     link.receive(wire.TokenMessage(MsgType.DISCONNECT_ACK, b"t" * 12), 0.6)
     assert link.state == CLOSED
 
-    silent = BootnodeLink(BOOTNODE, b"r" * 16, CARD, now=0.0)
+    silent = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
     _registered(silent, 0.0)
     silent.outbox.clear()
     silent.disconnect(0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urwid
 
+from gochat import events as ev
 from gochat.frontends.ui import NARROW, ChatScreen, peer_colour
 
 ME_FP = "aaaa bbbb cccc dddd eeee ffff 0000 1111"
@@ -18,16 +19,15 @@ def text_of(widget, cols, rows) -> str:
 def screen_with_bob():
     sent = []
     screen = ChatScreen("lobby", "alice", ME_FP, sent.append)
-    screen.handle_event({"event": "registered", "public_endpoint": "203.0.113.5:4545", "again": False})
-    screen.handle_event({"event": "peer_joined", "name": "bob", "fingerprint": BOB_FP, "trust": "new"})
-    screen.handle_event({"event": "peer_connected", "name": "bob", "fingerprint": BOB_FP, "path": "direct",
-                         "endpoint": "198.51.100.2:4545"})
+    screen.handle_event(ev.Registered("lobby", "alice", "203.0.113.5:4545", ME_FP, again=False))
+    screen.handle_event(ev.PeerJoined("bob", BOB_FP, "ab" * 32, trust="new"))
+    screen.handle_event(ev.PeerConnected("bob", BOB_FP, "direct", "198.51.100.2:4545"))
     return screen, sent
 
 
 def test_layout_header_messages_sidebar_input():
     screen, _ = screen_with_bob()
-    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "hi alice"})
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "hi alice"))
     out = text_of(screen, 100, 20)
     lines = out.splitlines()
     assert "room lobby" in lines[0] and "alice (aaaa bbbb)" in lines[0] and "bootnode connected" in lines[0]
@@ -40,7 +40,7 @@ def test_layout_header_messages_sidebar_input():
 def test_narrow_and_tiny_terminals_degrade_without_crashing():
     screen, _ = screen_with_bob()
     for i in range(30):
-        screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": f"line {i} " * 5})
+        screen.handle_event(ev.MessageReceived("bob", BOB_FP, f"line {i} " * 5))
     narrow = text_of(screen, NARROW - 1, 10)
     assert "peers" not in narrow and "line 29" in narrow       # sidebar hidden, messages kept
     for cols, rows in ((20, 5), (10, 3), (1, 1), (200, 60)):
@@ -49,7 +49,7 @@ def test_narrow_and_tiny_terminals_degrade_without_crashing():
 
 def test_wide_characters_are_laid_out_by_display_width():
     screen, _ = screen_with_bob()
-    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "漢字" * 30})
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "漢字" * 30))
     out = text_of(screen, 50, 12)
     for line in out.splitlines():
         assert urwid.str_util.calc_width(line, 0, len(line)) <= 50
@@ -81,11 +81,11 @@ def test_scrollback_shows_more_below_until_back_at_the_bottom():
     screen, _ = screen_with_bob()
     size = (80, 10)
     for i in range(40):
-        screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": f"m{i}"})
+        screen.handle_event(ev.MessageReceived("bob", BOB_FP, f"m{i}"))
     text_of(screen, *size)
     screen.keypress(size, "page up")
     screen.keypress(size, "page up")
-    screen.handle_event({"event": "message", "from": "bob", "fingerprint": BOB_FP, "text": "newest"})
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "newest"))
     out = text_of(screen, *size)
     assert "more below (1 new)" in out and "newest" not in out
     for _ in range(5):
@@ -97,12 +97,10 @@ def test_scrollback_shows_more_below_until_back_at_the_bottom():
 def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen, _ = screen_with_bob()
     screen.own_message("did you get this?")
-    screen.handle_event({"event": "undelivered", "to": "bob", "fingerprint": BOB_FP, "text": "did you get this?"})
-    screen.handle_event({"event": "key_changed", "name": "carol", "fingerprint": BOB_FP,
-                         "previous_fingerprint": ME_FP, "message": "WARNING: carol has a different key"})
-    screen.handle_event({"event": "bootnode_lost"})
-    screen.handle_event({"event": "path_changed", "name": "bob", "fingerprint": BOB_FP, "path": "direct",
-                         "endpoint": "198.51.100.2:5000", "previous_endpoint": "198.51.100.2:4545"})
+    screen.handle_event(ev.Undelivered("bob", BOB_FP, "did you get this?"))
+    screen.handle_event(ev.KeyChanged("carol", BOB_FP, ME_FP, "WARNING: carol has a different key"))
+    screen.handle_event(ev.BootnodeLost())
+    screen.handle_event(ev.PathChanged("bob", BOB_FP, "direct", "198.51.100.2:5000", "198.51.100.2:4545"))
     out = text_of(screen, 200, 14)
     assert "bob now reached direct at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
     assert "alice: did you get this?  ✗ not delivered to bob" in out

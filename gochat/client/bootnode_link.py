@@ -2,47 +2,65 @@
 
 The bootnode is needed to meet peers, not to talk to them, so nothing here is fatal
 once registered: a silent bootnode is reported as lost and registration resumes by
-itself until it answers again; an "unknown session" (a bootnode restart) triggers a
-new registration at once. Only the very first registration can fail for good, after
+itself until it answers again; an UNKNOWN_TOKEN reply (the bootnode restarted and
+forgot us) triggers a new registration at once. Only the very first registration can fail for good, after
 REGISTER_TIMEOUTS_s, with a message that says what to check. Time is an argument;
 datagrams for the bootnode accumulate in ``outbox`` and events in ``events``.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import os
 from typing import Callable, List, Optional
 
+from gochat import events as ev
+from gochat.constants import DISCONNECT_RETRY_s, DISCONNECT_WAIT_s, REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s
+from gochat.crypto.identity import fingerprint
 from gochat.wire import control as wire
-from gochat.wire.endpoints import format_endpoint
-from gochat.constants import (
-    DISCONNECT_RETRY_s,
-    DISCONNECT_WAIT_s,
-    REGISTER_RETRY_MAX_s,
-    REGISTER_TIMEOUTS_s,
-)
 from gochat.wire.control import FLAG_ACK_REQUESTED, MsgType, RefuseReason
+from gochat.wire.endpoints import format_endpoint
 
 _REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_SESSION, MsgType.DISCONNECT_ACK)
 
-REGISTERING, REGISTERED, FAILED, CLOSING, CLOSED = "registering", "registered", "failed", "closing", "closed"
+
+
+def room_id_for(room: str) -> bytes:
+    """The opaque room id the bootnode sees (it never learns the name)."""
+    return hashlib.sha256(b"gochat room v1\0" + room.encode()).digest()[:16]
+
+
+class LinkState(enum.Enum):
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    FAILED = "failed"       # the first registration failed: the client cannot go on
+    CLOSING = "closing"     # leaving: DISCONNECT sent, waiting for the ack
+    CLOSED = "closed"
+
+
+REGISTERING, REGISTERED, FAILED = LinkState.REGISTERING, LinkState.REGISTERED, LinkState.FAILED
+CLOSING, CLOSED = LinkState.CLOSING, LinkState.CLOSED
 
 
 class BootnodeLink:
-    """Registration and heartbeats with one bootnode.
+    """Registration and heartbeats with one bootnode, in the room named ``room``.
 
     ``card`` is the peer's REGISTER card (wire.encode_card). After REGISTERED,
     ``room_tag``, ``public_endpoint``, ``rtt`` and the intervals in force are set.
     """
 
-    def __init__(self, bootnode: wire.Endpoint, room_id: bytes, card: bytes, now: float,
+    def __init__(self, bootnode: wire.Endpoint, room: str, card: bytes, now: float,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.bootnode = bootnode
-        self.room_id = room_id
+        self.room = room
+        self.room_id = room_id_for(room)
         self.card = card
+        public_key, self.name, _ = wire.decode_card(card)
+        self.fingerprint = fingerprint(public_key)
         self._random = random_bytes
         self.outbox: List[bytes] = []
-        self.events: List[dict] = []
+        self.events: List[ev.Event] = []
         self.state = REGISTERING
         self.ever_registered = False
         self.lost = False
@@ -57,6 +75,7 @@ class BootnodeLink:
         self._attempt = 0
         self._cookie_rounds = 0
         self._deadline = now
+        self._close_deadline = now
         self._next_heartbeat: Optional[float] = None
         self._heartbeat_sent: Optional[float] = None
         self._request_id = 0
@@ -120,9 +139,9 @@ class BootnodeLink:
         self._next_heartbeat = now + self.heartbeat_interval
         if self.lost:
             self.lost = False
-            self.events.append({"event": "bootnode_restored"})
-        self.events.append({"event": "registered", "public_endpoint": format_endpoint(msg.observed_endpoint),
-                            "again": self.ever_registered})
+            self.events.append(ev.BootnodeRestored())
+        self.events.append(ev.Registered(self.room, self.name, format_endpoint(msg.observed_endpoint),
+                                         self.fingerprint, again=self.ever_registered))
         self.ever_registered = True
 
     def _refused(self, msg: wire.Refused, now: float) -> None:
@@ -134,9 +153,9 @@ class BootnodeLink:
                 f" (retry after {msg.retry_after_ms / 1000:g} s)")
         if not self.ever_registered:
             self.state = FAILED
-            self.events.append({"event": "error", "message": text, "fatal": True})
+            self.events.append(ev.Error(text, fatal=True))
             return
-        self.events.append({"event": "error", "message": text})
+        self.events.append(ev.Error(text))
         self._deadline = now + max(msg.retry_after_ms / 1000.0, REGISTER_TIMEOUTS_s[0])
 
     def _token_reply(self, msg: wire.TokenMessage, now: float) -> bool:
@@ -151,7 +170,7 @@ class BootnodeLink:
             self.state = REGISTERING
             self.token = None
             self._attempt = 0
-            self.events.append({"event": "bootnode_reregistering", "reason": "unknown_session"})
+            self.events.append(ev.BootnodeReregistering("unknown_session"))
             self._register(now, new_request=True)
         elif msg.type is MsgType.DISCONNECT_ACK and self.state == CLOSING:
             self.state = CLOSED
@@ -177,9 +196,9 @@ class BootnodeLink:
             if not self.ever_registered and self._attempt >= len(REGISTER_TIMEOUTS_s):
                 self.state = FAILED
                 total = sum(REGISTER_TIMEOUTS_s)
-                self.events.append({"event": "error", "fatal": True, "message": (
+                self.events.append(ev.Error(
                     f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
-                    f"over {total:g} s: is it running and reachable over UDP?")})
+                    f"over {total:g} s: is it running and reachable over UDP?", fatal=True))
                 return
             self._check_lost(now)
             self._register(now, new_request=False)
@@ -204,7 +223,7 @@ class BootnodeLink:
     def _check_lost(self, now: float) -> bool:
         if self.ever_registered and not self.lost and now >= self.last_answer + self.peer_timeout:
             self.lost = True
-            self.events.append({"event": "bootnode_lost"})
+            self.events.append(ev.BootnodeLost())
             return True
         return False
 

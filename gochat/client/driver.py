@@ -10,19 +10,21 @@ peers' keys (known_peers.json beside the identity file).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
+from gochat import events as ev
 from gochat.client.room import ChatClient
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
 
 log = logging.getLogger("gochat.client")
 
-EventSink = Callable[[dict], None]
+EventSink = Callable[[ev.Event], None]
 
 
 class StartupError(Exception):
@@ -156,23 +158,25 @@ class ClientDriver:
         if when is not None and self._timer is None:
             self._timer = self.loop.call_at(when, self._on_timer)
 
-    def _emit(self, event: dict) -> None:
-        if event["event"] == "peer_joined":
-            key = bytes.fromhex(event["public_key"])
-            previous = self.known.get(event["name"])
-            status = self.known.remember(event["name"], key)
-            event["trust"] = "verified" if status == KnownPeers.KNOWN and previous and previous.get("verified") \
-                else status
+    def _emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.PeerJoined):
+            self._peer_joined(event)
+        else:
             self.sink(event)
-            if status == KnownPeers.CHANGED and previous is not None:
-                old = fingerprint(bytes.fromhex(previous["key"]))
-                self.sink({"event": "key_changed", "name": event["name"], "fingerprint": event["fingerprint"],
-                           "previous_fingerprint": old,
-                           "message": f"WARNING: {event['name']} has a different key than before "
-                                      f"({old} -> {event['fingerprint']}). It may be someone else: "
-                                      f"compare safety numbers before trusting it."})
-            return
-        self.sink(event)
+
+    def _peer_joined(self, event: ev.PeerJoined) -> None:
+        """Trust on first use: the known-peers file says new, known, verified or changed."""
+        key = bytes.fromhex(event.public_key)
+        previous = self.known.get(event.name)
+        status = self.known.remember(event.name, key)
+        verified = status == KnownPeers.KNOWN and previous is not None and previous.get("verified")
+        self.sink(dataclasses.replace(event, trust="verified" if verified else status))
+        if status == KnownPeers.CHANGED and previous is not None:
+            old = fingerprint(bytes.fromhex(previous["key"]))
+            self.sink(ev.KeyChanged(event.name, event.fingerprint, old,
+                                    f"WARNING: {event.name} has a different key than before "
+                                    f"({old} -> {event.fingerprint}). It may be someone else: "
+                                    f"compare safety numbers before trusting it."))
 
     def close(self) -> None:
         if self._timer is not None:
@@ -183,6 +187,6 @@ class ClientDriver:
             self.transport = None
         self.finished.set()
 
-    def status(self) -> dict:
-        return {"event": "peers", "bootnode": self.machine.bootnode_status(),
-                "peers": self.machine.peer_snapshot(), "dropped": dict(self.machine.counters)}
+    def status(self) -> ev.PeersStatus:
+        return ev.PeersStatus(self.machine.bootnode_status(), tuple(self.machine.peer_snapshot()),
+                              dict(self.machine.counters))

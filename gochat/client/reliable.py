@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from gochat.wire.data import FrameType
+
 MAX_MESSAGE_bytes = 64 * 1024
 FRAGMENT_bytes = 1000            # payload per fragment: fits a 1200-byte datagram with headers
 WINDOW_FRAGMENTS = 256           # in flight (sender) and buffered ahead (receiver)
@@ -30,7 +32,7 @@ _ALPHA, _BETA, _K, _G = 1 / 8, 1 / 4, 4, 0.01
 
 _DATA = struct.Struct("!BIIIHH")
 _ACK = struct.Struct("!BIQ")
-T_DATA, T_ACK = 0x01, 0x02
+T_DATA, T_ACK = FrameType.DATA, FrameType.ACK
 
 
 class FrameError(ValueError):
@@ -157,9 +159,14 @@ class ReliableSender:
         return [_DATA.pack(T_DATA, f.seq, base, f.msg_id, f.index, f.count) + f.payload for f in out]
 
     def get_timer(self) -> Optional[float]:
-        times = [f.last_sent if f.lost else f.last_sent + self.rtt.rto for f in self._in_flight.values()]
-        give_up = self.give_up_timer()
-        return min(times + [give_up]) if give_up is not None else None
+        """The next retransmission or give-up, whichever comes first."""
+        times = [t for t in (self.retransmit_timer(), self.give_up_timer()) if t is not None]
+        return min(times, default=None)
+
+    def retransmit_timer(self) -> Optional[float]:
+        """When a fragment in flight is due again (at once for one found lost)."""
+        rto = self.rtt.rto
+        return min((f.last_sent if f.lost else f.last_sent + rto for f in self._in_flight.values()), default=None)
 
     def give_up_timer(self) -> Optional[float]:
         """The next give-up deadline alone: all that matters while nothing can be sent."""

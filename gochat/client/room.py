@@ -6,12 +6,11 @@ handshake responses and transport packets by our receiver index, initiations by 
 static key the Noise message authenticates). It turns the bootnode's announcements
 into Peers, sends group messages to every peer that can still get them, and leaves
 gracefully. Drivers feed it ``receive_datagram``/``handle_timer`` with the time and
-drain ``outbox`` (datagram, endpoint) and ``events`` (dicts, the line-mode schema).
+drain ``outbox`` (datagram, endpoint) and ``events`` (gochat.events values).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,15 +28,11 @@ from gochat.constants import (
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import HandshakeState, NoiseError, dh, public_key
 from gochat.ratelimit import TokenBuckets
-from gochat.client.bootnode_link import FAILED, BootnodeLink
+from gochat import events as ev
+from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
 from gochat.client.reliable import check_length
 from gochat.client.peer import GONE, Peer
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
-
-
-def room_id_for(room: str) -> bytes:
-    """The opaque room id the bootnode sees (it never learns the name)."""
-    return hashlib.sha256(b"gochat room v1\0" + room.encode()).digest()[:16]
 
 
 def prologue_for(room_id: bytes) -> bytes:
@@ -65,7 +60,7 @@ class ChatClient:
         self.silence_s = peer_timeout
         self.counters: Counter = Counter()
         self.outbox: List[Tuple[bytes, Endpoint]] = []
-        self.events: List[dict] = []
+        self.events: List[ev.Event] = []
         self.peers: Dict[bytes, Peer] = {}
         self._indexes: Dict[int, Peer] = {}
         self._secrets: Dict[bytes, bytes] = {}
@@ -73,7 +68,7 @@ class ChatClient:
                                          HANDSHAKE_INIT_SOURCES)
         self.bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
-        self.link = BootnodeLink(self.bootnode, self.room_id, card, now, random_bytes)
+        self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes)
         self.quitting = False
         self._failure: Optional[str] = None
         self._drain_link()
@@ -83,7 +78,7 @@ class ChatClient:
     def send(self, data: bytes, endpoint: Endpoint) -> None:
         self.outbox.append((data, endpoint))
 
-    def event(self, event: dict) -> None:
+    def event(self, event: ev.Event) -> None:
         self.events.append(event)
 
     def new_index(self, peer: Peer) -> int:
@@ -156,8 +151,7 @@ class ChatClient:
             self.counters["bad_peer_key"] += 1
             return
         self.peers[entry.public_key] = peer
-        self.event({"event": "peer_joined", "name": peer.name, "fingerprint": peer.fingerprint,
-                    "public_key": peer.key.hex()})
+        self.event(ev.PeerJoined(peer.name, peer.fingerprint, peer.key.hex()))
         peer.handle_timer(now)   # the first punch round goes out at once
 
     def _forget(self, peer: Peer) -> None:
@@ -212,7 +206,7 @@ class ChatClient:
             peer.send_message(text, now)
         return len(recipients)
 
-    def peer_snapshot(self) -> List[dict]:
+    def peer_snapshot(self) -> List[ev.PeerStatus]:
         return [p.snapshot() for p in self.peers.values()]
 
     def quit(self, now: float) -> None:
@@ -259,18 +253,14 @@ class ChatClient:
             self.outbox.append((data, self.bootnode))
         self.link.outbox.clear()
         for event in self.link.events:
-            if event["event"] == "registered":
-                event = {"event": "registered", "room": self.room, "name": self.name,
-                         "public_endpoint": event["public_endpoint"], "fingerprint": self.fingerprint,
-                         "again": event["again"]}
-            elif event.get("fatal"):
-                self._failure = event["message"]
+            if isinstance(event, ev.Error) and event.fatal:
+                self._failure = event.message
             self.events.append(event)
         self.link.events.clear()
 
-    def bootnode_status(self) -> dict:
+    def bootnode_status(self) -> ev.BootnodeStatus:
         link = self.link
-        state = "connected" if link.state == "registered" else ("lost" if link.lost else link.state)
-        return {"state": state, "bootnode": format_endpoint(self.bootnode),
-                "rtt_ms": round(link.rtt * 1000, 1) if link.rtt is not None else None}
+        state = "connected" if link.state is REGISTERED else ("lost" if link.lost else link.state.value)
+        return ev.BootnodeStatus(state, format_endpoint(self.bootnode),
+                                 round(link.rtt * 1000, 1) if link.rtt is not None else None)
 

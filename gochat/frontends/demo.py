@@ -12,6 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from gochat import events as ev
 from gochat.bootnode.driver import Bootnode, BootnodeConfig
 from gochat.client.driver import ClientConfig, ClientDriver
 from gochat.constants import DEFAULT_HEARTBEAT_INTERVAL_s, DEFAULT_PEER_TIMEOUT_s
@@ -30,9 +31,9 @@ class EchoBot:
     def __init__(self, config: ClientConfig, identity: Identity) -> None:
         self.driver = ClientDriver(config, identity, self.on_event)
 
-    def on_event(self, event: dict) -> None:
-        if event["event"] == "message":
-            asyncio.get_running_loop().call_soon(self.driver.send_message, event["text"][::-1])
+    def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived):
+            asyncio.get_running_loop().call_soon(self.driver.send_message, event.text[::-1])
 
 
 def client_config(port: int, name: str) -> ClientConfig:

@@ -1,6 +1,6 @@
 """The full-screen terminal chat (urwid), on the same asyncio loop as the network.
 
-It consumes the client's events (the line-mode schema) and draws: a header (room, you,
+It shows the client's events (gochat/events.py) and draws: a header (room, you,
 bootnode status), the message pane (time, sender in a stable per-peer colour, system
 lines), a peer sidebar (hidden on narrow terminals) and an input line with history.
 Paste of several lines sends several messages (each line is one, as typed).
@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import signal
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import urwid
 
-from gochat.client.driver import ClientConfig, ClientDriver
-from gochat.crypto.identity import Identity, safety_number, short_fingerprint
-from gochat.client.reliable import MessageTooLong
+from gochat import events as ev
+from gochat.client.driver import ClientConfig
+from gochat.crypto.identity import Identity, short_fingerprint
+from gochat.frontends.controller import ChatController
 
 log = logging.getLogger("gochat.ui")
 
@@ -41,8 +40,7 @@ PALETTE = [
     ("prompt", "light green,bold", ""),
 ] + [(f"peer{i}", colour + ",bold", "") for i, colour in enumerate(PEER_COLOURS)]
 
-HELP = ("commands: /help, /quit (leave), /peers (list peers), /verify NAME (safety number; marks NAME "
-        "verified), /clear (clear the messages). PgUp/PgDn scroll, Up/Down recall what you typed, Ctrl-C quits.")
+TRUST_NOTES = {"verified": " (verified)", "known": "", "new": " (new: compare fingerprints with /verify)"}
 SIDEBAR_WIDTH = 30
 NARROW = 60          # below this many columns the sidebar is hidden
 HISTORY_LIMIT = 500
@@ -211,80 +209,103 @@ class ChatScreen(urwid.WidgetWrap):
 
     # --- events --------------------------------------------------------------------------
 
-    def handle_event(self, event: dict) -> None:
-        kind = event["event"]
-        name = event.get("name")
-        if kind == "registered":
-            self.bootnode["state"] = "registered"
-            self.system(("re-registered" if event.get("again") else "registered") +
-                        f" with the bootnode; your public endpoint is {event['public_endpoint']}")
-        elif kind == "peer_joined":
-            self.peers[name] = {"fingerprint": event["fingerprint"], "state": "punching"}
-            trust = {"verified": " (verified)", "known": "", "new": " (new: compare fingerprints with /verify)"}
-            self.system(f"{name} joined · {event['fingerprint']}{trust.get(event.get('trust', ''), '')}")
-        elif kind == "key_changed":
-            self.system(event["message"], "warning")
-        elif kind == "peer_connected":
-            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = event["path"]
-            self.system(f"{name} connected ({event['path']}, {event['endpoint']})")
-        elif kind == "path_changed":
-            self.system(f"{name} now reached {event['path']} at {event['endpoint']} "
-                        f"(was {event['previous_endpoint']})")
-        elif kind == "message":
-            self.line([(peer_colour(event["fingerprint"]), event["from"]), ": ", event["text"]])
-        elif kind == "undelivered":
-            self.mark_undelivered(event["to"], event["text"])
-        elif kind == "peer_left":
-            self.peers.pop(name, None)
-            self.system(f"{name} left ({event['reason'].replace('_', ' ')})")
-        elif kind == "peer_unreachable":
-            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = "unreachable"
-            self.system(event["message"], "error")
-        elif kind == "handshake_failed":
-            self.peers.setdefault(name, {"fingerprint": event["fingerprint"]})["state"] = "failed"
-            self.system(f"handshake with {name} failed: {event['reason']}", "error")
-        elif kind == "bootnode_lost":
-            self.bootnode["state"] = "lost"
-            self.system("bootnode lost: conversations go on; re-registering in the background", "error")
-        elif kind == "bootnode_restored":
-            self.bootnode["state"] = "registered"
-            self.system("bootnode reachable again")
-        elif kind == "bootnode_reregistering":
-            self.bootnode["state"] = "re-registering"
-            self.system("the bootnode forgot us (restarted?): re-registering")
-        elif kind == "error":
-            self.system(event["message"], "error")
+    def handle_event(self, event: ev.Event) -> None:
+        match event:
+            case ev.Registered(public_endpoint=endpoint, again=again):
+                self.bootnode["state"] = "registered"
+                self.system(("re-registered" if again else "registered") +
+                            f" with the bootnode; your public endpoint is {endpoint}")
+            case ev.PeerJoined(name=name, fingerprint=fp, trust=trust):
+                self.peers[name] = {"fingerprint": fp, "state": "punching"}
+                self.system(f"{name} joined · {fp}{TRUST_NOTES.get(trust or '', '')}")
+            case ev.KeyChanged(message=message):
+                self.system(message, "warning")
+            case ev.PeerConnected(name=name, fingerprint=fp, path=path, endpoint=endpoint):
+                self.peers.setdefault(name, {"fingerprint": fp})["state"] = path
+                self.system(f"{name} connected ({path}, {endpoint})")
+            case ev.PathChanged(name=name, path=path, endpoint=endpoint, previous_endpoint=previous):
+                self.system(f"{name} now reached {path} at {endpoint} (was {previous})")
+            case ev.MessageReceived(sender=sender, fingerprint=fp, text=text):
+                self.line([(peer_colour(fp), sender), ": ", text])
+            case ev.Undelivered(to=to, text=text):
+                self.mark_undelivered(to, text)
+            case ev.PeerLeft(name=name, reason=reason):
+                self.peers.pop(name, None)
+                self.system(f"{name} left ({reason.replace('_', ' ')})")
+            case ev.PeerUnreachable(name=name, fingerprint=fp, message=message):
+                self.peers.setdefault(name, {"fingerprint": fp})["state"] = "unreachable"
+                self.system(message, "error")
+            case ev.HandshakeFailed(name=name, fingerprint=fp, reason=reason):
+                self.peers.setdefault(name, {"fingerprint": fp})["state"] = "failed"
+                self.system(f"handshake with {name} failed: {reason}", "error")
+            case ev.BootnodeLost():
+                self.bootnode["state"] = "lost"
+                self.system("bootnode lost: conversations go on; re-registering in the background", "error")
+            case ev.BootnodeRestored():
+                self.bootnode["state"] = "registered"
+                self.system("bootnode reachable again")
+            case ev.BootnodeReregistering():
+                self.bootnode["state"] = "re-registering"
+                self.system("the bootnode forgot us (restarted?): re-registering")
+            case ev.PeersStatus(peers=peers):
+                self.update_status(event)
+                if not peers:
+                    self.system("no peers")
+                for p in peers:
+                    rtt = f", {p.rtt_ms:g} ms" if p.rtt_ms is not None else ""
+                    self.system(f"{p.name} · {p.fingerprint} · {p.path or p.state}"
+                                f"{' ' + p.endpoint if p.endpoint else ''}{rtt}")
+            case ev.Verified(name=name, safety_number=number):
+                self.system(f"safety number with {name}: {number}")
+                self.system(f"read it to {name} over another channel (phone, in person); if it matches on both "
+                            f"screens, the session is not intercepted. {name} is now marked verified.")
+            case ev.Notice(message=message):
+                self.system(message)
+            case ev.Error(message=message):
+                self.system(message, "error")
         self.refresh()
 
-    def update_status(self, status: dict) -> None:
+    def update_status(self, status: ev.PeersStatus) -> None:
         """Round-trip times and states from the driver (refreshed now and then)."""
-        self.bootnode = dict(status["bootnode"])
-        for peer in status["peers"]:
-            shown = self.peers.setdefault(peer["name"], {"fingerprint": peer["fingerprint"]})
-            shown["state"] = peer["path"] or peer["state"]
-            shown["rtt_ms"] = peer["rtt_ms"]
+        boot = status.bootnode
+        self.bootnode = {"state": boot.state, "rtt_ms": boot.rtt_ms}
+        for peer in status.peers:
+            shown = self.peers.setdefault(peer.name, {"fingerprint": peer.fingerprint})
+            shown["state"] = peer.path or peer.state
+            shown["rtt_ms"] = peer.rtt_ms
         self.refresh()
 
 
 class ChatApp:
-    """Ties a ChatScreen to a ClientDriver and runs them on one asyncio loop."""
+    """The terminal UI's FrontEnd: a ChatScreen drawn by urwid on the network's asyncio loop."""
 
     STATUS_EVERY_s = 2.0
 
     def __init__(self, config: ClientConfig, identity: Identity) -> None:
-        self.driver = ClientDriver(config, identity, self.on_event)
         self.screen = ChatScreen(config.room, config.name, identity.fingerprint, self.submit)
+        self.controller = ChatController(config, identity, self)
+        self.driver = self.controller.driver
         self._status_timer: Optional[asyncio.TimerHandle] = None
         self._redraw_pending = False
         self.loop: Optional[urwid.MainLoop] = None
 
-    def on_event(self, event: dict) -> None:
+    # --- FrontEnd ---------------------------------------------------------------------
+
+    def show(self, event: ev.Event) -> None:
         try:
             self.screen.handle_event(event)
         except Exception:   # a bug must show as a line, never take the terminal down
             log.exception("while showing %r", event)
-            self.screen.system(f"internal error showing a {event.get('event')} event (details in the log)", "error")
+            self.screen.system(f"internal error showing a {event.kind} event (details in the log)", "error")
         self._request_redraw()
+
+    def sent(self, text: str) -> None:
+        self.screen.own_message(text)
+
+    def clear(self) -> None:
+        self.screen.messages.clear()
+
+    # --- drawing ------------------------------------------------------------------------
 
     def _request_redraw(self) -> None:
         """Network events arrive outside urwid's input handling: draw once, soon."""
@@ -299,58 +320,10 @@ class ChatApp:
 
     def submit(self, text: str) -> None:
         try:
-            self._submit(text)
+            self.controller.submit(text)
         except Exception:   # a bug must show as a line, never take the terminal down
             log.exception("while handling %r", text)
             self.screen.system("internal error (details in the log)", "error")
-
-    def _submit(self, text: str) -> None:
-        if text.startswith("/"):
-            self.command(text)
-            return
-        try:
-            if self.driver.send_message(text) == 0:
-                self.screen.system("nobody else is in the room yet: message not sent", "error")
-                return
-        except MessageTooLong as exc:
-            self.screen.system(str(exc), "error")
-            return
-        self.screen.own_message(text)
-
-    def command(self, text: str) -> None:
-        parts = text.split(maxsplit=1)
-        command, arg = parts[0], (parts[1].strip() if len(parts) > 1 else "")
-        if command == "/quit":
-            self.screen.system("leaving…")
-            self.driver.quit()
-        elif command == "/help":
-            self.screen.system(HELP)
-        elif command == "/clear":
-            self.screen.messages.clear()
-        elif command == "/peers":
-            status = self.driver.status()
-            self.screen.update_status(status)
-            if not status["peers"]:
-                self.screen.system("no peers")
-            for p in status["peers"]:
-                rtt = f", {p['rtt_ms']:g} ms" if p["rtt_ms"] is not None else ""
-                self.screen.system(f"{p['name']} · {p['fingerprint']} · {p['path'] or p['state']}"
-                                   f"{' ' + p['endpoint'] if p['endpoint'] else ''}{rtt}")
-        elif command == "/verify":
-            self.verify(arg)
-        else:
-            self.screen.system(f"unknown command {command}: try /help", "error")
-
-    def verify(self, name: str) -> None:
-        peer = next((p for p in self.driver.machine.peers.values() if p.name == name), None)
-        if not name or peer is None:
-            self.screen.system(f"/verify NAME: no peer called {name!r} here" if name else "/verify NAME", "error")
-            return
-        number = safety_number(self.driver.machine.public_key, peer.key)
-        self.driver.known.verify(name, peer.key)
-        self.screen.system(f"safety number with {name}: {number}")
-        self.screen.system(f"read it to {name} over another channel (phone, in person); if it matches on both "
-                           f"screens, the session is not intercepted. {name} is now marked verified.")
 
     def _refresh_status(self) -> None:
         if self.driver.finished.is_set():
@@ -360,26 +333,19 @@ class ChatApp:
         self._status_timer = asyncio.get_running_loop().call_later(self.STATUS_EVERY_s, self._refresh_status)
 
     async def run(self) -> int:
-        """Draw until the driver finishes; the terminal is restored on every way out.
+        """Draw until the client finishes; the terminal is restored on every way out.
         Raises StartupError before touching the terminal if the client cannot start.
         Returns the exit code: 0 after a graceful quit, 1 if registration failed."""
-        await self.driver.start()
+        await self.controller.start()
         aloop = asyncio.get_running_loop()
         self.loop = urwid.MainLoop(self.screen, PALETTE, event_loop=urwid.AsyncioEventLoop(loop=aloop),
                                    handle_mouse=False)
         self.loop.screen.set_terminal_properties(colors=256)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            aloop.add_signal_handler(sig, self.driver.quit)
         try:
             with self.loop.start():
                 self._refresh_status()
-                await self.driver.finished.wait()
+                await self.controller.wait_finished()
         finally:
             if self._status_timer is not None:
                 self._status_timer.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                aloop.remove_signal_handler(sig)
-        failure = self.driver.machine.failure
-        if failure:   # the screen is gone: say it where it stays
-            print(f"gochat: {failure}", file=sys.stderr)
-        return 1 if failure else 0
+        return self.controller.exit_code()   # the screen is gone: the reason stays visible

@@ -30,11 +30,14 @@ TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size   # header + receiver index + c
 
 FLAG_REPLY = 0x01  # PUNCH: this is the answer to a punch whose txid it echoes
 
-# Noise message sizes with our payloads (docs/PROTOCOL.md 7.3): IK message 1 carries
-# e (32), encrypted s (48) and an encrypted 16-byte payload; message 2 carries e (32)
-# and an encrypted 8-byte payload.
-INIT_PAYLOAD_bytes = 16
-RESP_PAYLOAD_bytes = 8
+# Handshake payloads (docs/PROTOCOL.md 7.3): the initiation carries the sender's
+# incarnation and handshake number, the response the responder's incarnation.
+_INIT_PAYLOAD = struct.Struct("!QQ")
+_RESP_PAYLOAD = struct.Struct("!Q")
+INIT_PAYLOAD_bytes = _INIT_PAYLOAD.size
+RESP_PAYLOAD_bytes = _RESP_PAYLOAD.size
+# Noise message sizes with these payloads: IK message 1 carries e (32), encrypted s (48)
+# and the encrypted payload; message 2 carries e (32) and the encrypted payload.
 NOISE_INIT_bytes = 32 + 48 + INIT_PAYLOAD_bytes + TAG_SIZE_bytes
 NOISE_RESP_bytes = 32 + RESP_PAYLOAD_bytes + TAG_SIZE_bytes
 
@@ -47,6 +50,19 @@ class PeerType(enum.IntEnum):
 
 
 PEER_TYPE_FIRST, PEER_TYPE_LAST = 0x20, 0x3F
+
+
+class FrameType(enum.IntEnum):
+    """First byte of a TRANSPORT plaintext (an empty plaintext is a keepalive).
+    DATA and ACK are laid out by the reliable-delivery module (client/reliable.py)."""
+
+    DATA = 0x01
+    ACK = 0x02
+    BYE = 0x03
+
+
+BYE_FRAME = bytes([FrameType.BYE])
+KEEPALIVE_FRAME = b""
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,33 @@ def punch_mac(key: bytes, sender_key: bytes, txid: bytes, reply: bool) -> bytes:
 
 def verify_punch(key: bytes, punch: Punch) -> bool:
     return hmac.compare_digest(punch.mac, punch_mac(key, punch.sender_key, punch.txid, punch.reply))
+
+
+# --- handshake payloads -------------------------------------------------------------
+
+
+def encode_init_payload(incarnation: int, number: int) -> bytes:
+    return _INIT_PAYLOAD.pack(incarnation, number)
+
+
+def decode_init_payload(payload: bytes) -> tuple[int, int]:
+    """(incarnation, handshake number); DecodeError('bad_field') for any other size."""
+    if len(payload) != _INIT_PAYLOAD.size:
+        raise DecodeError("bad_field", f"initiation payload of {len(payload)} bytes")
+    incarnation, number = _INIT_PAYLOAD.unpack(payload)
+    return incarnation, number
+
+
+def encode_resp_payload(incarnation: int) -> bytes:
+    return _RESP_PAYLOAD.pack(incarnation)
+
+
+def decode_resp_payload(payload: bytes) -> int:
+    """The responder's incarnation; DecodeError('bad_field') for any other size."""
+    if len(payload) != _RESP_PAYLOAD.size:
+        raise DecodeError("bad_field", f"response payload of {len(payload)} bytes")
+    (incarnation,) = _RESP_PAYLOAD.unpack(payload)
+    return int(incarnation)
 
 
 # --- encoding ------------------------------------------------------------------------
