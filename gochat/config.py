@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from dotenv import dotenv_values
 
 from gochat import constants as C
+from gochat.wire.constants import MAX_NAME_bytes
 
 HostPort = Tuple[str, int]
 
@@ -152,8 +153,8 @@ def parse_name(text: str) -> str:
     name = text.strip()
     if not name:
         raise ValueError("must not be empty")
-    if len(name.encode("utf-8")) > C.MAX_NAME_bytes:
-        raise ValueError(f"at most {C.MAX_NAME_bytes} bytes of UTF-8")
+    if len(name.encode("utf-8")) > MAX_NAME_bytes:
+        raise ValueError(f"at most {MAX_NAME_bytes} bytes of UTF-8")
     if _CONTROL.search(name):
         raise ValueError("must not contain control characters")
     return name
@@ -167,7 +168,7 @@ def default_name(environ: Mapping[str, str]) -> str:
     """The login name, made a valid display name."""
     login = environ.get("USER") or environ.get("LOGNAME") or "user"
     login = _CONTROL.sub("", login).strip() or "user"
-    while len(login.encode("utf-8")) > C.MAX_NAME_bytes:
+    while len(login.encode("utf-8")) > MAX_NAME_bytes:
         login = login[:-1]
     return login
 

@@ -1,35 +1,21 @@
-"""Every protocol constant and implementation limit in one place.
+"""Defaults and implementation limits in one place.
 
-Protocol constants are part of the wire contract (docs/PROTOCOL.md); implementation
-limits are local choices that a deployment may tune through settings. Units are in
-the names: ``_s`` seconds, ``_ms`` milliseconds, ``_bytes`` bytes.
+These are local choices that a deployment may tune through settings; the constants of
+the wire contract (docs/PROTOCOL.md) are in gochat/wire/constants.py. Units are in the
+names: ``_s`` seconds, ``_ms`` milliseconds, ``_bytes`` bytes.
 """
 
 from __future__ import annotations
 
-# --- wire protocol v1 -------------------------------------------------------------
-MAGIC = 0x47  # 'G'; the first two bits (01) tell gochat apart from STUN (00)
-VERSION = 1
-HEADER_SIZE_bytes = 4
-
-TOKEN_SIZE_bytes = 12  # 4-byte slot index + 8-byte random secret
-TOKEN_SECRET_SIZE_bytes = 8
-COOKIE_SIZE_bytes = 16
-ROOM_ID_SIZE_bytes = 16
-ROOM_TAG_SIZE_bytes = 8
-PUBLIC_KEY_SIZE_bytes = 32
-REQUEST_ID_SIZE_bytes = 4
-
-MAX_NAME_bytes = 32
-MAX_LOCAL_ENDPOINTS = 4
-# Nothing is sent before a path is confirmed larger than this (fits any IPv6 path MTU
-# with room for tunnels), so control messages never fragment at the IP layer.
-MAX_DATAGRAM_bytes = 1200
-
-HEARTBEAT_SIZE_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
-
-# Cookie validity: a cookie minted in bucket b is accepted during buckets b and b+1.
-COOKIE_BUCKET_s = 60.0
+# The wire protocol's own constants are in gochat/wire/constants.py. These few are
+# re-exported for modules that still import them from here.
+from gochat.wire.constants import (
+    HEADER_SIZE_bytes as HEADER_SIZE_bytes,
+    MAGIC as MAGIC,
+    MAX_DATAGRAM_bytes as MAX_DATAGRAM_bytes,
+    PUBLIC_KEY_SIZE_bytes as PUBLIC_KEY_SIZE_bytes,
+    VERSION as VERSION,
+)
 
 # --- defaults of the seed (GoChat) ------------------------------------------------
 DEFAULT_BOOTNODE_UDP_PORT = 9595
@@ -53,6 +39,12 @@ MAX_RATE_LIMITED_SOURCES = 100_000
 DEFAULT_RECV_BUFFER_bytes = 8 * 1024 * 1024
 # recvmmsg/sendmmsg batch size (datagrams per system call).
 BATCH_SIZE = 64
+# Bytes the fast path reserves per datagram of a batch: more than MAX_DATAGRAM_bytes, so
+# oversized input is still seen whole enough to be counted.
+DATAGRAM_BUFFER_bytes = 2048
+# Card bytes the compiled table keeps inline per slot; longer cards spill to a dict. A
+# typical card (key, short name, one IPv4 endpoint) is about 50 bytes.
+INLINE_CARD_bytes = 64
 # Receive batches handled per readiness callback before yielding to other tasks.
 MAX_BATCHES_PER_WAKEUP = 64
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gochat.wire import control as wire
-from gochat.constants import MAX_DATAGRAM_bytes
+from gochat.wire.constants import MAX_DATAGRAM_bytes
 from gochat.wire.control import DecodeError, LeaveReason, MsgType, RefuseReason
 
 KEY = bytes(range(32))

@@ -1,10 +1,14 @@
-# Type stubs of the compiled extension; gochat/_purepath.py has the same API in Python.
+# Type stubs of the compiled extension; gochat/bootnode/_purepath.py has the same API in Python.
 import socket
 from typing import Dict, List, Optional, Tuple
 
 from gochat.bootnode._purepath import TableFull as TableFull
 
 Address = Tuple  # (host, port) or (host, port, flowinfo, scope_id)
+
+# The values compiled in (wire constants, buffer and batch sizes, struct sizes), pinned to
+# their references by tests/test_wire_constants.py.
+CONSTANTS: Dict[str, int]
 
 class SessionTable:
     capacity: int

@@ -3,7 +3,7 @@
 receive (recvmmsg) with heartbeats handled without touching Python, batched send
 (sendmmsg). Policy-free: limits, cookies and announcements live in rendezvous.py.
 
-gochat/_purepath.py is the pure-Python twin with the same API; keep them in step
+gochat/bootnode/_purepath.py is the pure-Python twin with the same API; keep them in step
 (tests/test_fastpath.py runs every case against both).
 """
 
@@ -65,18 +65,29 @@ cdef extern from "<netinet/in.h>" nogil:
     uint16_t htons(uint16_t)
     uint16_t ntohs(uint16_t)
 
+# C enums cannot take their values from Python: these copy gochat/wire/constants.py and
+# gochat/constants.py, and CONSTANTS below exposes them so that
+# tests/test_wire_constants.py can pin every one to its reference.
 cdef enum:
-    MAGIC = 0x47
-    VERSION = 1
-    T_HEARTBEAT = 0x05
-    T_HEARTBEAT_ACK = 0x06
-    T_UNKNOWN_SESSION = 0x07
-    FLAG_ACK_REQUESTED = 0x01
-    HEARTBEAT_SIZE = 16
-    BUF_SIZE = 2048            # > MAX_DATAGRAM_bytes: oversize input is still seen whole enough to count
-    CARD_CELL = 64             # card bytes kept inline per slot; longer cards spill to a dict
-    TICK_SHIFT = 7             # wheel tick = 128 ms
-    TICK_SPACE_MASK = 0x1FFFFFF  # 2**32 ms >> 7: tick numbers wrap together with the clock
+    MAGIC = 0x47               # wire: MAGIC
+    VERSION = 1                # wire: VERSION
+    HEADER_SIZE = 4            # wire: HEADER_SIZE_bytes
+    T_HEARTBEAT = 0x05         # wire: T_HEARTBEAT
+    T_HEARTBEAT_ACK = 0x06     # wire: T_HEARTBEAT_ACK
+    T_UNKNOWN_SESSION = 0x07   # wire: T_UNKNOWN_SESSION
+    FLAG_ACK_REQUESTED = 0x01  # wire: FLAG_ACK_REQUESTED
+    TOKEN_INDEX_SIZE = 4       # wire: TOKEN_INDEX_SIZE_bytes
+    TOKEN_SECRET_SIZE = 8      # wire: TOKEN_SECRET_SIZE_bytes
+    TOKEN_SIZE = 12            # wire: TOKEN_SIZE_bytes
+    HEARTBEAT_SIZE = 16        # wire: HEARTBEAT_SIZE_bytes
+    ROOM_ID_SIZE = 16          # wire: ROOM_ID_SIZE_bytes
+    ROOM_TAG_SIZE = 8          # wire: ROOM_TAG_SIZE_bytes
+    PUBLIC_KEY_SIZE = 32       # wire: PUBLIC_KEY_SIZE_bytes
+    BUF_SIZE = 2048            # DATAGRAM_BUFFER_bytes (> MAX_DATAGRAM_bytes: oversize input is still seen whole enough to count)
+    CARD_CELL = 64             # INLINE_CARD_bytes: card bytes kept inline per slot; longer cards spill to a dict
+    TICK_SHIFT = 7             # WHEEL_TICK_ms == 1 << TICK_SHIFT (128 ms)
+    TICK_SPACE_MASK = 0x1FFFFFF  # 2**32 ms >> TICK_SHIFT: tick numbers wrap together with the clock
+    BATCH_SIZE = 64            # BATCH_SIZE: the default recvmmsg/sendmmsg batch
     NONE = -1
 
 cdef uint8_t V4_PREFIX[12]
@@ -98,13 +109,38 @@ ctypedef struct Slot:
     int32_t rnext
 
 ctypedef struct Room:
-    uint8_t id[16]
-    uint8_t tag[8]
+    uint8_t id[ROOM_ID_SIZE]
+    uint8_t tag[ROOM_TAG_SIZE]
     int32_t head
     int32_t count        # 0 and head == NONE: free (then head reused as free-list link)
 
 
 from gochat.bootnode._purepath import TableFull  # one exception class for both twins
+
+# What this module was compiled with, under the names the pure-Python twin uses too.
+CONSTANTS = {
+    "MAGIC": MAGIC,
+    "VERSION": VERSION,
+    "HEADER_SIZE": HEADER_SIZE,
+    "T_HEARTBEAT": T_HEARTBEAT,
+    "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
+    "T_UNKNOWN_SESSION": T_UNKNOWN_SESSION,
+    "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
+    "HEARTBEAT_SIZE": HEARTBEAT_SIZE,
+    "TOKEN_SIZE": TOKEN_SIZE,
+    "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE,
+    "TOKEN_SECRET_SIZE": TOKEN_SECRET_SIZE,
+    "ROOM_ID_SIZE": ROOM_ID_SIZE,
+    "ROOM_TAG_SIZE": ROOM_TAG_SIZE,
+    "PUBLIC_KEY_SIZE": PUBLIC_KEY_SIZE,
+    "BUF_SIZE": BUF_SIZE,
+    "TICK_SHIFT": TICK_SHIFT,
+    "TICK_SPACE_MASK": TICK_SPACE_MASK,
+    "BATCH_SIZE": BATCH_SIZE,
+    "CARD_CELL": CARD_CELL,
+    "SLOT_SIZE": sizeof(Slot),
+    "ROOM_SIZE": sizeof(Room),
+}
 
 
 cdef inline uint32_t ms_of(double now):
@@ -240,7 +276,7 @@ cdef class SessionTable:
             r = self.room_index[h]
             if r == NONE:
                 return NONE
-            if memcmp(self.rooms[r].id, rid, 16) == 0:
+            if memcmp(self.rooms[r].id, rid, ROOM_ID_SIZE) == 0:
                 return r
             h = (h + 1) & self.room_index_mask
 
@@ -257,8 +293,8 @@ cdef class SessionTable:
                 self._grow_rooms(self.rooms_cap * 2)
             r = self.rooms_high
             self.rooms_high += 1
-        memcpy(self.rooms[r].id, rid, 16)
-        memcpy(self.rooms[r].tag, tag, 8)
+        memcpy(self.rooms[r].id, rid, ROOM_ID_SIZE)
+        memcpy(self.rooms[r].tag, tag, ROOM_TAG_SIZE)
         self.rooms[r].head = NONE
         self.rooms[r].count = 0
         h = self._room_hash(rid) & self.room_index_mask
@@ -365,7 +401,7 @@ cdef class SessionTable:
         cdef uint64_t secret
         if idx >= <uint32_t>self.high:
             return NONE
-        memcpy(&secret, token + 4, 8)
+        memcpy(&secret, token + TOKEN_INDEX_SIZE, TOKEN_SECRET_SIZE)
         if secret == 0 or self.slots[idx].secret != secret or self.slots[idx].expiring:
             return NONE
         return <int32_t>idx
@@ -374,7 +410,7 @@ cdef class SessionTable:
         """Create a session; returns its slot. Raises TableFull when no slot is free."""
         cdef int32_t i, r
         cdef Slot *s
-        if len(room_id) != 16 or len(room_tag) != 8 or len(secret) != 8:
+        if len(room_id) != ROOM_ID_SIZE or len(room_tag) != ROOM_TAG_SIZE or len(secret) != TOKEN_SECRET_SIZE:
             raise ValueError("room_id 16, room_tag 8 and secret 8 bytes")
         if len(card) == 0 or len(card) > 255:
             raise ValueError("card must be 1..255 bytes")
@@ -389,7 +425,7 @@ cdef class SessionTable:
             raise TableFull(f"session table full ({self.capacity} sessions)")
         r = self._room_for_add(<const uint8_t *>PyBytes_AS_STRING(room_id), <const uint8_t *>PyBytes_AS_STRING(room_tag))
         s = &self.slots[i]
-        memcpy(&s.secret, PyBytes_AS_STRING(secret), 8)
+        memcpy(&s.secret, PyBytes_AS_STRING(secret), TOKEN_SECRET_SIZE)
         if s.secret == 0:
             s.secret = 1
         memcpy(s.addr, PyBytes_AS_STRING(key), 16)
@@ -444,17 +480,17 @@ cdef class SessionTable:
 
     def token(self, int32_t i):
         self._check(i)
-        cdef uint8_t t[12]
+        cdef uint8_t t[TOKEN_SIZE]
         t[0] = (i >> 24) & 0xff
         t[1] = (i >> 16) & 0xff
         t[2] = (i >> 8) & 0xff
         t[3] = i & 0xff
-        memcpy(t + 4, &self.slots[i].secret, 8)
-        return PyBytes_FromStringAndSize(<char *>t, 12)
+        memcpy(t + TOKEN_INDEX_SIZE, &self.slots[i].secret, TOKEN_SECRET_SIZE)
+        return PyBytes_FromStringAndSize(<char *>t, TOKEN_SIZE)
 
     def lookup(self, bytes token):
         """Slot of a live session token, or -1."""
-        if len(token) != 12:
+        if len(token) != TOKEN_SIZE:
             return -1
         return self._index_of(<const uint8_t *>PyBytes_AS_STRING(token))
 
@@ -515,7 +551,7 @@ cdef class SessionTable:
             card = self.cards + <size_t>i * CARD_CELL
             n = self.slots[i].card_len
         cdef uint8_t out[320]
-        cdef int name_end = 33 + card[32]
+        cdef int name_end = PUBLIC_KEY_SIZE + 1 + card[PUBLIC_KEY_SIZE]
         cdef int k = name_end
         cdef Slot *s = &self.slots[i]
         memcpy(out, card, name_end)
@@ -538,18 +574,18 @@ cdef class SessionTable:
 
     def room_of(self, int32_t i):
         self._check(i)
-        return PyBytes_FromStringAndSize(<char *>self.rooms[self.slots[i].room].id, 16)
+        return PyBytes_FromStringAndSize(<char *>self.rooms[self.slots[i].room].id, ROOM_ID_SIZE)
 
     def room_tag(self, bytes room_id):
-        if len(room_id) != 16:
+        if len(room_id) != ROOM_ID_SIZE:
             return None
         cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         if r == NONE:
             return None
-        return PyBytes_FromStringAndSize(<char *>self.rooms[r].tag, 8)
+        return PyBytes_FromStringAndSize(<char *>self.rooms[r].tag, ROOM_TAG_SIZE)
 
     def room_size(self, bytes room_id):
-        if len(room_id) != 16:
+        if len(room_id) != ROOM_ID_SIZE:
             return 0
         cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         return 0 if r == NONE else self.rooms[r].count
@@ -557,7 +593,7 @@ cdef class SessionTable:
     def room_members(self, bytes room_id):
         """Slots of the room's members, most recent first."""
         cdef list out = []
-        if len(room_id) != 16:
+        if len(room_id) != ROOM_ID_SIZE:
             return out
         cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         cdef int32_t i = NONE if r == NONE else self.rooms[r].head
@@ -568,16 +604,16 @@ cdef class SessionTable:
 
     def find_in_room(self, bytes room_id, bytes public_key):
         """Slot of the member with this public key (first 32 bytes of its card), or -1."""
-        if len(room_id) != 16 or len(public_key) != 32:
+        if len(room_id) != ROOM_ID_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
             return -1
         cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         cdef int32_t i = NONE if r == NONE else self.rooms[r].head
         cdef const char *key = PyBytes_AS_STRING(public_key)
         while i != NONE:
             if self.slots[i].card_len == 0:
-                if self.spill[i][:32] == public_key:
+                if self.spill[i][:PUBLIC_KEY_SIZE] == public_key:
                     return i
-            elif memcmp(self.cards + <size_t>i * CARD_CELL, key, 32) == 0:
+            elif memcmp(self.cards + <size_t>i * CARD_CELL, key, PUBLIC_KEY_SIZE) == 0:
                 return i
             i = self.slots[i].rnext
         return -1
@@ -700,7 +736,7 @@ cdef class FastPath:
     cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_rebinds, c_passed
     cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
 
-    def __cinit__(self, sock, SessionTable table, int batch_size=64):
+    def __cinit__(self, sock, SessionTable table, int batch_size=BATCH_SIZE):
         self.sock = sock
         self.fd = sock.fileno()
         self.family = sock.family
@@ -778,7 +814,7 @@ cdef class FastPath:
             ln = self.rx.msgs[i].msg_len
             p = <const uint8_t *>(self.rx.bufs + <size_t>i * BUF_SIZE)
             if ln == HEARTBEAT_SIZE and p[0] == MAGIC and p[1] == VERSION and p[2] == T_HEARTBEAT:
-                idx = t._index_of(p + 4)
+                idx = t._index_of(p + HEADER_SIZE)
                 if idx == NONE:
                     self.c_unknown += 1
                     self._queue_reply(i, T_UNKNOWN_SESSION)
@@ -828,7 +864,7 @@ cdef class FastPath:
         cdef socklen_t alen
         cdef const char *src = PyBytes_AS_STRING(data)
         cdef size_t n = len(data)
-        if len(room_id) != 16 or n > BUF_SIZE:
+        if len(room_id) != ROOM_ID_SIZE or n > BUF_SIZE:
             return 0
         r = t._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
         if r == NONE:
@@ -859,7 +895,7 @@ def send_records(sock, tuple addr, bytes records, int record_size, int start, in
     """sendmmsg ``count`` fixed-size records from ``records`` (wrapping around) to one
     address; for load generators. Returns how many the kernel took."""
     cdef int n_records = len(records) // record_size
-    cdef int batch = 64
+    cdef int batch = BATCH_SIZE
     cdef _Batch b = _Batch(batch, 0)
     cdef int fd = sock.fileno()
     cdef socklen_t alen
@@ -889,7 +925,7 @@ def send_records(sock, tuple addr, bytes records, int record_size, int start, in
     return sent
 
 
-def recv_batch(sock, int max_count=64):
+def recv_batch(sock, int max_count=BATCH_SIZE):
     """recvmmsg up to max_count datagrams without waiting: list of (bytes, address)."""
     cdef _Batch b = _Batch(max_count, BUF_SIZE)
     cdef int n, i

@@ -10,19 +10,56 @@ from __future__ import annotations
 import socket
 from typing import Dict, List, Optional
 
+from gochat.constants import BATCH_SIZE, DATAGRAM_BUFFER_bytes, WHEEL_TICK_ms
+from gochat.wire.constants import (
+    FLAG_ACK_REQUESTED,
+    HEADER_SIZE_bytes,
+    HEARTBEAT_SIZE_bytes,
+    MAGIC,
+    PUBLIC_KEY_SIZE_bytes,
+    ROOM_ID_SIZE_bytes,
+    ROOM_TAG_SIZE_bytes,
+    T_HEARTBEAT,
+    T_HEARTBEAT_ACK,
+    T_UNKNOWN_SESSION,
+    TOKEN_INDEX_SIZE_bytes,
+    TOKEN_SECRET_SIZE_bytes,
+    TOKEN_SIZE_bytes,
+    VERSION,
+)
 from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint, sockaddr_for
 
-MAGIC = 0x47
-VERSION = 1
-T_HEARTBEAT = 0x05
-T_HEARTBEAT_ACK = 0x06
-T_UNKNOWN_SESSION = 0x07
-FLAG_ACK_REQUESTED = 0x01
-HEARTBEAT_SIZE = 16
-BUF_SIZE = 2048
-TICK_SHIFT = 7
-TICK_SPACE_MASK = 0x1FFFFFF
+BUF_SIZE = DATAGRAM_BUFFER_bytes
+TICK_SHIFT = WHEEL_TICK_ms.bit_length() - 1  # the wheel tick is 1 << TICK_SHIFT ms
+if 1 << TICK_SHIFT != WHEEL_TICK_ms:
+    raise ValueError("WHEEL_TICK_ms must be a power of two")
+TICK_SPACE_MASK = 0xFFFFFFFF >> TICK_SHIFT  # tick numbers wrap together with the 32-bit ms clock
 _U32 = 0xFFFFFFFF
+_TOKEN_END = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
+_NO_SECRET = bytes(TOKEN_SECRET_SIZE_bytes)
+
+# The values this implementation runs with, under the names the compiled twin exposes
+# them (tests/test_wire_constants.py compares both with the references).
+CONSTANTS = {
+    "MAGIC": MAGIC,
+    "VERSION": VERSION,
+    "HEADER_SIZE": HEADER_SIZE_bytes,
+    "T_HEARTBEAT": T_HEARTBEAT,
+    "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
+    "T_UNKNOWN_SESSION": T_UNKNOWN_SESSION,
+    "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
+    "HEARTBEAT_SIZE": HEARTBEAT_SIZE_bytes,
+    "TOKEN_SIZE": TOKEN_SIZE_bytes,
+    "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE_bytes,
+    "TOKEN_SECRET_SIZE": TOKEN_SECRET_SIZE_bytes,
+    "ROOM_ID_SIZE": ROOM_ID_SIZE_bytes,
+    "ROOM_TAG_SIZE": ROOM_TAG_SIZE_bytes,
+    "PUBLIC_KEY_SIZE": PUBLIC_KEY_SIZE_bytes,
+    "BUF_SIZE": BUF_SIZE,
+    "TICK_SHIFT": TICK_SHIFT,
+    "TICK_SPACE_MASK": TICK_SPACE_MASK,
+    "BATCH_SIZE": BATCH_SIZE,
+}
 
 
 class TableFull(Exception):
@@ -125,19 +162,23 @@ class SessionTable:
         return out
 
     def _index_of(self, token: bytes) -> int:
-        if len(token) != 12:
+        if len(token) != TOKEN_SIZE_bytes:
             return -1
-        i = int.from_bytes(token[:4], "big")
+        i = int.from_bytes(token[:TOKEN_INDEX_SIZE_bytes], "big")
         if i >= len(self._slots):
             return -1
         s = self._slots[i]
-        secret = token[4:]
-        if s is None or s.expiring or secret == bytes(8) or s.secret != secret:
+        secret = token[TOKEN_INDEX_SIZE_bytes:]
+        if s is None or s.expiring or secret == _NO_SECRET or s.secret != secret:
             return -1
         return i
 
     def add(self, room_id: bytes, room_tag: bytes, secret: bytes, card: bytes, addr: tuple, now: float) -> int:
-        if len(room_id) != 16 or len(room_tag) != 8 or len(secret) != 8:
+        if (
+            len(room_id) != ROOM_ID_SIZE_bytes
+            or len(room_tag) != ROOM_TAG_SIZE_bytes
+            or len(secret) != TOKEN_SECRET_SIZE_bytes
+        ):
             raise ValueError("room_id 16, room_tag 8 and secret 8 bytes")
         if len(card) == 0 or len(card) > 255:
             raise ValueError("card must be 1..255 bytes")
@@ -150,7 +191,7 @@ class SessionTable:
         else:
             raise TableFull(f"session table full ({self.capacity} sessions)")
         s = _Session()
-        s.secret = secret if secret != bytes(8) else (1).to_bytes(8, "little")
+        s.secret = secret if secret != _NO_SECRET else (1).to_bytes(TOKEN_SECRET_SIZE_bytes, "little")
         s.addr, s.port = key, port
         s.last_ms = self._clock(now)
         s.room_id = room_id
@@ -181,7 +222,7 @@ class SessionTable:
         self._used -= 1
 
     def token(self, i: int) -> bytes:
-        return i.to_bytes(4, "big") + self._get(i).secret
+        return i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + self._get(i).secret
 
     def lookup(self, token: bytes) -> int:
         return self._index_of(token)
@@ -213,7 +254,7 @@ class SessionTable:
 
     def entry(self, i: int) -> bytes:
         card = self._get(i).card
-        name_end = 33 + card[32]
+        name_end = PUBLIC_KEY_SIZE_bytes + 1 + card[PUBLIC_KEY_SIZE_bytes]
         return card[:name_end] + bytes([card[name_end] + 1]) + self.wire_endpoint(i) + card[name_end + 1 :]
 
     def room_of(self, i: int) -> bytes:
@@ -232,10 +273,10 @@ class SessionTable:
         return list(reversed(room[1])) if room else []
 
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int:
-        if len(public_key) != 32:
+        if len(public_key) != PUBLIC_KEY_SIZE_bytes:
             return -1
         for i in self.room_members(room_id):
-            if self._slots[i].card[:32] == public_key:
+            if self._slots[i].card[:PUBLIC_KEY_SIZE_bytes] == public_key:
                 return i
         return -1
 
@@ -243,7 +284,7 @@ class SessionTable:
 class FastPath:
     """Same contract as the Cython FastPath, one recvfrom/sendto per datagram."""
 
-    def __init__(self, sock: socket.socket, table: SessionTable, batch_size: int = 64) -> None:
+    def __init__(self, sock: socket.socket, table: SessionTable, batch_size: int = BATCH_SIZE) -> None:
         self._sock = sock
         self._family = sock.family
         self._table = table
@@ -283,11 +324,12 @@ class FastPath:
                 self.drained = True
                 break
             n += 1
-            if len(data) == HEARTBEAT_SIZE and data[0] == MAGIC and data[1] == VERSION and data[2] == T_HEARTBEAT:
-                i = t._index_of(data[4:16])
+            if len(data) == HEARTBEAT_SIZE_bytes and data[0] == MAGIC and data[1] == VERSION and data[2] == T_HEARTBEAT:
+                token = data[HEADER_SIZE_bytes:_TOKEN_END]
+                i = t._index_of(token)
                 if i < 0:
                     self._c["unknown_session"] += 1
-                    replies.append((data[:2] + bytes([T_UNKNOWN_SESSION, 0]) + data[4:16], addr))
+                    replies.append((data[:2] + bytes([T_UNKNOWN_SESSION, 0]) + token, addr))
                     continue
                 self._c["heartbeats"] += 1
                 t._touch(i, now_ms)
@@ -298,7 +340,7 @@ class FastPath:
                     self._c["rebinds"] += 1
                 if data[3] & FLAG_ACK_REQUESTED:
                     self._c["heartbeat_acks"] += 1
-                    replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + data[4:16], addr))
+                    replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + token, addr))
             else:
                 self._c["passed_to_python"] += 1
                 others.append((data, addr))
@@ -360,7 +402,7 @@ def send_records(sock, addr: tuple, records: bytes, record_size: int, start: int
     return sent
 
 
-def recv_batch(sock, max_count: int = 64) -> list:
+def recv_batch(sock, max_count: int = BATCH_SIZE) -> list:
     out = []
     for _ in range(max_count):
         try:

@@ -13,7 +13,7 @@ import os
 from typing import Optional
 
 from gochat.wire.endpoints import endpoint_key
-from gochat.constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
+from gochat.wire.constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
 
 
 class CookieJar:

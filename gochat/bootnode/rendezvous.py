@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 from gochat.wire import control as wire
 from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from gochat.wire.constants import PUBLIC_KEY_SIZE_bytes, ROOM_TAG_SIZE_bytes, TOKEN_SECRET_SIZE_bytes
 from gochat.wire.endpoints import endpoint_key, key_endpoint
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
 from gochat.bootnode.cookie import CookieJar
@@ -166,9 +167,9 @@ class Rendezvous:
                 return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
             if len(table) >= self.limits.max_peers:
                 return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
-            tag = table.room_tag(msg.room_id) or self._random(8)
+            tag = table.room_tag(msg.room_id) or self._random(ROOM_TAG_SIZE_bytes)
             try:
-                slot = table.add(msg.room_id, tag, self._random(8), msg.card, addr, now)
+                slot = table.add(msg.room_id, tag, self._random(TOKEN_SECRET_SIZE_bytes), msg.card, addr, now)
             except TableFull:
                 return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
             self.stats["register.accepted"] += 1
@@ -248,7 +249,7 @@ class Rendezvous:
         tag = self.table.room_tag(room_id)
         if tag is None or self.table.room_size(room_id) <= len(slots):
             return []  # nobody left to tell
-        left = [(self.table.card(i)[:32], reason) for i in slots]
+        left = [(self.table.card(i)[:PUBLIC_KEY_SIZE_bytes], reason) for i in slots]
         per = (wire.MAX_DATAGRAM_bytes - wire.PEER_LEFT_OVERHEAD_bytes) // wire.PEER_LEFT_ITEM_bytes
         return [
             SendToRoom(room_id, wire.encode_peer_left(tag, left[k : k + per]), exclude_slot=exclude)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence, Tuple, Union
 
 from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint
-from gochat.constants import (
+from gochat.wire import constants as C
+from gochat.wire.constants import (
     COOKIE_SIZE_bytes,
+    FLAG_ACK_REQUESTED as FLAG_ACK_REQUESTED,  # re-exported: callers use wire.FLAG_ACK_REQUESTED
     HEADER_SIZE_bytes,
     MAGIC,
     MAX_DATAGRAM_bytes,
@@ -43,18 +45,20 @@ class DecodeError(ValueError):
 
 
 class MsgType(enum.IntEnum):
-    REGISTER = 0x01
-    COOKIE = 0x02
-    REGISTERED = 0x03
-    REFUSED = 0x04
-    HEARTBEAT = 0x05
-    HEARTBEAT_ACK = 0x06
-    UNKNOWN_SESSION = 0x07
-    DISCONNECT = 0x08
-    DISCONNECT_ACK = 0x09
-    PEER_LIST = 0x0A
-    PEER_JOINED = 0x0B
-    PEER_LEFT = 0x0C
+    """Control-plane message types; the values are those of gochat.wire.constants."""
+
+    REGISTER = C.T_REGISTER
+    COOKIE = C.T_COOKIE
+    REGISTERED = C.T_REGISTERED
+    REFUSED = C.T_REFUSED
+    HEARTBEAT = C.T_HEARTBEAT
+    HEARTBEAT_ACK = C.T_HEARTBEAT_ACK
+    UNKNOWN_SESSION = C.T_UNKNOWN_SESSION
+    DISCONNECT = C.T_DISCONNECT
+    DISCONNECT_ACK = C.T_DISCONNECT_ACK
+    PEER_LIST = C.T_PEER_LIST
+    PEER_JOINED = C.T_PEER_JOINED
+    PEER_LEFT = C.T_PEER_LEFT
 
 
 class RefuseReason(enum.IntEnum):
@@ -67,8 +71,6 @@ class LeaveReason(enum.IntEnum):
     DISCONNECTED = 1
     TIMED_OUT = 2
 
-
-FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
 
 _HEADER = struct.Struct("!BBBB")
 _U16 = struct.Struct("!H")

@@ -1,0 +1,54 @@
+"""Wire protocol v1 constants: the values docs/PROTOCOL.md specifies, in one place.
+
+Everything here is part of the wire contract: changing a value changes the protocol.
+Implementation limits and defaults (which a deployment may tune) are in
+gochat/constants.py. The compiled fast path (gochat/bootnode/_fastpath.pyx) cannot
+import these values into its C enums; it exposes what it was compiled with, and
+tests/test_wire_constants.py pins each of those to the values here.
+Units are in the names: ``_s`` seconds, ``_bytes`` bytes.
+"""
+
+from __future__ import annotations
+
+# --- framing ----------------------------------------------------------------------
+MAGIC = 0x47  # 'G'; the first two bits (01) tell gochat apart from STUN (00)
+VERSION = 1
+HEADER_SIZE_bytes = 4  # magic, version, type, flags
+
+# --- field sizes ------------------------------------------------------------------
+TOKEN_SIZE_bytes = 12  # 4-byte slot index + 8-byte random secret
+TOKEN_INDEX_SIZE_bytes = 4
+TOKEN_SECRET_SIZE_bytes = 8
+COOKIE_SIZE_bytes = 16
+ROOM_ID_SIZE_bytes = 16
+ROOM_TAG_SIZE_bytes = 8
+PUBLIC_KEY_SIZE_bytes = 32
+REQUEST_ID_SIZE_bytes = 4
+
+MAX_NAME_bytes = 32
+MAX_LOCAL_ENDPOINTS = 4
+# Nothing is sent before a path is confirmed larger than this (fits any IPv6 path MTU
+# with room for tunnels), so control messages never fragment at the IP layer.
+MAX_DATAGRAM_bytes = 1200
+
+HEARTBEAT_SIZE_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
+
+# Cookie validity: a cookie minted in bucket b is accepted during buckets b and b+1.
+COOKIE_BUCKET_s = 60.0
+
+# --- bootnode control plane: message types (header byte 2) ------------------------
+T_REGISTER = 0x01
+T_COOKIE = 0x02
+T_REGISTERED = 0x03
+T_REFUSED = 0x04
+T_HEARTBEAT = 0x05
+T_HEARTBEAT_ACK = 0x06
+T_UNKNOWN_SESSION = 0x07
+T_DISCONNECT = 0x08
+T_DISCONNECT_ACK = 0x09
+T_PEER_LIST = 0x0A
+T_PEER_JOINED = 0x0B
+T_PEER_LEFT = 0x0C
+
+# --- flags (header byte 3) --------------------------------------------------------
+FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
