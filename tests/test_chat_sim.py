@@ -359,3 +359,15 @@ def test_a_message_in_flight_when_the_path_goes_dark_arrives_after_it_heals():
     w.filter = None
     w.run_until(lambda: texts(w, "bob") == ["in flight when the path went dark"], limit=10)
     assert not w.kinds("alice", ev.Undelivered)
+
+
+def test_a_message_typed_while_the_peer_connects_goes_out_when_the_session_is_up():
+    w, a, b = two_peers(PORT_RESTRICTED, PORT_RESTRICTED, delay=0.02)
+    w.run_until(lambda: "bob" in [p.name for p in a.peers.values()], limit=5)
+    assert not connected(w, "alice", "bob")
+    w.send(a, "early bird")                        # bob is known but not yet reachable
+    w.run_until(lambda: connected(w, "alice", "bob"), limit=5)
+    connected_at = w.event_times["alice"][next(i for i, e in enumerate(w.events["alice"])
+                                               if isinstance(e, ev.PeerConnected))]
+    w.run_until(lambda: texts(w, "bob") == ["early bird"], limit=5)
+    assert w.now - connected_at < 0.1              # with the session, not at the next keepalive
