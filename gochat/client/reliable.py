@@ -92,8 +92,8 @@ class _Fragment:
     index: int
     count: int
     payload: bytes
-    first_sent: Optional[float] = None
-    last_sent: Optional[float] = None
+    first_sent: float = 0.0    # both set when the fragment first goes out
+    last_sent: float = 0.0
     retransmitted: bool = False
     lost: bool = False   # a fragment sent after it was acknowledged: resend now (RACK)
 

@@ -88,7 +88,7 @@ class MessagePane(urwid.ListBox):
     """Scrollback that follows new lines unless the user scrolled up."""
 
     def __init__(self) -> None:
-        self.walker = urwid.SimpleFocusListWalker([])
+        self.walker: urwid.SimpleFocusListWalker = urwid.SimpleFocusListWalker([])
         super().__init__(self.walker)
         self.following = True
         self.unseen = 0
@@ -149,7 +149,8 @@ class ChatScreen(urwid.WidgetWrap):
         self.more = urwid.Text("", wrap="clip")
         self.input = InputLine(on_input)
         self.peers: Dict[str, dict] = {}     # name -> latest snapshot or event fields
-        self.bootnode = {"state": "registering", "rtt_ms": None}
+        self.bootnode_state = "registering"
+        self.bootnode_rtt_ms: Optional[float] = None
         self._own: List[Tuple[str, urwid.Text, list]] = []   # (text, widget, markup) of our messages
         sidebar = urwid.ListBox(urwid.SimpleFocusListWalker([self.sidebar_text]))
         frame = urwid.Frame(Body(self.messages, sidebar), header=urwid.AttrMap(self.header, "header"),
@@ -160,9 +161,8 @@ class ChatScreen(urwid.WidgetWrap):
     # --- drawing -----------------------------------------------------------------------
 
     def refresh(self) -> None:
-        boot = self.bootnode
-        state = {"registered": "connected"}.get(boot["state"], boot["state"])
-        rtt = f" {boot['rtt_ms']:g} ms" if boot.get("rtt_ms") is not None and state == "connected" else ""
+        state = {"registered": "connected"}.get(self.bootnode_state, self.bootnode_state)
+        rtt = f" {self.bootnode_rtt_ms:g} ms" if self.bootnode_rtt_ms is not None and state == "connected" else ""
         self.header.set_text(f" gochat · room {self.room} · {self.name} ({short_fingerprint(self.fingerprint)})"
                              f" · bootnode {state}{rtt}")
         lines: list = []
@@ -212,7 +212,7 @@ class ChatScreen(urwid.WidgetWrap):
     def handle_event(self, event: ev.Event) -> None:
         match event:
             case ev.Registered(public_endpoint=endpoint, again=again):
-                self.bootnode["state"] = "registered"
+                self.bootnode_state = "registered"
                 self.system(("re-registered" if again else "registered") +
                             f" with the bootnode; your public endpoint is {endpoint}")
             case ev.PeerJoined(name=name, fingerprint=fp, trust=trust):
@@ -239,13 +239,13 @@ class ChatScreen(urwid.WidgetWrap):
                 self.peers.setdefault(name, {"fingerprint": fp})["state"] = "failed"
                 self.system(f"handshake with {name} failed: {reason}", "error")
             case ev.BootnodeLost():
-                self.bootnode["state"] = "lost"
+                self.bootnode_state = "lost"
                 self.system("bootnode lost: conversations go on; re-registering in the background", "error")
             case ev.BootnodeRestored():
-                self.bootnode["state"] = "registered"
+                self.bootnode_state = "registered"
                 self.system("bootnode reachable again")
             case ev.BootnodeReregistering():
-                self.bootnode["state"] = "re-registering"
+                self.bootnode_state = "re-registering"
                 self.system("the bootnode forgot us (restarted?): re-registering")
             case ev.PeersStatus(peers=peers):
                 self.update_status(event)
@@ -267,8 +267,7 @@ class ChatScreen(urwid.WidgetWrap):
 
     def update_status(self, status: ev.PeersStatus) -> None:
         """Round-trip times and states from the driver (refreshed now and then)."""
-        boot = status.bootnode
-        self.bootnode = {"state": boot.state, "rtt_ms": boot.rtt_ms}
+        self.bootnode_state, self.bootnode_rtt_ms = status.bootnode.state, status.bootnode.rtt_ms
         for peer in status.peers:
             shown = self.peers.setdefault(peer.name, {"fingerprint": peer.fingerprint})
             shown["state"] = peer.path or peer.state
@@ -338,9 +337,10 @@ class ChatApp:
         Returns the exit code: 0 after a graceful quit, 1 if registration failed."""
         await self.controller.start()
         aloop = asyncio.get_running_loop()
-        self.loop = urwid.MainLoop(self.screen, PALETTE, event_loop=urwid.AsyncioEventLoop(loop=aloop),
-                                   handle_mouse=False)
-        self.loop.screen.set_terminal_properties(colors=256)
+        terminal = urwid.display.raw.Screen()
+        terminal.set_terminal_properties(colors=256)
+        self.loop = urwid.MainLoop(self.screen, PALETTE, screen=terminal,
+                                   event_loop=urwid.AsyncioEventLoop(loop=aloop), handle_mouse=False)
         try:
             with self.loop.start():
                 self._refresh_status()
