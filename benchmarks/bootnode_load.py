@@ -315,7 +315,7 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         m3 = node.metrics()
         hbs = m3["gochat_fast_heartbeats_total"] - m2["gochat_fast_heartbeats_total"]
         cpu = m3["gochat_cpu_seconds"] - m2["gochat_cpu_seconds"]
-        unknown = m3["gochat_fast_unknown_session_total"] - m2["gochat_fast_unknown_session_total"]
+        unknown = m3["gochat_fast_unknown_token_total"] - m2["gochat_fast_unknown_token_total"]
         batches = m3["gochat_fast_batches_total"] - m2["gochat_fast_batches_total"]
         log(f"[{label}] sent {sent}, bootnode processed {hbs:.0f} ({hbs / elapsed:,.0f}/s, "
             f"{cpu / max(hbs, 1) * 1e6:.2f} us CPU each, {unknown:.0f} unknown, "

@@ -21,7 +21,7 @@ def card(i: int) -> bytes:
 
 
 def filled_table(impl, n=N_TABLE, now=0.0, timeout=15.0):
-    t = impl.SessionTable(n + 2000, timeout, now)
+    t = impl.RegistrationTable(n + 2000, timeout, now)
     for i in range(n):
         t.add((i // 10).to_bytes(16, "big"), TAG, os.urandom(8), card(i), ("127.0.0.1", 20000 + i % 4), now)
     return t
@@ -61,7 +61,7 @@ def test_process_batch_64_heartbeats(benchmark, impl):
         c.close()
 
 
-@pytest.mark.benchmark(group="table touch (100k sessions)")
+@pytest.mark.benchmark(group="table touch (100k registrations)")
 def test_touch(benchmark, impl):
     table = filled_table(impl)
     tokens = [table.token(i) for i in range(0, N_TABLE, 7)]
@@ -78,13 +78,13 @@ def test_touch(benchmark, impl):
     benchmark.pedantic(run, rounds=20)
 
 
-@pytest.mark.benchmark(group="expiry tick (100k sessions, 1% expiring)")
+@pytest.mark.benchmark(group="expiry tick (100k registrations, 1% expiring)")
 def test_expire_one_percent(benchmark, impl):
-    """One wheel tick that finds 1,000 of 100,000 sessions due (removal not included)."""
+    """One wheel tick that finds 1,000 of 100,000 registrations due (removal not included)."""
     result = {}
 
     def setup():
-        table = impl.SessionTable(N_TABLE + 10, 15.0, 0.0)
+        table = impl.RegistrationTable(N_TABLE + 10, 15.0, 0.0)
         for i in range(1000):  # 1%: silent since t=0
             table.add(b"x" * 16, TAG, os.urandom(8), card(i), ("127.0.0.1", 1), 0.0)
         for i in range(N_TABLE - 1000):  # the rest heard from at t=5
@@ -121,7 +121,7 @@ def test_register(benchmark, impl):
                                       (("10.0.0.1", 4545),))) for i in range(n)]
 
     def setup():
-        table = impl.SessionTable(n + 10, 15.0, 0.0)
+        table = impl.RegistrationTable(n + 10, 15.0, 0.0)
         m = Rendezvous(table, heartbeat_interval_s=10, peer_timeout_s=15, limits=Limits(n + 10, 100, 1e9, 10**9), cookies=jar)
         return (m,), {}
 

@@ -17,7 +17,7 @@ class _Impl:
     """A fast-path module with the attributes fastpath.py exports."""
 
     def __init__(self, module, name):
-        self.SessionTable = module.SessionTable
+        self.RegistrationTable = module.RegistrationTable
         self.FastPath = module.FastPath
         self.TableFull = module.TableFull
         self.send_records = module.send_records

@@ -18,7 +18,7 @@ from gochat import events as ev
 from gochat.bootnode import fastpath
 
 from gochat.wire import control as wire
-from gochat.client.room import ChatClient
+from gochat.client.room import RoomClient
 from gochat.bootnode.cookie import CookieJar
 from gochat.crypto.noise import generate_private_key, room_psk
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
@@ -68,7 +68,7 @@ class SimWorld:
         self.delay, self.jitter, self.loss = delay, jitter, loss
         self._queue: List[tuple] = []
         self._seq = itertools.count()
-        self.nodes: Dict[Endpoint, object] = {}           # bound endpoint -> ChatClient / Rendezvous
+        self.nodes: Dict[Endpoint, object] = {}           # bound endpoint -> RoomClient / Rendezvous
         self.nats: Dict[str, Nat] = {}                    # public ip -> Nat
         self.nat_of: Dict[str, Nat] = {}                  # private ip -> Nat
         self.events: Dict[str, List[ev.Event]] = {}
@@ -82,7 +82,7 @@ class SimWorld:
     # --- topology ---------------------------------------------------------------------
 
     def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0) -> Rendezvous:
-        table = fastpath.SessionTable(1000, timeout, self.now)
+        table = fastpath.RegistrationTable(1000, timeout, self.now)
         self.bootnode = Rendezvous(table, heartbeat_interval_s=interval, peer_timeout_s=timeout,
                                    limits=Limits(1000, 100, 1000.0, 1000), cookies=CookieJar(b"k" * 32))
         self.nodes[self.bootnode_addr] = self.bootnode
@@ -98,11 +98,11 @@ class SimWorld:
 
     def add_client(self, name: str, ip: str, port: int = 4545, nat: Optional[Nat] = None, room: str = "lobby",
                    passphrase: Optional[str] = None, key: Optional[bytes] = None, local: bool = True,
-                   **kw) -> ChatClient:
+                   **kw) -> RoomClient:
         if nat is not None:
             nat.inside.add(ip)
             self.nat_of[ip] = nat
-        client = ChatClient(static_private=key or generate_private_key(), name=name, room=room,
+        client = RoomClient(static_private=key or generate_private_key(), name=name, room=room,
                             psk=room_psk(room, passphrase), bootnode=self.bootnode_addr, now=self.now,
                             local_endpoints=[(ip, port)] if local else [], random_bytes=self.rng.randbytes, **kw)
         self.nodes[(ip, port)] = client
@@ -159,7 +159,7 @@ class SimWorld:
                     if i != a.exclude_slot:
                         self._transmit(self.bootnode_addr, t.endpoint(i), a.data)
 
-    def _drain(self, client: ChatClient, me: Endpoint) -> None:
+    def _drain(self, client: RoomClient, me: Endpoint) -> None:
         for data, dst in client.outbox:
             self._transmit(me, dst, data)
         client.outbox.clear()
@@ -215,7 +215,7 @@ class SimWorld:
         """``name``'s events of one type, in order."""
         return [e for e in self.events[name] if isinstance(e, kind)]
 
-    def send(self, client: ChatClient, text: str) -> int:
+    def send(self, client: RoomClient, text: str) -> int:
         n = client.send_message(text, self.now)
         me = next(ep for ep, node in self.nodes.items() if node is client)
         self._drain(client, me)

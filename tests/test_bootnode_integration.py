@@ -103,7 +103,7 @@ def test_no_amplification_for_unvalidated_sources(bootnode_factory):
             for d in (reg, reg, hb, disc, junk, b"\x47\x01\x01\x00"):
                 s.sendto(d, node.address)
                 sent[s] = sent.get(s, 0) + len(d)
-        expected = 100 * 5  # cookie x2, unknown session, disconnect ack; junk and truncated: nothing
+        expected = 100 * 5  # cookie x2, unknown token, disconnect ack; junk and truncated: nothing
         deadline = time.monotonic() + 10
         received = {s: 0 for s in socks}
         count = 0

@@ -1,4 +1,4 @@
-"""The session table, timing wheel and batched socket layer, run against both the
+"""The registration table, timing wheel and batched socket layer, run against both the
 Cython extension and its pure-Python twin, plus differential tests between them."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def add(table, n, room=ROOM_A, now=100.0, addr=None, long=False):
 
 
 def test_add_lookup_token_and_fields(impl):
-    t = impl.SessionTable(100, 15.0, 100.0)
+    t = impl.RegistrationTable(100, 15.0, 100.0)
     s = add(t, 7, addr=("2001:db8::7", 999))
     tok = t.token(s)
     assert len(tok) == 12 and tok[:4] == s.to_bytes(4, "big")
@@ -43,7 +43,7 @@ def test_add_lookup_token_and_fields(impl):
 
 
 def test_long_cards_are_kept_whole(impl):
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 3, long=True)
     assert len(card(3, long=True)) > 64
     assert t.card(s) == card(3, long=True)
@@ -54,17 +54,17 @@ def test_long_cards_are_kept_whole(impl):
 
 
 def test_expiry_exactly_at_timeout_and_not_before(impl):
-    t = impl.SessionTable(10, 15.0, 1000.0)
+    t = impl.RegistrationTable(10, 15.0, 1000.0)
     s = add(t, 1, now=1000.0)
     assert t.expire(1014.999) == []
     assert t.expire(1015.0) == [s]
-    assert t.lookup(t.token(s)) == -1  # expiring sessions no longer answer
+    assert t.lookup(t.token(s)) == -1  # expiring registrations no longer answer
     t.remove(s)
     assert len(t) == 0 and t.room_count == 0
 
 
 def test_heartbeat_postpones_expiry(impl):
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 1, now=0.0)
     for now in (5.0, 10.0, 20.0):
         assert t.touch(t.token(s), ("127.0.0.1", 10001), now) == 1
@@ -74,7 +74,7 @@ def test_heartbeat_postpones_expiry(impl):
 
 
 def test_touch_reports_rebinding(impl):
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 1, now=0.0, addr=("127.0.0.1", 1))
     assert t.touch(t.token(s), ("127.0.0.1", 2), 1.0) == 2
     assert t.endpoint(s) == ("127.0.0.1", 2)
@@ -83,7 +83,7 @@ def test_touch_reports_rebinding(impl):
 
 
 def test_expiry_order_and_partial_ticks(impl):
-    t = impl.SessionTable(1000, 15.0, 0.0)
+    t = impl.RegistrationTable(1000, 15.0, 0.0)
     slots = [add(t, n, now=n * 0.05) for n in range(100)]  # deadlines 15.00 .. 19.95
     got = []
     now = 15.0
@@ -94,13 +94,13 @@ def test_expiry_order_and_partial_ticks(impl):
 
 
 def test_expire_after_a_long_pause_takes_everything_due(impl):
-    t = impl.SessionTable(1000, 2.0, 0.0)
+    t = impl.RegistrationTable(1000, 2.0, 0.0)
     slots = [add(t, n, now=float(n % 7)) for n in range(50)]
     assert sorted(t.expire(10_000.0)) == sorted(slots)
 
 
 def test_remove_and_slot_reuse_gives_new_token(impl):
-    t = impl.SessionTable(2, 15.0, 0.0)
+    t = impl.RegistrationTable(2, 15.0, 0.0)
     a = add(t, 1)
     old = t.token(a)
     t.remove(a)
@@ -109,14 +109,14 @@ def test_remove_and_slot_reuse_gives_new_token(impl):
 
 
 def test_table_full(impl):
-    t = impl.SessionTable(2, 15.0, 0.0)
+    t = impl.RegistrationTable(2, 15.0, 0.0)
     add(t, 1), add(t, 2)
     with pytest.raises(impl.TableFull):
         add(t, 3)
 
 
 def test_rooms_membership(impl):
-    t = impl.SessionTable(100, 15.0, 0.0)
+    t = impl.RegistrationTable(100, 15.0, 0.0)
     a = [add(t, n, room=ROOM_A) for n in range(5)]
     b = [add(t, n + 10, room=ROOM_B) for n in range(3)]
     assert sorted(t.room_members(ROOM_A)) == a and sorted(t.room_members(ROOM_B)) == b
@@ -129,7 +129,7 @@ def test_rooms_membership(impl):
 
 
 def test_many_rooms_grow_and_shrink(impl):
-    t = impl.SessionTable(5000, 15.0, 0.0)
+    t = impl.RegistrationTable(5000, 15.0, 0.0)
     rooms = [n.to_bytes(16, "big") for n in range(1500)]
     slots = {r: t.add(r, TAG, b"s" * 8, card(i), ("127.0.0.1", 1), 0.0) for i, r in enumerate(rooms)}
     rnd = random.Random(1)
@@ -155,7 +155,7 @@ ops = st.lists(
 @settings(max_examples=150, deadline=None)
 def test_differential_random_histories(both_impls, history):
     cy, py = both_impls
-    tables = [cy.SessionTable(30, 5.0, 0.0), py.SessionTable(30, 5.0, 0.0)]
+    tables = [cy.RegistrationTable(30, 5.0, 0.0), py.RegistrationTable(30, 5.0, 0.0)]
     now = 0.0
     live: list = []
     for op, n, dt in history:
@@ -228,7 +228,7 @@ def drain(fp, now, expect_received, timeout=2.0):
 
 def test_process_batch_heartbeats_replies_and_passthrough(impl, udp_pair):
     server, client = udp_pair
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = t.add(ROOM_A, TAG, b"k" * 8, card(1), client.getsockname(), 0.0)
     fp = impl.FastPath(server, t, 8)
     dest = server.getsockname()
@@ -239,16 +239,16 @@ def test_process_batch_heartbeats_replies_and_passthrough(impl, udp_pair):
     client.sendto(b"garbage", dest)
     others = drain(fp, 10.0, 4)
     c = fp.counters
-    assert (c["heartbeats"], c["heartbeat_acks"], c["unknown_session"], c["passed_to_python"]) == (2, 1, 1, 1)
+    assert (c["heartbeats"], c["heartbeat_acks"], c["unknown_token"], c["passed_to_python"]) == (2, 1, 1, 1)
     assert others == [(b"garbage", client.getsockname())]
     replies = sorted(wire.decode(client.recvfrom(100)[0]).type for _ in range(2))
-    assert replies == [MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_SESSION]
+    assert replies == [MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_TOKEN]
     assert t.expire(24.999) == [] and t.expire(25.0) == [s]  # the heartbeat at t=10 counted
 
 
 def test_process_batch_rebinding(impl, udp_pair):
     server, client = udp_pair
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = t.add(ROOM_A, TAG, b"k" * 8, card(1), ("127.0.0.1", 1), 0.0)
     fp = impl.FastPath(server, t, 8)
     client.sendto(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, t.token(s))), server.getsockname())
@@ -259,7 +259,7 @@ def test_process_batch_rebinding(impl, udp_pair):
 
 def test_drained_after_a_short_batch(impl, udp_pair):
     server, client = udp_pair
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     fp = impl.FastPath(server, t, 4)
     for i in range(6):
         client.sendto(b"x%d" % i, server.getsockname())
@@ -276,7 +276,7 @@ def test_send_and_send_to_room(impl, udp_pair):
         for r in receivers:
             r.bind(("127.0.0.1", 0))
             r.settimeout(2.0)
-        t = impl.SessionTable(100, 15.0, 0.0)
+        t = impl.RegistrationTable(100, 15.0, 0.0)
         slots = [t.add(ROOM_A, TAG, bytes([i + 1]) * 8, card(i), r.getsockname(), 0.0) for i, r in enumerate(receivers)]
         fp = impl.FastPath(server, t, 2)  # batches smaller than the room
         assert fp.send_to_room(ROOM_A, b"hello room", exclude_slot=slots[0]) == 4
@@ -312,7 +312,7 @@ def test_dual_stack_socket_serves_ipv4_and_ipv6(impl):
     try:
         c4.bind(("127.0.0.1", 0)); c6.bind(("::1", 0))
         c4.settimeout(2); c6.settimeout(2)
-        t = impl.SessionTable(10, 15.0, 0.0)
+        t = impl.RegistrationTable(10, 15.0, 0.0)
         s4 = t.add(ROOM_A, TAG, b"a" * 8, card(1), c4.getsockname(), 0.0)
         s6 = t.add(ROOM_A, TAG, b"b" * 8, card(2), c6.getsockname(), 0.0)
         fp = impl.FastPath(server, t, 8)
@@ -342,13 +342,13 @@ def test_send_records_and_recv_batch(impl, udp_pair):
 @pytest.mark.parametrize("addr", [("203.0.113.7", 40000), ("2001:db8::9", 1234)])
 @pytest.mark.parametrize("long", [False, True])
 def test_entry_matches_the_reference_encoder(impl, addr, long):
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 5, addr=addr, long=long)
     assert t.entry(s) == wire.entry_from_card(card(5, long), addr)
 
 
 @pytest.mark.parametrize("addr", [("203.0.113.7", 40000), ("2001:db8::9", 1234), ("::ffff:10.1.2.3", 7)])
 def test_wire_endpoint_matches_the_reference_encoder(impl, addr):
-    t = impl.SessionTable(10, 15.0, 0.0)
+    t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 5, addr=addr)
     assert t.wire_endpoint(s) == wire.encode_endpoint(addr)

@@ -50,7 +50,7 @@ class Net:
 
 
 def make(impl, now=1000.0, **limits):
-    table = impl.SessionTable(limits.pop("capacity", 1000), 15.0, now)
+    table = impl.RegistrationTable(limits.pop("capacity", 1000), 15.0, now)
     lim = Limits(
         max_peers=limits.pop("max_peers", 1000),
         max_peers_per_room=limits.pop("max_peers_per_room", 100),
@@ -161,7 +161,7 @@ def test_heartbeat_ack_unknown_and_rebinding(impl):
     bogus = wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, b"\0\0\0\x09" + bytes(8)))
     net.send(bogus, ("203.0.113.66", 1), 1009.0)
     (reply,) = net.take(("203.0.113.66", 1))
-    assert reply.type is MsgType.UNKNOWN_SESSION and len(wire.encode(reply)) <= len(bogus)
+    assert reply.type is MsgType.UNKNOWN_TOKEN and len(wire.encode(reply)) <= len(bogus)
 
 
 def test_expiry_exactly_at_timeout_announced_to_room(impl):
@@ -201,7 +201,7 @@ def test_disconnect_is_acked_and_announced(impl):
     assert net.take(b.addr) == []
 
 
-def test_restart_means_unknown_session_then_reregister(impl):
+def test_restart_means_unknown_token_then_reregister(impl):
     net = make(impl)
     a = Client(net, ("203.0.113.5", 4000), "a")
     a.register(1000.0)
@@ -210,12 +210,12 @@ def test_restart_means_unknown_session_then_reregister(impl):
     a.net = restarted
     restarted.send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, old)), a.addr, 2001.0)
     (reply,) = restarted.take(a.addr)
-    assert reply.type is MsgType.UNKNOWN_SESSION and reply.token == old
+    assert reply.type is MsgType.UNKNOWN_TOKEN and reply.token == old
     reg, _ = a.register(2001.5)
     assert isinstance(reg, wire.Registered) and reg.token != old
 
 
-def test_reregistering_replaces_the_old_session(impl):
+def test_reregistering_replaces_the_old_registration(impl):
     net = make(impl)
     key = os.urandom(32)
     a1 = Client(net, ("203.0.113.5", 4000), "a", key=key)
@@ -288,7 +288,7 @@ def test_joins_in_one_batch_are_coalesced_per_room(impl):
     assert net.machine.flush_announcements() == []
 
 
-def test_retried_register_keeps_the_session(impl):
+def test_retried_register_keeps_the_registration(impl):
     net = make(impl)
     key = os.urandom(32)
     a = Client(net, ("203.0.113.5", 4000), "a", key=key)
@@ -301,5 +301,5 @@ def test_retried_register_keeps_the_session(impl):
     assert [e.name for e in rest[0].peers] == ["b"]
     assert net.take(b.addr) == []  # nothing new to announce
     assert net.machine.stats["register.duplicate"] == 1
-    net.tick(1023.999)  # the retry refreshed the session: not expired at 1000 + 15
+    net.tick(1023.999)  # the retry refreshed the registration: not expired at 1000 + 15
     assert net.machine.table.lookup(reg1.token) >= 0

@@ -29,7 +29,7 @@ REFERENCE = {
     "HEADER_SIZE": W.HEADER_SIZE_bytes,
     "T_HEARTBEAT": W.T_HEARTBEAT,
     "T_HEARTBEAT_ACK": W.T_HEARTBEAT_ACK,
-    "T_UNKNOWN_SESSION": W.T_UNKNOWN_SESSION,
+    "T_UNKNOWN_TOKEN": W.T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": W.FLAG_ACK_REQUESTED,
     "HEARTBEAT_SIZE": W.HEARTBEAT_SIZE_bytes,
     "TOKEN_SIZE": W.TOKEN_SIZE_bytes,
@@ -126,7 +126,7 @@ def card(n: int, long: bool = False) -> bytes:
 
 
 def test_token_layout(module):
-    table = module.SessionTable(10, 15.0, 0.0)
+    table = module.RegistrationTable(10, 15.0, 0.0)
     slots = [table.add(ROOM, TAG, bytes([n + 1]) * W.TOKEN_SECRET_SIZE_bytes, card(n), ("127.0.0.1", n + 1), 0.0)
                     for n in range(3)]
     for n, slot in enumerate(slots):
@@ -140,7 +140,7 @@ def test_token_layout(module):
 @pytest.mark.parametrize("long", [False, True], ids=["inline", "spilled"])
 def test_table_entries_equal_the_reference(module, addr, long):
     assert (len(card(5, long)) > C.INLINE_CARD_bytes) == long
-    table = module.SessionTable(10, 15.0, 0.0)
+    table = module.RegistrationTable(10, 15.0, 0.0)
     slot = table.add(ROOM, TAG, b"s" * W.TOKEN_SECRET_SIZE_bytes, card(5, long), addr, 0.0)
     assert table.entry(slot) == control.entry_from_card(card(5, long), addr)
     assert table.wire_endpoint(slot) == control.encode_endpoint(addr)
@@ -159,7 +159,7 @@ def test_reference_heartbeats_are_answered_in_the_reference_format(module):
         server.setblocking(False)
         client.bind(("127.0.0.1", 0))
         client.settimeout(2.0)
-        table = module.SessionTable(10, 15.0, 0.0)
+        table = module.RegistrationTable(10, 15.0, 0.0)
         slot = table.add(ROOM, TAG, b"k" * W.TOKEN_SECRET_SIZE_bytes, card(1), client.getsockname(), 0.0)
         token = table.token(slot)
         unknown = (slot + 1).to_bytes(W.TOKEN_INDEX_SIZE_bytes, "big") + b"z" * W.TOKEN_SECRET_SIZE_bytes
@@ -186,7 +186,7 @@ def test_reference_heartbeats_are_answered_in_the_reference_format(module):
             replies.append(control.decode(data))
         assert sorted(replies, key=lambda m: m.type) == [
             control.TokenMessage(MsgType.HEARTBEAT_ACK, token),
-            control.TokenMessage(MsgType.UNKNOWN_SESSION, unknown),
+            control.TokenMessage(MsgType.UNKNOWN_TOKEN, unknown),
         ]
         assert table.expire(24.999) == [] and table.expire(25.0) == [slot]  # the heartbeat at 10 s counted
     finally:

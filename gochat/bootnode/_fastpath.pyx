@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Bootnode per-packet work in C: the session table with its timing wheel, batched
+"""Bootnode per-packet work in C: the registration table with its timing wheel, batched
 receive (recvmmsg) with heartbeats handled without touching Python, batched send
 (sendmmsg). Policy-free: limits, cookies and announcements live in rendezvous.py.
 
@@ -74,7 +74,7 @@ cdef enum:
     HEADER_SIZE = 4            # wire: HEADER_SIZE_bytes
     T_HEARTBEAT = 0x05         # wire: T_HEARTBEAT
     T_HEARTBEAT_ACK = 0x06     # wire: T_HEARTBEAT_ACK
-    T_UNKNOWN_SESSION = 0x07   # wire: T_UNKNOWN_SESSION
+    T_UNKNOWN_TOKEN = 0x07     # wire: T_UNKNOWN_TOKEN
     FLAG_ACK_REQUESTED = 0x01  # wire: FLAG_ACK_REQUESTED
     TOKEN_INDEX_SIZE = 4       # wire: TOKEN_INDEX_SIZE_bytes
     TOKEN_SECRET_SIZE = 8      # wire: TOKEN_SECRET_SIZE_bytes
@@ -124,7 +124,7 @@ CONSTANTS = {
     "HEADER_SIZE": HEADER_SIZE,
     "T_HEARTBEAT": T_HEARTBEAT,
     "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
-    "T_UNKNOWN_SESSION": T_UNKNOWN_SESSION,
+    "T_UNKNOWN_TOKEN": T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE,
     "TOKEN_SIZE": TOKEN_SIZE,
@@ -156,8 +156,8 @@ cdef inline uint64_t mix64(uint64_t x):
     return x
 
 
-cdef class SessionTable:
-    """Sessions in fixed-size slots, addressed directly by the token's slot index;
+cdef class RegistrationTable:
+    """Registrations in fixed-size slots, addressed directly by the token's slot index;
     expiry by a timing wheel whose per-slot lists stay sorted by deadline, so one
     expire() costs O(expired + wheel slots crossed)."""
 
@@ -394,7 +394,7 @@ cdef class SessionTable:
         self.cursor = target
         return out
 
-    # --- sessions -------------------------------------------------------------------
+    # --- registrations --------------------------------------------------------------
 
     cdef inline int32_t _index_of(self, const uint8_t *token) noexcept:
         cdef uint32_t idx = (<uint32_t>token[0] << 24) | (<uint32_t>token[1] << 16) | (<uint32_t>token[2] << 8) | token[3]
@@ -407,7 +407,7 @@ cdef class SessionTable:
         return <int32_t>idx
 
     def add(self, bytes room_id, bytes room_tag, bytes secret, bytes card, tuple addr, double now):
-        """Create a session; returns its slot. Raises TableFull when no slot is free."""
+        """Create a registration; returns its slot. Raises TableFull when no slot is free."""
         cdef int32_t i, r
         cdef Slot *s
         if len(room_id) != ROOM_ID_SIZE or len(room_tag) != ROOM_TAG_SIZE or len(secret) != TOKEN_SECRET_SIZE:
@@ -422,7 +422,7 @@ cdef class SessionTable:
             i = self.high
             self.high += 1
         else:
-            raise TableFull(f"session table full ({self.capacity} sessions)")
+            raise TableFull(f"registration table full ({self.capacity} registrations)")
         r = self._room_for_add(<const uint8_t *>PyBytes_AS_STRING(room_id), <const uint8_t *>PyBytes_AS_STRING(room_tag))
         s = &self.slots[i]
         memcpy(&s.secret, PyBytes_AS_STRING(secret), TOKEN_SECRET_SIZE)
@@ -451,11 +451,11 @@ cdef class SessionTable:
 
     cdef int _check(self, int32_t i) except -1:
         if i < 0 or i >= self.high or self.slots[i].secret == 0:
-            raise KeyError(f"no session in slot {i}")
+            raise KeyError(f"no registration in slot {i}")
         return 0
 
     def remove(self, int32_t i):
-        """Free a session (also one handed out by expire())."""
+        """Free a registration (also one handed out by expire())."""
         self._check(i)
         cdef Slot *s = &self.slots[i]
         cdef int32_t r = s.room
@@ -489,7 +489,7 @@ cdef class SessionTable:
         return PyBytes_FromStringAndSize(<char *>t, TOKEN_SIZE)
 
     def lookup(self, bytes token):
-        """Slot of a live session token, or -1."""
+        """Slot of a live registration token, or -1."""
         if len(token) != TOKEN_SIZE:
             return -1
         return self._index_of(<const uint8_t *>PyBytes_AS_STRING(token))
@@ -519,7 +519,7 @@ cdef class SessionTable:
         return PyBytes_FromStringAndSize(<char *>(self.cards + <size_t>i * CARD_CELL), self.slots[i].card_len)
 
     def wire_endpoint(self, int32_t i):
-        """The session's public endpoint in wire form (family, address, port)."""
+        """The registration's public endpoint in wire form (family, address, port)."""
         self._check(i)
         cdef uint8_t out[19]
         cdef Slot *s = &self.slots[i]
@@ -537,7 +537,7 @@ cdef class SessionTable:
         return PyBytes_FromStringAndSize(<char *>out, k + 2)
 
     def entry(self, int32_t i):
-        """The wire PeerEntry of a session: its card with the current public endpoint
+        """The wire PeerEntry of a registration: its card with the current public endpoint
         put first among the endpoints (see wire.entry_from_card)."""
         self._check(i)
         cdef bytes spilled
@@ -727,7 +727,7 @@ cdef class FastPath:
     cdef int fd
     cdef int family
     cdef object sock
-    cdef SessionTable table
+    cdef RegistrationTable table
     cdef _Batch rx
     cdef _Batch tx
     cdef int tx_count
@@ -736,7 +736,7 @@ cdef class FastPath:
     cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_rebinds, c_passed
     cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
 
-    def __cinit__(self, sock, SessionTable table, int batch_size=BATCH_SIZE):
+    def __cinit__(self, sock, RegistrationTable table, int batch_size=BATCH_SIZE):
         self.sock = sock
         self.fd = sock.fileno()
         self.family = sock.family
@@ -752,7 +752,7 @@ cdef class FastPath:
             "received": self.c_received,
             "heartbeats": self.c_heartbeats,
             "heartbeat_acks": self.c_acks,
-            "unknown_session": self.c_unknown,
+            "unknown_token": self.c_unknown,
             "rebinds": self.c_rebinds,
             "passed_to_python": self.c_passed,
             "sent": self.c_sent,
@@ -796,7 +796,7 @@ cdef class FastPath:
         cdef uint8_t key[16]
         cdef uint16_t port
         cdef Slot *s
-        cdef SessionTable t = self.table
+        cdef RegistrationTable t = self.table
         cdef uint32_t now_ms = t._clock(now)
         cdef list others = []
         for i in range(self.batch_size):
@@ -817,7 +817,7 @@ cdef class FastPath:
                 idx = t._index_of(p + HEADER_SIZE)
                 if idx == NONE:
                     self.c_unknown += 1
-                    self._queue_reply(i, T_UNKNOWN_SESSION)
+                    self._queue_reply(i, T_UNKNOWN_TOKEN)
                     continue
                 self.c_heartbeats += 1
                 t._touch(idx, now_ms)
@@ -858,7 +858,7 @@ cdef class FastPath:
     def send_to_room(self, bytes room_id, bytes data, int exclude_slot=-1):
         """Queue one datagram for every member of a room (but exclude_slot), straight
         from the table: no Python object per recipient. Returns how many were queued."""
-        cdef SessionTable t = self.table
+        cdef RegistrationTable t = self.table
         cdef int32_t r, i
         cdef int k, queued = 0
         cdef socklen_t alen

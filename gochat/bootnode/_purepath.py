@@ -21,7 +21,7 @@ from gochat.wire.constants import (
     ROOM_TAG_SIZE_bytes,
     T_HEARTBEAT,
     T_HEARTBEAT_ACK,
-    T_UNKNOWN_SESSION,
+    T_UNKNOWN_TOKEN,
     TOKEN_INDEX_SIZE_bytes,
     TOKEN_SECRET_SIZE_bytes,
     TOKEN_SIZE_bytes,
@@ -46,7 +46,7 @@ CONSTANTS = {
     "HEADER_SIZE": HEADER_SIZE_bytes,
     "T_HEARTBEAT": T_HEARTBEAT,
     "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
-    "T_UNKNOWN_SESSION": T_UNKNOWN_SESSION,
+    "T_UNKNOWN_TOKEN": T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE_bytes,
     "TOKEN_SIZE": TOKEN_SIZE_bytes,
@@ -63,7 +63,7 @@ CONSTANTS = {
 
 
 class TableFull(Exception):
-    """No free slot: the table holds ``capacity`` sessions."""
+    """No free slot: the table holds ``capacity`` registrations."""
 
 
 def _ms_of(now: float) -> int:
@@ -75,12 +75,12 @@ def _after_or_equal(a: int, b: int) -> bool:
     return ((a - b) & _U32) < 0x80000000
 
 
-class _Session:
+class _Registration:
     __slots__ = ("secret", "addr", "port", "last_ms", "room_id", "card", "expiring")
 
 
-class SessionTable:
-    """Sessions addressed by the token's slot index; expiry by a timing wheel whose
+class RegistrationTable:
+    """Registrations addressed by the token's slot index; expiry by a timing wheel whose
     buckets stay sorted by deadline (see the Cython version for the reasoning)."""
 
     def __init__(self, capacity: int, timeout_s: float, now: float) -> None:
@@ -89,7 +89,7 @@ class SessionTable:
         if not (0 < timeout_s <= 86400):
             raise ValueError("timeout_s must be in (0, 86400]")
         self.capacity = capacity
-        self._slots: List[Optional[_Session]] = []
+        self._slots: List[Optional[_Registration]] = []
         self._free: List[int] = []
         self._timeout_ms = int(timeout_s * 1000.0)
         ticks = (self._timeout_ms >> TICK_SHIFT) + 2
@@ -116,13 +116,13 @@ class SessionTable:
             self._last_ms = t
         return self._last_ms
 
-    def _bucket(self, s: _Session) -> int:
+    def _bucket(self, s: _Registration) -> int:
         return (((s.last_ms + self._timeout_ms) & _U32) >> TICK_SHIFT) & self._wheel_mask
 
-    def _link(self, i: int, s: _Session) -> None:
+    def _link(self, i: int, s: _Registration) -> None:
         self._wheel.setdefault(self._bucket(s), {})[i] = None
 
-    def _unlink(self, i: int, s: _Session) -> None:
+    def _unlink(self, i: int, s: _Registration) -> None:
         b = self._bucket(s)
         del self._wheel[b][i]
         if not self._wheel[b]:
@@ -189,8 +189,8 @@ class SessionTable:
             i = len(self._slots)
             self._slots.append(None)
         else:
-            raise TableFull(f"session table full ({self.capacity} sessions)")
-        s = _Session()
+            raise TableFull(f"registration table full ({self.capacity} registrations)")
+        s = _Registration()
         s.secret = secret if secret != _NO_SECRET else (1).to_bytes(TOKEN_SECRET_SIZE_bytes, "little")
         s.addr, s.port = key, port
         s.last_ms = self._clock(now)
@@ -203,10 +203,10 @@ class SessionTable:
         self._used += 1
         return i
 
-    def _get(self, i: int) -> _Session:
+    def _get(self, i: int) -> _Registration:
         s = self._slots[i] if 0 <= i < len(self._slots) else None
         if s is None:
-            raise KeyError(f"no session in slot {i}")
+            raise KeyError(f"no registration in slot {i}")
         return s
 
     def remove(self, i: int) -> None:
@@ -284,7 +284,7 @@ class SessionTable:
 class FastPath:
     """Same contract as the Cython FastPath, one recvfrom/sendto per datagram."""
 
-    def __init__(self, sock: socket.socket, table: SessionTable, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(self, sock: socket.socket, table: RegistrationTable, batch_size: int = BATCH_SIZE) -> None:
         self._sock = sock
         self._family = sock.family
         self._table = table
@@ -292,7 +292,7 @@ class FastPath:
         self.drained = True
         self._queue: list = []
         self._c = dict.fromkeys(
-            ("received", "heartbeats", "heartbeat_acks", "unknown_session", "rebinds",
+            ("received", "heartbeats", "heartbeat_acks", "unknown_token", "rebinds",
              "passed_to_python", "sent", "send_errors", "recv_errors", "batches"), 0)
 
     @property
@@ -328,8 +328,8 @@ class FastPath:
                 token = data[HEADER_SIZE_bytes:_TOKEN_END]
                 i = t._index_of(token)
                 if i < 0:
-                    self._c["unknown_session"] += 1
-                    replies.append((data[:2] + bytes([T_UNKNOWN_SESSION, 0]) + token, addr))
+                    self._c["unknown_token"] += 1
+                    replies.append((data[:2] + bytes([T_UNKNOWN_TOKEN, 0]) + token, addr))
                     continue
                 self._c["heartbeats"] += 1
                 t._touch(i, now_ms)

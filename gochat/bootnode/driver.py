@@ -32,7 +32,7 @@ class TickStats:
 
     ticks: int = 0
     last_tick_ms: float = 0.0
-    largest_expired: int = 0          # most sessions expired by one tick
+    largest_expired: int = 0          # most registrations expired by one tick
     largest_tick_ms: float = 0.0      # duration of that tick (wheel work only)
     largest_announce_ms: float = 0.0  # announcing and removing them
     last_join_ms: float = 0.0         # handling of the latest register, fan-out included
@@ -76,7 +76,7 @@ class Bootnode:
         self.sock = _make_socket(config.listen, config.recv_buffer_bytes)
         self.address = self.sock.getsockname()
         now = time.monotonic()
-        self.table = fastpath.SessionTable(config.limits.max_peers, config.peer_timeout_s, now)
+        self.table = fastpath.RegistrationTable(config.limits.max_peers, config.peer_timeout_s, now)
         self.fast = fastpath.FastPath(self.sock, self.table, config.batch_size)
         self.machine = Rendezvous(
             self.table,

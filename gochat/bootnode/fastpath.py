@@ -23,10 +23,10 @@ else:
         impl = pure
         IMPLEMENTATION = "pure-python"
 
-SessionTable = impl.SessionTable
+RegistrationTable = impl.RegistrationTable
 FastPath = impl.FastPath
 TableFull = impl.TableFull
 send_records = impl.send_records
 recv_batch = impl.recv_batch
 
-__all__ = ["SessionTable", "FastPath", "TableFull", "send_records", "recv_batch", "IMPLEMENTATION", "pure"]
+__all__ = ["RegistrationTable", "FastPath", "TableFull", "send_records", "recv_batch", "IMPLEMENTATION", "pure"]

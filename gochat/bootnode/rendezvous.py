@@ -41,7 +41,7 @@ class Send(NamedTuple):
 
 
 class SendToRoom(NamedTuple):
-    """Send ``data`` to every member of ``room_id`` except the session in ``exclude_slot``."""
+    """Send ``data`` to every member of ``room_id`` except the registration in ``exclude_slot``."""
 
     room_id: bytes
     data: bytes
@@ -112,7 +112,7 @@ class Rendezvous:
         return self.announce_expired(self.collect_expired(now))
 
     def collect_expired(self, now: float) -> List[int]:
-        """Sessions silent for the peer timeout (the timing-wheel tick on its own, so a
+        """Registrations silent for the peer timeout (the timing-wheel tick on its own, so a
         driver can measure it)."""
         return self.table.expire(now)
 
@@ -129,7 +129,7 @@ class Rendezvous:
             self.table.remove(i)
         self.stats["expired"] += len(slots)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("expired %d sessions", len(slots))
+            log.debug("expired %d registrations", len(slots))
         return actions
 
     # --- handlers ----------------------------------------------------------------------
@@ -152,7 +152,7 @@ class Rendezvous:
         )
         if duplicate:
             # A retried register whose reply was lost: same key, endpoint and card. The
-            # session stands (same token); the reply and the peer list are sent again.
+            # registration stands (same token); the reply and the peer list are sent again.
             slot = previous
             tag = table.room_tag(msg.room_id)
             table.touch(table.token(slot), addr, now)
@@ -160,7 +160,7 @@ class Rendezvous:
         else:
             if previous >= 0:
                 # Same key in the same room from elsewhere, or with a new card: a restarted
-                # or moved client. The new session replaces the old; members see a join.
+                # or moved client. The new registration replaces the old; members see a join.
                 table.remove(previous)
                 self.stats["register.replaced"] += 1
             if table.room_size(msg.room_id) >= self.limits.max_peers_per_room:
@@ -222,7 +222,7 @@ class Rendezvous:
         status = self.table.touch(msg.token, addr, now)
         if status == 0:
             self.stats["heartbeat.unknown"] += 1
-            return [Send(wire.encode(wire.TokenMessage(MsgType.UNKNOWN_SESSION, msg.token)), addr)]
+            return [Send(wire.encode(wire.TokenMessage(MsgType.UNKNOWN_TOKEN, msg.token)), addr)]
         self.stats["heartbeat.slow_path"] += 1
         if status == 2:
             self.stats["heartbeat.rebind"] += 1
@@ -240,7 +240,7 @@ class Rendezvous:
             self.stats["disconnected"] += 1
         else:
             self.stats["disconnect.unknown"] += 1
-        # Acknowledged either way (a retransmitted disconnect finds the session gone);
+        # Acknowledged either way (a retransmitted disconnect finds the registration gone);
         # the ack is exactly as large as the request.
         actions.append(Send(wire.encode(wire.TokenMessage(MsgType.DISCONNECT_ACK, msg.token)), addr))
         return actions

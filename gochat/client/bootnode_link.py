@@ -22,7 +22,7 @@ from gochat.wire import control as wire
 from gochat.wire.control import FLAG_ACK_REQUESTED, MsgType, RefuseReason
 from gochat.wire.endpoints import format_endpoint
 
-_REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_SESSION, MsgType.DISCONNECT_ACK)
+_REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_TOKEN, MsgType.DISCONNECT_ACK)
 
 
 
@@ -164,7 +164,7 @@ class BootnodeLink:
             if self._heartbeat_sent is not None:
                 self.rtt = now - self._heartbeat_sent
                 self._heartbeat_sent = None
-        elif msg.type is MsgType.UNKNOWN_SESSION and self.state == REGISTERED:
+        elif msg.type is MsgType.UNKNOWN_TOKEN and self.state == REGISTERED:
             # The bootnode forgot us (restarted, or we were silent too long): register anew.
             self.last_answer = now
             self.state = REGISTERING

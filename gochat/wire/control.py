@@ -53,7 +53,7 @@ class MsgType(enum.IntEnum):
     REFUSED = C.T_REFUSED
     HEARTBEAT = C.T_HEARTBEAT
     HEARTBEAT_ACK = C.T_HEARTBEAT_ACK
-    UNKNOWN_SESSION = C.T_UNKNOWN_SESSION
+    UNKNOWN_TOKEN = C.T_UNKNOWN_TOKEN
     DISCONNECT = C.T_DISCONNECT
     DISCONNECT_ACK = C.T_DISCONNECT_ACK
     PEER_LIST = C.T_PEER_LIST
@@ -144,7 +144,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class TokenMessage:
-    """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_SESSION, DISCONNECT, DISCONNECT_ACK: a token."""
+    """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_TOKEN, DISCONNECT, DISCONNECT_ACK: a token."""
 
     type: MsgType
     token: bytes
@@ -185,7 +185,7 @@ TOKEN_TYPES = frozenset(
     {
         MsgType.HEARTBEAT,
         MsgType.HEARTBEAT_ACK,
-        MsgType.UNKNOWN_SESSION,
+        MsgType.UNKNOWN_TOKEN,
         MsgType.DISCONNECT,
         MsgType.DISCONNECT_ACK,
     }

@@ -1,6 +1,6 @@
 """Endpoint <-> fixed 16-byte address key conversions shared by both fast paths.
 
-The session table stores every endpoint as 16 address bytes (IPv4 as IPv4-mapped IPv6)
+The registration table stores every endpoint as 16 address bytes (IPv4 as IPv4-mapped IPv6)
 plus a port, so one slot layout serves IPv4, IPv6 and dual-stack sockets.
 """
 
