@@ -237,7 +237,7 @@ def test_a_clean_package_has_no_violations(tmp_path):
      3, "gochat.events", "gochat.bootnode"),
     ("gochat/bootnode/_fastpath.pyx", "from libc.stdint cimport uint8_t\ncimport gochat.frontends.ui\n",
      2, "gochat.frontends.ui", "gochat.bootnode"),
-    ("gochat/bootnode/_fastpath.pyx", "from ..client.room import (\n    ChatClient,\n)\n",
+    ("gochat/bootnode/_fastpath.pyx", "from ..client.room import (\n    RoomClient,\n)\n",
      1, "gochat.client.room", "gochat.bootnode"),
     # client -> bootnode, under a branch
     ("gochat/client/peer.py", "import sys\nif sys.platform:\n    import gochat.bootnode.driver as d\n",

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Tuple
 
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 from gochat import events as ev
-from gochat.client.room import ChatClient
+from gochat.client.room import RoomClient
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
 
@@ -83,7 +83,7 @@ class ClientDriver:
         self.sink = sink
         self.known = KnownPeers(identity.path.parent / "known_peers.json")
         self.loop = asyncio.get_running_loop()
-        self.machine: ChatClient  # set by start()
+        self.machine: RoomClient  # set by start()
         self.transport: Optional[asyncio.DatagramTransport] = None
         self._timer: Optional[asyncio.TimerHandle] = None
         self.finished = asyncio.Event()
@@ -104,7 +104,7 @@ class ClientDriver:
         self.port = sock.getsockname()[1]
         self.transport, _ = await self.loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         psk = room_psk(self.config.room, self.config.passphrase)
-        self.machine = ChatClient(
+        self.machine = RoomClient(
             static_private=self.identity.private_key, name=self.config.name, room=self.config.room, psk=psk,
             bootnode=bootnode, now=self.loop.time(),
             local_endpoints=local_endpoint_towards(family, bootnode, self.port),

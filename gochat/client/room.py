@@ -40,7 +40,9 @@ def prologue_for(room_id: bytes) -> bytes:
     return b"gochat peer v1\0" + room_id
 
 
-class ChatClient:
+class RoomClient:
+    """The client's machine for one room: the bootnode link and a Peer per member."""
+
     def __init__(self, *, static_private: bytes, name: str, room: str, psk: bytes, bootnode: Endpoint,
                  now: float, local_endpoints: Sequence[Endpoint] = (), peer_timeout: float = 15.0,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
