@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all run test test-fast test-pure bench system-deps wheel clean
+.PHONY: all run test test-fast test-pure lint bench system-deps wheel clean
 
 all: $(STAMP)
 
@@ -12,7 +12,7 @@ all: $(STAMP)
 $(STAMP): pyproject.toml setup.py gochat/bootnode/_fastpath.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	$(BIN)/python -c "import gochat.bootnode._fastpath"  # fail here, not in the tests, if it did not compile
 	touch $(STAMP)
 
@@ -31,6 +31,16 @@ test-fast: $(STAMP)
 # compiler get); the differential tests already run both in `make test`.
 test-pure: $(STAMP)
 	GOCHAT_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+
+# The gates CI runs before the tests: ruff (lint and format check) on the package, the
+# tests and the benchmarks, mypy on the package (settings in pyproject.toml). Every tool
+# runs, so one call shows all findings; it fails if any tool did.
+lint: $(STAMP)
+	@status=0; \
+	$(BIN)/ruff check gochat tests benchmarks || status=1; \
+	$(BIN)/ruff format --check gochat tests benchmarks || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 bench: $(STAMP)
 	mkdir -p bench-results

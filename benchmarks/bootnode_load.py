@@ -15,6 +15,7 @@ bounded in time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -29,12 +30,10 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 from gochat.bootnode import fastpath
-
-from gochat.wire import control as wire
 from gochat.bootnode.metrics import parse_exposition
+from gochat.wire import control as wire
 
 HB = struct.Struct("!BBBB")
 FANOUT_ROOM_SIZE = 1000
@@ -44,7 +43,7 @@ def room_id(n: int) -> bytes:
     return n.to_bytes(4, "big") + b"gochat-load-room"[:12]
 
 
-def scrape(url: str) -> Dict[str, float]:
+def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as r:
         return parse_exposition(r.read().decode())
 
@@ -59,13 +58,31 @@ class Bootnode:
     def __init__(self, pure: bool, peers: int, timeout_s: float) -> None:
         env = {**os.environ, "GOCHAT_PURE_PYTHON": "1" if pure else "0"}
         args = [
-            sys.executable, "-m", "gochat", "--mode", "bootnode", "--env-file", "",
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--max-peers", str(peers + FANOUT_ROOM_SIZE + 100),
-            "--max-peers-per-room", str(FANOUT_ROOM_SIZE + 10),
-            "--register-rate", "1e9", "--register-burst", "1000000000",
-            "--peer-timeout", f"{timeout_s}s", "--heartbeat-interval", f"{timeout_s / 3}s",
-            "--recv-buffer", str(32 * 1024 * 1024),
+            sys.executable,
+            "-m",
+            "gochat",
+            "--mode",
+            "bootnode",
+            "--env-file",
+            "",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--max-peers",
+            str(peers + FANOUT_ROOM_SIZE + 100),
+            "--max-peers-per-room",
+            str(FANOUT_ROOM_SIZE + 10),
+            "--register-rate",
+            "1e9",
+            "--register-burst",
+            "1000000000",
+            "--peer-timeout",
+            f"{timeout_s}s",
+            "--heartbeat-interval",
+            f"{timeout_s / 3}s",
+            "--recv-buffer",
+            str(32 * 1024 * 1024),
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))
@@ -88,7 +105,7 @@ class Bootnode:
         self.proc.kill()
         raise RuntimeError(f"bootnode did not start: {''.join(seen)}")
 
-    def metrics(self) -> Dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         return scrape(self.metrics_url)
 
     def stop(self) -> None:
@@ -105,8 +122,8 @@ class Generator:
 
     bootnode: tuple
     n_sockets: int
-    socks: List[socket.socket] = field(default_factory=list)
-    cookies: List[bytes] = field(default_factory=list)
+    socks: list[socket.socket] = field(default_factory=list)
+    cookies: list[bytes] = field(default_factory=list)
 
     def open(self) -> None:
         for _ in range(self.n_sockets):
@@ -123,7 +140,7 @@ class Generator:
             cookie = None
             for _ in range(20):
                 s.sendto(probe, self.bootnode)
-                ready, _, _ = select.select([s], [], [], 0.5)
+                select.select([s], [], [], 0.5)
                 for data, _ in fastpath.recv_batch(s, 64):
                     if data[2] == wire.MsgType.COOKIE:
                         cookie = data[8:24]
@@ -156,7 +173,7 @@ class Generator:
         return n
 
 
-def wait_until_idle(node: "Bootnode", gen: "Generator") -> None:
+def wait_until_idle(node: Bootnode, gen: Generator) -> None:
     """Until the bootnode has drained its socket (its receive counter stops moving)."""
     previous = -1.0
     for _ in range(200):
@@ -168,10 +185,18 @@ def wait_until_idle(node: "Bootnode", gen: "Generator") -> None:
         time.sleep(0.2)
 
 
-def register_peers(gen: Generator, first: int, count: int, room_size: int, tokens: Dict[int, bytes],
-                   keepalive, deadline_s: float, fixed_room: Optional[int] = None) -> float:
+def register_peers(
+    gen: Generator,
+    first: int,
+    count: int,
+    room_size: int,
+    tokens: dict[int, bytes],
+    keepalive,
+    deadline_s: float,
+    fixed_room: int | None = None,
+) -> float:
     """Register peers first..first+count-1 (peer i on socket i % K); returns seconds taken."""
-    pending: Dict[int, float] = {}
+    pending: dict[int, float] = {}
     todo = list(range(first, first + count))
     todo.reverse()
     window = 4096
@@ -189,12 +214,18 @@ def register_peers(gen: Generator, first: int, count: int, room_size: int, token
         rid = room_id(fixed_room if fixed_room is not None else 1 + i // room_size)
         local = b"\x01\x04\x0a" + (i & 0xFFFFFF).to_bytes(3, "big") + b"\x11\xc1"  # 1 local endpoint
         name = f"p{i}".encode()
-        msg = (HB.pack(0x47, 1, 0x01, 0) + gen.cookies[k] + i.to_bytes(4, "big") + rid
-               + i.to_bytes(32, "big") + bytes([len(name)]) + name + local)
-        try:
+        msg = (
+            HB.pack(0x47, 1, 0x01, 0)
+            + gen.cookies[k]
+            + i.to_bytes(4, "big")
+            + rid
+            + i.to_bytes(32, "big")
+            + bytes([len(name)])
+            + name
+            + local
+        )
+        with contextlib.suppress(BlockingIOError):
             gen.socks[k].sendto(msg, gen.bootnode)
-        except BlockingIOError:
-            pass
         pending[i] = time.perf_counter()
 
     while todo or pending:
@@ -219,9 +250,9 @@ def register_peers(gen: Generator, first: int, count: int, room_size: int, token
 class Heartbeats:
     """Heartbeat records per socket, sent with sendmmsg (send_records)."""
 
-    def __init__(self, gen: Generator, tokens: Dict[int, bytes], peers: List[int]) -> None:
+    def __init__(self, gen: Generator, tokens: dict[int, bytes], peers: list[int]) -> None:
         self.gen = gen
-        per: List[List[bytes]] = [[] for _ in gen.socks]
+        per: list[list[bytes]] = [[] for _ in gen.socks]
         for i in peers:
             per[i % len(gen.socks)].append(HB.pack(0x47, 1, 0x05, 0) + tokens[i])
         self.records = [b"".join(r) for r in per]
@@ -248,7 +279,9 @@ class Heartbeats:
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 for k in mine:
-                    sent += fastpath.send_records(self.gen.socks[k], self.gen.bootnode, self.records[k], 16, pos[k], 4096)
+                    sent += fastpath.send_records(
+                        self.gen.socks[k], self.gen.bootnode, self.records[k], 16, pos[k], 4096
+                    )
                     pos[k] = (pos[k] + 4096) % self.counts[k]
             counters[c].value = sent
 
@@ -266,20 +299,22 @@ class Heartbeats:
                 fastpath.send_records(s, self.gen.bootnode, self.records[k], 16, 0, self.counts[k])
 
 
-def run_one(pure: bool, args) -> Dict[str, float]:
+def run_one(pure: bool, args) -> dict[str, float]:
     label = "pure" if pure else "fast"
     # The fallback registers and heartbeats several times slower: its peer timeout must
     # cover the whole registration phase, or peers expire before the flood starts.
     timeout = max(args.timeout, args.peers / 5000) if pure else args.timeout
-    log(f"[{label}] starting bootnode ({'pure-Python fallback' if pure else 'Cython fast path'}, "
-        f"peer timeout {timeout:g}s)")
+    log(
+        f"[{label}] starting bootnode ({'pure-Python fallback' if pure else 'Cython fast path'}, "
+        f"peer timeout {timeout:g}s)"
+    )
     node = Bootnode(pure, args.peers, timeout)
     gen = Generator(node.addr, args.sockets)
     try:
         time.sleep(0.5)  # let the process settle before the RSS baseline
         m0 = node.metrics()
         gen.open()
-        tokens: Dict[int, bytes] = {}
+        tokens: dict[int, bytes] = {}
         n_main = args.peers
         last_sweep = [time.perf_counter()]
 
@@ -296,8 +331,10 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         registrations_per_s = accepted / t_reg
         reg_cpu_us = (m1["gochat_cpu_seconds"] - m0["gochat_cpu_seconds"]) / accepted * 1e6
         bytes_per_peer = (m1["gochat_rss_bytes"] - m0["gochat_rss_bytes"]) / n_main
-        log(f"[{label}] {accepted:.0f} registrations in {t_reg:.1f}s ({reg_cpu_us:.1f} us bootnode CPU each); "
-            f"RSS +{bytes_per_peer:.0f} B/peer")
+        log(
+            f"[{label}] {accepted:.0f} registrations in {t_reg:.1f}s ({reg_cpu_us:.1f} us bootnode CPU each); "
+            f"RSS +{bytes_per_peer:.0f} B/peer"
+        )
 
         expiring = list(range(n_main - max(1, n_main // 100), n_main))
         keep = list(range(0, n_main - len(expiring)))
@@ -305,8 +342,10 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         hb_expiring = Heartbeats(gen, tokens, expiring)
         hb_expiring.sweep()  # everyone fresh before the measured window
 
-        log(f"[{label}] heartbeat flood for {args.seconds}s from {len(gen.socks)} sockets, "
-            f"{args.generators} generator processes")
+        log(
+            f"[{label}] heartbeat flood for {args.seconds}s from {len(gen.socks)} sockets, "
+            f"{args.generators} generator processes"
+        )
         m2 = node.metrics()
         t0 = time.perf_counter()
         sent = 0
@@ -317,9 +356,11 @@ def run_one(pure: bool, args) -> Dict[str, float]:
         cpu = m3["gochat_cpu_seconds"] - m2["gochat_cpu_seconds"]
         unknown = m3["gochat_fast_unknown_token_total"] - m2["gochat_fast_unknown_token_total"]
         batches = m3["gochat_fast_batches_total"] - m2["gochat_fast_batches_total"]
-        log(f"[{label}] sent {sent}, bootnode processed {hbs:.0f} ({hbs / elapsed:,.0f}/s, "
+        log(
+            f"[{label}] sent {sent}, bootnode processed {hbs:.0f} ({hbs / elapsed:,.0f}/s, "
             f"{cpu / max(hbs, 1) * 1e6:.2f} us CPU each, {unknown:.0f} unknown, "
-            f"{hbs / max(batches, 1):.1f} datagrams per receive batch)")
+            f"{hbs / max(batches, 1):.1f} datagrams per receive batch)"
+        )
 
         log(f"[{label}] letting {len(expiring)} peers (1%) fall silent; others keep heartbeating")
         # Their last heartbeats, close together and just after a wheel-tick boundary of
@@ -342,8 +383,11 @@ def run_one(pure: bool, args) -> Dict[str, float]:
                 t0 = time.perf_counter()
         m4 = node.metrics()
         expired = m4.get("gochat_expired_total", 0) - expired0
-        log(f"[{label}] {expired:.0f} expired; largest tick expired {m4['gochat_tick_largest_expired']:.0f} "
-            f"in {m4['gochat_tick_largest_tick_ms']:.3f} ms (announcing them: {m4['gochat_tick_largest_announce_ms']:.1f} ms)")
+        log(
+            f"[{label}] {expired:.0f} expired; largest tick expired {m4['gochat_tick_largest_expired']:.0f} "
+            f"in {m4['gochat_tick_largest_tick_ms']:.3f} ms "
+            f"(announcing them: {m4['gochat_tick_largest_announce_ms']:.1f} ms)"
+        )
 
         log(f"[{label}] fan-out: building a room of {FANOUT_ROOM_SIZE} peers")
         base = 10_000_000
@@ -385,9 +429,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_path")
     p.add_argument("--room-size", type=int, default=10)
     p.add_argument("--sockets", type=int, default=4, help="source sockets of the generator")
-    p.add_argument("--generators", type=int, default=2,
-                   help="load generator processes: enough to saturate the bootnode, so its CPU per "
-                        "heartbeat is the per-packet cost and not wake-up overhead")
+    p.add_argument(
+        "--generators",
+        type=int,
+        default=2,
+        help="load generator processes: enough to saturate the bootnode, so its CPU per "
+        "heartbeat is the per-packet cost and not wake-up overhead",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="PEER_TIMEOUT of the bootnode under test")
     p.add_argument("--only", choices=["fast", "pure"], help="run one implementation")
     args = p.parse_args(argv)

@@ -25,8 +25,11 @@ def one_run(tmp: Path) -> tuple:
             try:
                 connected = [c.wait_event("peer_connected", timeout=30) for c in (alice, bob)]
                 joined = [c.wait_event("peer_joined", timeout=30) for c in (alice, bob)]
-                start = max(c.arrivals[id(e)] for c, e in zip((alice, bob), connected)) - t0
-                intro = max(c.arrivals[id(e)] - c.arrivals[id(j)] for c, e, j in zip((alice, bob), connected, joined))
+                start = max(c.arrivals[id(e)] for c, e in zip((alice, bob), connected, strict=True)) - t0
+                intro = max(
+                    c.arrivals[id(e)] - c.arrivals[id(j)]
+                    for c, e, j in zip((alice, bob), connected, joined, strict=True)
+                )
                 return start, intro
             finally:
                 alice.stop()
@@ -50,11 +53,21 @@ def main() -> None:
             runs.append(one_run(Path(tmp) / str(i)))
     start = statistics.median(r[0] for r in runs) * 1000
     intro = statistics.median(r[1] for r in runs) * 1000
-    print(f"NAT lab, port-restricted both sides, {args.runs} runs (medians): client start -> peer_connected "
-          f"{start:.0f} ms (process start-up included); bootnode introduction -> peer_connected {intro:.1f} ms")
+    print(
+        f"NAT lab, port-restricted both sides, {args.runs} runs (medians): client start -> peer_connected "
+        f"{start:.0f} ms (process start-up included); bootnode introduction -> peer_connected {intro:.1f} ms"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "start_to_connected_ms": round(start, 1),
-                                         "introduction_to_connected_ms": round(intro, 2)}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "start_to_connected_ms": round(start, 1),
+                    "introduction_to_connected_ms": round(intro, 2),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main() -> None:
                 text = f"m{i}"
                 sent[text] = time.monotonic()
                 alice.say(text)
-                time.sleep(args.gap_ms / 1000)   # pacing the load, not synchronisation
+                time.sleep(args.gap_ms / 1000)  # pacing the load, not synchronisation
             last = f"m{args.messages - 1}"
             bob.wait_for(lambda e: e.get("text") == last, timeout=60)
             lat = sorted((bob.arrivals[id(e)] - sent[e["text"]]) * 1000 for e in bob.kinds("message"))
@@ -43,10 +43,16 @@ def main() -> None:
             for c in (alice, bob):
                 c.stop()
             boot.stop()
-    result = {"messages": len(lat), "p50_ms": round(statistics.median(lat), 3),
-              "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3), "max_ms": round(lat[-1], 3)}
-    print(f"end-to-end latency over loopback, {result['messages']} messages: "
-          f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms")
+    result = {
+        "messages": len(lat),
+        "p50_ms": round(statistics.median(lat), 3),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
+        "max_ms": round(lat[-1], 3),
+    }
+    print(
+        f"end-to-end latency over loopback, {result['messages']} messages: "
+        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from gochat.wire import control as wire
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.rendezvous import Limits, Rendezvous
+from gochat.wire import control as wire
 from gochat.wire.control import MsgType
 
 TAG = b"T" * 8
@@ -35,7 +35,7 @@ def test_process_batch_64_heartbeats(benchmark, impl):
     server.bind(("127.0.0.1", 0))
     server.setblocking(False)
     clients = []
-    for k in range(4):
+    for _ in range(4):
         c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         c.bind(("127.0.0.1", 0))
         clients.append(c)
@@ -117,12 +117,20 @@ def test_register(benchmark, impl):
     jar = CookieJar(b"k" * 32)
     addr = ("127.0.0.1", 20000)
     cookie = jar.make(addr, 1.0)
-    msgs = [wire.encode(wire.Register(cookie, i, (i // 10).to_bytes(16, "big"), i.to_bytes(32, "big"), f"p{i}",
-                                      (("10.0.0.1", 4545),))) for i in range(n)]
+    msgs = [
+        wire.encode(
+            wire.Register(
+                cookie, i, (i // 10).to_bytes(16, "big"), i.to_bytes(32, "big"), f"p{i}", (("10.0.0.1", 4545),)
+            )
+        )
+        for i in range(n)
+    ]
 
     def setup():
         table = impl.RegistrationTable(n + 10, 15.0, 0.0)
-        m = Rendezvous(table, heartbeat_interval_s=10, peer_timeout_s=15, limits=Limits(n + 10, 100, 1e9, 10**9), cookies=jar)
+        m = Rendezvous(
+            table, heartbeat_interval_s=10, peer_timeout_s=15, limits=Limits(n + 10, 100, 1e9, 10**9), cookies=jar
+        )
         return (m,), {}
 
     def run(m):

@@ -3,9 +3,9 @@ encryption + decryption of one chat-sized message on an established session."""
 
 from __future__ import annotations
 
-from gochat.wire import data as pw
 from gochat.crypto.noise import HandshakeState, generate_private_key, public_key, room_psk
 from gochat.crypto.transport import TransportKeys
+from gochat.wire import data as pw
 
 PSK = room_psk("lobby", None)
 
@@ -28,7 +28,7 @@ def test_handshake(benchmark):
 def test_encrypt_decrypt(benchmark):
     k1, k2 = b"\x01" * 32, b"\x02" * 32
     sender, receiver = TransportKeys(k1, k2, 0.0), TransportKeys(k2, k1, 0.0)
-    frame = b"\x01" + bytes(16) + "a chat message of some eighty bytes, which is what people type".encode()
+    frame = b"\x01" + bytes(16) + b"a chat message of some eighty bytes, which is what people type"
 
     def roundtrip():
         counter, ct = sender.encrypt(frame, pw.transport_ad(7, sender.send_counter), 1.0)

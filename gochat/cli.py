@@ -6,20 +6,31 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__
 from gochat.config import SPECS, ConfigError, Settings, resolve
 
+from . import __version__
 
-def _options(func):
+if TYPE_CHECKING:
+    from gochat.crypto.identity import Identity
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options(func: F) -> F:
     for spec in reversed(SPECS):
         if spec.flag is None:
             continue
         func = click.option(
-            spec.flag, spec.field, default=None, metavar="VALUE",
+            spec.flag,
+            spec.field,
+            default=None,
+            metavar="VALUE",
             help=f"{spec.help} [env {spec.env}; default {spec.default or 'none'}]",
         )(func)
     return func
@@ -27,12 +38,23 @@ def _options(func):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_options
-@click.option("--env-file", "env_file", default=".env", show_default=True, metavar="PATH",
-              help="settings file read after the environment (never overrides it)")
-@click.option("--no-ui", "no_ui", is_flag=True, default=None,
-              help="client: line mode for scripts: stdin lines are messages, stdout JSON events [env NO_UI]")
+@click.option(
+    "--env-file",
+    "env_file",
+    default=".env",
+    show_default=True,
+    metavar="PATH",
+    help="settings file read after the environment (never overrides it)",
+)
+@click.option(
+    "--no-ui",
+    "no_ui",
+    is_flag=True,
+    default=None,
+    help="client: line mode for scripts: stdin lines are messages, stdout JSON events [env NO_UI]",
+)
 @click.version_option(__version__, "--version", prog_name="gochat")
-def main(env_file: str, **flags) -> None:
+def main(env_file: str, **flags: Any) -> None:
     """Peer-to-peer group chat over UDP: a bootnode introduces the peers of a room."""
     try:
         if flags.get("no_ui"):
@@ -47,7 +69,7 @@ def main(env_file: str, **flags) -> None:
     )
     if settings.mode == "bootnode":
         sys.exit(run_bootnode(settings))
-    sys.exit(run_client(settings))   # client and demo
+    sys.exit(run_client(settings))  # client and demo
 
 
 def run_client(settings: Settings) -> int:
@@ -62,7 +84,6 @@ def run_client(settings: Settings) -> int:
     except (IdentityError, OSError) as exc:
         click.echo(f"gochat: identity {path}: {exc}", err=True)
         return 1
-    assert settings.name is not None
     use_ui = not settings.no_ui
     if use_ui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         click.echo("gochat: not a terminal: running in line mode (--no-ui)", err=True)
@@ -70,7 +91,7 @@ def run_client(settings: Settings) -> int:
     if use_ui:
         _log_to_file(identity.path.parent / "gochat.log", settings.log_level)
 
-    async def front_end(config: ClientConfig, identity) -> int:
+    async def front_end(config: ClientConfig, identity: Identity) -> int:
         if use_ui:
             from gochat.frontends.ui import ChatApp
 
@@ -83,9 +104,17 @@ def run_client(settings: Settings) -> int:
 
             return await run_demo(identity, settings.name, front_end)
         assert settings.bootnode is not None and settings.room is not None
-        return await front_end(ClientConfig(
-            bootnode=settings.bootnode, room=settings.room, name=settings.name, port=settings.port,
-            passphrase=settings.passphrase or None, peer_timeout=settings.peer_timeout), identity)
+        return await front_end(
+            ClientConfig(
+                bootnode=settings.bootnode,
+                room=settings.room,
+                name=settings.name,
+                port=settings.port,
+                passphrase=settings.passphrase or None,
+                peer_timeout=settings.peer_timeout,
+            ),
+            identity,
+        )
 
     try:
         return asyncio.run(main())
@@ -97,8 +126,8 @@ def run_client(settings: Settings) -> int:
 def _log_to_file(path: Path, level: str) -> None:
     """The screen belongs to the UI: logs go to a file beside the identity."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     try:
         handler: logging.Handler = logging.FileHandler(path)
     except OSError:

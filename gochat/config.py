@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any
 
 from dotenv import dotenv_values
 
 from gochat import constants as C
 from gochat.wire.constants import MAX_NAME_bytes
 
-HostPort = Tuple[str, int]
+HostPort = tuple[str, int]
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,7 @@ def parse_listen(text: str) -> HostPort:
     return parse_host_port(text, allow_zero=True)
 
 
-def parse_host_port(text: str, default_port: Optional[int] = None, allow_zero: bool = False) -> HostPort:
+def parse_host_port(text: str, default_port: int | None = None, allow_zero: bool = False) -> HostPort:
     """'1.2.3.4:9595', '[::]:9595', 'example.org:9595', or a bare host when default_port."""
     text = text.strip()
     if not text:
@@ -128,7 +129,7 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def parse_optional_host_port(text: str) -> Optional[HostPort]:
+def parse_optional_host_port(text: str) -> HostPort | None:
     return parse_listen(text) if text.strip() else None
 
 
@@ -160,7 +161,7 @@ def parse_name(text: str) -> str:
     return name
 
 
-def parse_path(text: str) -> Optional[Path]:
+def parse_path(text: str) -> Path | None:
     return Path(text).expanduser() if text.strip() else None
 
 
@@ -180,51 +181,137 @@ def default_name(environ: Mapping[str, str]) -> str:
 class Spec:
     field: str
     env: str
-    flag: Optional[str]
-    default: Optional[str]
+    flag: str | None
+    default: str | None
     parse: Callable[[str], Any]
     help: str
 
 
-SPECS: Tuple[Spec, ...] = (
-    Spec("mode", "MODE", "--mode", "client", parse_choice("bootnode", "client", "demo"),
-         "bootnode (rendezvous server), client, or demo (bootnode, echo bot and you, in one process)"),
-    Spec("listen", "LISTEN", "--listen", C.DEFAULT_LISTEN, parse_listen,
-         "bootnode: UDP address to listen on, HOST:PORT ([::]:9595 for IPv6)"),
-    Spec("bootnode_udp_port", "BOOTNODE_UDP_PORT", None, str(C.DEFAULT_BOOTNODE_UDP_PORT), parse_port,
-         "client: bootnode port used when BOOTNODE has none"),
-    Spec("bootnode", "BOOTNODE", "--bootnode", None, parse_text,
-         "client: bootnode address, HOST[:PORT]"),
+SPECS: tuple[Spec, ...] = (
+    Spec(
+        "mode",
+        "MODE",
+        "--mode",
+        "client",
+        parse_choice("bootnode", "client", "demo"),
+        "bootnode (rendezvous server), client, or demo (bootnode, echo bot and you, in one process)",
+    ),
+    Spec(
+        "listen",
+        "LISTEN",
+        "--listen",
+        C.DEFAULT_LISTEN,
+        parse_listen,
+        "bootnode: UDP address to listen on, HOST:PORT ([::]:9595 for IPv6)",
+    ),
+    Spec(
+        "bootnode_udp_port",
+        "BOOTNODE_UDP_PORT",
+        None,
+        str(C.DEFAULT_BOOTNODE_UDP_PORT),
+        parse_port,
+        "client: bootnode port used when BOOTNODE has none",
+    ),
+    Spec("bootnode", "BOOTNODE", "--bootnode", None, parse_text, "client: bootnode address, HOST[:PORT]"),
     Spec("room", "ROOM", "--room", None, parse_text, "client: room to join"),
-    Spec("port", "LOCAL_UDP_PORT", "--port", str(C.DEFAULT_LOCAL_UDP_PORT),
-         lambda text: parse_port(text, allow_zero=True), "client: local UDP port (0: any free port)"),
+    Spec(
+        "port",
+        "LOCAL_UDP_PORT",
+        "--port",
+        str(C.DEFAULT_LOCAL_UDP_PORT),
+        lambda text: parse_port(text, allow_zero=True),
+        "client: local UDP port (0: any free port)",
+    ),
     Spec("name", "NAME", "--name", None, parse_name, "client: display name (default: the login name)"),
-    Spec("identity", "IDENTITY_FILE", "--identity", "", parse_path,
-         "client: identity key file (default: $XDG_DATA_HOME/gochat/identity)"),
-    Spec("passphrase", "ROOM_PASSPHRASE", "--passphrase", "", parse_text,
-         "client: room passphrase; peers need the same one (prefer the environment: flags show in ps)"),
+    Spec(
+        "identity",
+        "IDENTITY_FILE",
+        "--identity",
+        "",
+        parse_path,
+        "client: identity key file (default: $XDG_DATA_HOME/gochat/identity)",
+    ),
+    Spec(
+        "passphrase",
+        "ROOM_PASSPHRASE",
+        "--passphrase",
+        "",
+        parse_text,
+        "client: room passphrase; peers need the same one (prefer the environment: flags show in ps)",
+    ),
     Spec("no_ui", "NO_UI", None, "false", parse_bool, "client: line mode, JSON events on stdout"),
-    Spec("heartbeat_interval", "HEARTBEAT_INTERVAL", "--heartbeat-interval",
-         f"{C.DEFAULT_HEARTBEAT_INTERVAL_s:g}s", parse_duration,
-         "how often clients send heartbeats (the bootnode tells clients its value)"),
-    Spec("peer_timeout", "PEER_TIMEOUT", "--peer-timeout", f"{C.DEFAULT_PEER_TIMEOUT_s:g}s", parse_duration,
-         "silence after which a peer is dropped and announced as left"),
-    Spec("max_peers", "MAX_PEERS", "--max-peers", str(C.DEFAULT_MAX_PEERS), parse_positive_int,
-         "bootnode: registrations held in total"),
-    Spec("max_peers_per_room", "MAX_PEERS_PER_ROOM", "--max-peers-per-room",
-         str(C.DEFAULT_MAX_PEERS_PER_ROOM), parse_positive_int, "bootnode: registrations per room"),
-    Spec("register_rate", "REGISTER_RATE_PER_IP", "--register-rate",
-         f"{C.DEFAULT_REGISTER_RATE_PER_IP:g}", parse_positive_float,
-         "bootnode: registrations per second allowed from one source IP"),
-    Spec("register_burst", "REGISTER_BURST_PER_IP", "--register-burst",
-         str(C.DEFAULT_REGISTER_BURST_PER_IP), parse_positive_int,
-         "bootnode: burst of registrations allowed from one source IP"),
-    Spec("recv_buffer", "RECV_BUFFER_BYTES", "--recv-buffer", str(C.DEFAULT_RECV_BUFFER_bytes),
-         parse_positive_int, "bootnode: socket receive buffer (SO_RCVBUF) in bytes"),
-    Spec("metrics_listen", "METRICS_LISTEN", "--metrics-listen", "", parse_optional_host_port,
-         "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)"),
-    Spec("log_level", "LOG_LEVEL", "--log-level", "info",
-         parse_choice("debug", "info", "warning", "error"), "log verbosity"),
+    Spec(
+        "heartbeat_interval",
+        "HEARTBEAT_INTERVAL",
+        "--heartbeat-interval",
+        f"{C.DEFAULT_HEARTBEAT_INTERVAL_s:g}s",
+        parse_duration,
+        "how often clients send heartbeats (the bootnode tells clients its value)",
+    ),
+    Spec(
+        "peer_timeout",
+        "PEER_TIMEOUT",
+        "--peer-timeout",
+        f"{C.DEFAULT_PEER_TIMEOUT_s:g}s",
+        parse_duration,
+        "silence after which a peer is dropped and announced as left",
+    ),
+    Spec(
+        "max_peers",
+        "MAX_PEERS",
+        "--max-peers",
+        str(C.DEFAULT_MAX_PEERS),
+        parse_positive_int,
+        "bootnode: registrations held in total",
+    ),
+    Spec(
+        "max_peers_per_room",
+        "MAX_PEERS_PER_ROOM",
+        "--max-peers-per-room",
+        str(C.DEFAULT_MAX_PEERS_PER_ROOM),
+        parse_positive_int,
+        "bootnode: registrations per room",
+    ),
+    Spec(
+        "register_rate",
+        "REGISTER_RATE_PER_IP",
+        "--register-rate",
+        f"{C.DEFAULT_REGISTER_RATE_PER_IP:g}",
+        parse_positive_float,
+        "bootnode: registrations per second allowed from one source IP",
+    ),
+    Spec(
+        "register_burst",
+        "REGISTER_BURST_PER_IP",
+        "--register-burst",
+        str(C.DEFAULT_REGISTER_BURST_PER_IP),
+        parse_positive_int,
+        "bootnode: burst of registrations allowed from one source IP",
+    ),
+    Spec(
+        "recv_buffer",
+        "RECV_BUFFER_BYTES",
+        "--recv-buffer",
+        str(C.DEFAULT_RECV_BUFFER_bytes),
+        parse_positive_int,
+        "bootnode: socket receive buffer (SO_RCVBUF) in bytes",
+    ),
+    Spec(
+        "metrics_listen",
+        "METRICS_LISTEN",
+        "--metrics-listen",
+        "",
+        parse_optional_host_port,
+        "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)",
+    ),
+    Spec(
+        "log_level",
+        "LOG_LEVEL",
+        "--log-level",
+        "info",
+        parse_choice("debug", "info", "warning", "error"),
+        "log verbosity",
+    ),
 )
 
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
@@ -235,11 +322,11 @@ class Settings:
     mode: str
     listen: HostPort
     bootnode_udp_port: int
-    bootnode: Optional[HostPort]
-    room: Optional[str]
+    bootnode: HostPort | None
+    room: str | None
     port: int
-    name: Optional[str]
-    identity: Optional[Path]
+    name: str  # the login name when none was set
+    identity: Path | None
     passphrase: str
     no_ui: bool
     heartbeat_interval: float
@@ -249,9 +336,9 @@ class Settings:
     register_rate: float
     register_burst: int
     recv_buffer: int
-    metrics_listen: Optional[HostPort]
+    metrics_listen: HostPort | None
     log_level: str
-    sources: Dict[str, str]
+    sources: dict[str, str]
 
 
 def _describe(spec: Spec, source: str) -> str:
@@ -264,10 +351,10 @@ def _describe(spec: Spec, source: str) -> str:
     return f"{spec.env} ({source})"  # the .env file
 
 
-def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Optional[Path]) -> Settings:
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Path | None) -> Settings:
     """Resolve every setting by precedence and validate it; raise ConfigError on the first
     bad one. ``flags`` maps field names to command-line values (None when not given)."""
-    dotenv: Dict[str, Optional[str]] = {}
+    dotenv: dict[str, str | None] = {}
     env_file_label = "file .env"
     if env_file is not None:
         if env_file.is_dir():
@@ -275,10 +362,10 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Opti
         if env_file.exists():
             dotenv = dotenv_values(env_file)
             env_file_label = f"file {env_file}"
-    values: Dict[str, Any] = {}
-    sources: Dict[str, str] = {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for spec in SPECS:
-        raw: Optional[str]
+        raw: str | None
         if flags.get(spec.field) is not None:
             raw, source = str(flags[spec.field]), "flag"
         elif spec.env in environ:

@@ -7,14 +7,23 @@ names: ``_s`` seconds, ``_ms`` milliseconds, ``_bytes`` bytes.
 
 from __future__ import annotations
 
+from gochat.wire.constants import (
+    MAGIC as MAGIC,
+)
+from gochat.wire.constants import (
+    VERSION as VERSION,
+)
+
 # The wire protocol's own constants are in gochat/wire/constants.py. These few are
 # re-exported for modules that still import them from here.
 from gochat.wire.constants import (
     HEADER_SIZE_bytes as HEADER_SIZE_bytes,
-    MAGIC as MAGIC,
+)
+from gochat.wire.constants import (
     MAX_DATAGRAM_bytes as MAX_DATAGRAM_bytes,
+)
+from gochat.wire.constants import (
     PUBLIC_KEY_SIZE_bytes as PUBLIC_KEY_SIZE_bytes,
-    VERSION as VERSION,
 )
 
 # --- defaults of the seed (GoChat) ------------------------------------------------
@@ -59,7 +68,7 @@ REGISTER_TIMEOUTS_s = (1.0, 1.5, 2.5, 3.0)
 # Once registered, re-registration retries back off up to this and never give up.
 REGISTER_RETRY_MAX_s = 5.0
 DISCONNECT_RETRY_s = 0.25
-DISCONNECT_WAIT_s = 1.0          # a graceful quit waits at most this for the ack
+DISCONNECT_WAIT_s = 1.0  # a graceful quit waits at most this for the ack
 
 # --- client: peers ------------------------------------------------------------------
 # Punch rounds after a peer is introduced (seconds from the start), then every
@@ -67,14 +76,14 @@ DISCONNECT_WAIT_s = 1.0          # a graceful quit waits at most this for the ac
 PUNCH_SCHEDULE_s = (0.0, 0.1, 0.25, 0.5, 1.0)
 PUNCH_INTERVAL_s = 1.0
 PUNCH_DEADLINE_s = 8.0
-HANDSHAKE_RETRY_s = 1.0          # a new initiation when no response came back
-HANDSHAKE_DEADLINE_s = 10.0      # after a path is found, a session must be up by then
+HANDSHAKE_RETRY_s = 1.0  # a new initiation when no response came back
+HANDSHAKE_DEADLINE_s = 10.0  # after a path is found, a session must be up by then
 # A responder that answered this many initiations and never saw the initiator's first
 # transport packet concludes that the initiator failed to authenticate it.
 HANDSHAKE_UNCONFIRMED_LIMIT = 3
 # Keepalive on an idle session: well inside the 30 s that many NATs keep a UDP mapping.
 PEER_KEEPALIVE_MAX_s = 10.0
-MAX_PEERS_PER_CLIENT = 256       # peers a client tracks at once; more are refused politely
+MAX_PEERS_PER_CLIENT = 256  # peers a client tracks at once; more are refused politely
 # Handshake initiations accepted per source IP (each costs four X25519 operations):
 # a peer retries once a second, so this leaves room for many peers behind one NAT.
 HANDSHAKE_INIT_RATE_PER_IP = 20.0

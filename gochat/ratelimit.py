@@ -8,7 +8,7 @@ the polite failure under a flood (and the flood must pass the cookie check first
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, List, Tuple
+from collections.abc import Hashable
 
 
 class TokenBuckets:
@@ -18,7 +18,7 @@ class TokenBuckets:
         self.rate = rate_per_s
         self.burst = float(burst)
         self.max_sources = max_sources
-        self._buckets: Dict[Hashable, List[float]] = {}  # key -> [tokens, last update]
+        self._buckets: dict[Hashable, list[float]] = {}  # key -> [tokens, last update]
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -28,7 +28,7 @@ class TokenBuckets:
         for k in full:
             del self._buckets[k]
 
-    def allow(self, key: Hashable, now: float) -> Tuple[bool, float]:
+    def allow(self, key: Hashable, now: float) -> tuple[bool, float]:
         """Take one token for ``key``. Returns (allowed, seconds until a token is available)."""
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import List, Optional
 
 FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC = "full-cone", "restricted-cone", "port-restricted", "symmetric"
 CLIENT_PORT = 4545
@@ -38,7 +37,7 @@ BOOTNODE = "198.18.1.2:9595"
 RELAY = Path(__file__).with_name("udp_relay.py")
 
 
-def missing_requirements() -> Optional[str]:
+def missing_requirements() -> str | None:
     """Why the lab cannot run here, or None."""
     if os.geteuid() != 0:
         return "the NAT lab needs root (network namespaces, iptables, nft); CI runs it as root"
@@ -58,8 +57,8 @@ class Lab:
         self.ns = {role: f"{tag}{role}" for role in ("inet", "boot", "nata", "natb")}
         self.hosts = {"a": [f"{tag}a{i + 1}" for i in range(hosts_a)], "b": [f"{tag}b{i + 1}" for i in range(hosts_b)]}
         self.kinds = {"a": kind_a, "b": kind_b}
-        self._procs: List[subprocess.Popen] = []
-        self._created: List[str] = []
+        self._procs: list[subprocess.Popen] = []
+        self._created: list[str] = []
         try:
             self._build()
         except BaseException:
@@ -68,7 +67,7 @@ class Lab:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def prefix(self, ns: str) -> List[str]:
+    def prefix(self, ns: str) -> list[str]:
         return ["ip", "netns", "exec", ns]
 
     def sh(self, ns: str, script: str) -> None:
@@ -87,8 +86,11 @@ class Lab:
         self.sh(name, "ip link set lo up")
 
     def _veth(self, ns1: str, if1: str, ns2: str, if2: str) -> None:
-        subprocess.run(["ip", "link", "add", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "link", "add", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2],
+            check=True,
+            capture_output=True,
+        )
 
     # --- topology ---------------------------------------------------------------------
 
@@ -99,43 +101,62 @@ class Lab:
         self._veth(inet, "boot", self.ns["boot"], "pub")
         self._veth(inet, "nata", self.ns["nata"], "pub")
         self._veth(inet, "natb", self.ns["natb"], "pub")
-        self.sh(inet, """
+        self.sh(
+            inet,
+            """
             sysctl -qw net.ipv4.ip_forward=1
             ip addr add 198.18.1.1/24 dev boot; ip link set boot up
             ip addr add 198.18.2.1/24 dev nata; ip link set nata up
             ip addr add 198.18.3.1/24 dev natb; ip link set natb up
-        """)
-        self.sh(self.ns["boot"], "ip addr add 198.18.1.2/24 dev pub; ip link set pub up; "
-                                 "ip route add default via 198.18.1.1")
+        """,
+        )
+        self.sh(
+            self.ns["boot"],
+            "ip addr add 198.18.1.2/24 dev pub; ip link set pub up; ip route add default via 198.18.1.1",
+        )
         for side, net in (("a", 1), ("b", 2)):
             nat = self.ns[f"nat{side}"]
-            self.sh(nat, f"""
+            self.sh(
+                nat,
+                f"""
                 sysctl -qw net.ipv4.ip_forward=1
                 ip addr add 198.18.{net + 1}.2/24 dev pub; ip link set pub up
                 ip route add default via 198.18.{net + 1}.1
                 ip link add lan type bridge; ip addr add 10.0.{net}.1/24 dev lan; ip link set lan up
-            """)
+            """,
+            )
             for i, host in enumerate(self.hosts[side]):
                 self._veth(nat, f"h{i + 1}", host, "eth0")
                 self.sh(nat, f"ip link set h{i + 1} master lan; ip link set h{i + 1} up")
-                self.sh(host, f"ip addr add 10.0.{net}.{i + 2}/24 dev eth0; ip link set eth0 up; "
-                              f"ip route add default via 10.0.{net}.1")
+                self.sh(
+                    host,
+                    f"ip addr add 10.0.{net}.{i + 2}/24 dev eth0; ip link set eth0 up; "
+                    f"ip route add default via 10.0.{net}.1",
+                )
             self._nat_rules(nat, self.kinds[side], f"10.0.{net}.2")
 
     def _nat_rules(self, ns: str, kind: str, host: str) -> None:
         masquerade = "MASQUERADE --random-fully" if kind == SYMMETRIC else "MASQUERADE"
-        self.sh(ns, f"""
+        self.sh(
+            ns,
+            f"""
             iptables -t nat -A POSTROUTING -o pub -j {masquerade}
             iptables -A INPUT -i pub -m conntrack --ctstate NEW,INVALID -j DROP
             iptables -A FORWARD -i lan -j ACCEPT
             iptables -A FORWARD -i pub -m conntrack --ctstate ESTABLISHED,RELATED,DNAT -j ACCEPT
             iptables -A FORWARD -i pub -j DROP
-        """)
+        """,
+        )
         if kind == FULL_CONE:
-            self.sh(ns, f"iptables -t nat -A PREROUTING -i pub -p udp --dport {CLIENT_PORT} "
-                        f"-j DNAT --to-destination {host}:{CLIENT_PORT}")
+            self.sh(
+                ns,
+                f"iptables -t nat -A PREROUTING -i pub -p udp --dport {CLIENT_PORT} "
+                f"-j DNAT --to-destination {host}:{CLIENT_PORT}",
+            )
         elif kind == RESTRICTED:
-            self.nft(ns, f"""
+            self.nft(
+                ns,
+                f"""
                 table ip restricted {{
                     set contacted {{ type ipv4_addr; flags dynamic,timeout; timeout 5m; }}
                     chain outbound {{ type filter hook forward priority 0; policy accept;
@@ -145,33 +166,45 @@ class Lab:
                         iifname "pub" udp dport {CLIENT_PORT} ip saddr @contacted dnat to {host}:{CLIENT_PORT}
                     }}
                 }}
-            """)
+            """,
+            )
 
     def impair(self, loss_percent: int, delay_ms: float, jitter_ms: float, seconds: float) -> None:
         """Loss (nft) plus delay and reordering (the relay) between the two NATs' public
         addresses, in the inet router; the bootnode's traffic is left alone."""
         inet = self.ns["inet"]
         publics = "{ 198.18.2.2, 198.18.3.2 }"
-        self.nft(inet, f"""
+        self.nft(
+            inet,
+            f"""
             table ip impair {{
                 chain pre {{ type filter hook prerouting priority -150; policy accept;
                     ip saddr {publics} ip daddr {publics} numgen random mod 100 < {loss_percent} counter drop
                     ip saddr {publics} ip daddr {publics} meta l4proto udp tproxy to :7777 meta mark set 1 accept
                 }}
             }}
-        """)
+        """,
+        )
         self.sh(inet, "ip rule add fwmark 1 lookup 100; ip route add local 0.0.0.0/0 dev lo table 100")
-        relay = subprocess.Popen([*self.prefix(inet), "python3", str(RELAY), "7777", str(delay_ms), str(jitter_ms),
-                                  str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.relay_log: List[str] = []
+        relay = subprocess.Popen(
+            [*self.prefix(inet), "python3", str(RELAY), "7777", str(delay_ms), str(jitter_ms), str(seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.relay_log: list[str] = []
         threading.Thread(target=lambda: self.relay_log.extend(relay.stderr), daemon=True).start()
         self._procs.append(relay)
         assert relay.stdout is not None and relay.stdout.readline().strip() == "relay ready"
 
     def impaired_drops(self) -> int:
         """Datagrams the loss rule dropped so far."""
-        out = subprocess.run([*self.prefix(self.ns["inet"]), "nft", "list", "table", "ip", "impair"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [*self.prefix(self.ns["inet"]), "nft", "list", "table", "ip", "impair"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         match = re.search(r"counter packets (\d+)", out)
         return int(match.group(1)) if match else 0
 
@@ -187,7 +220,7 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._created.clear()
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
-from gochat.wire import control as wire
 from gochat.client.room import room_id_for
+from gochat.wire import control as wire
 from gochat.wire.control import MsgType
 
-
-room_id = room_id_for   # the client's own derivation
+room_id = room_id_for  # the client's own derivation
 
 
 class SimPeer:
@@ -25,8 +24,8 @@ class SimPeer:
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((bind, 0))
-        self.token: Optional[bytes] = None
-        self.registered: Optional[wire.Registered] = None
+        self.token: bytes | None = None
+        self.registered: wire.Registered | None = None
         self.inbox: list = []
         self.request_id = int.from_bytes(os.urandom(4), "big")
 
@@ -46,8 +45,8 @@ class SimPeer:
             return self.inbox.pop(0)
         self.sock.settimeout(timeout)
         try:
-            data, addr = self.sock.recvfrom(4096)
-        except socket.timeout:
+            data, _addr = self.sock.recvfrom(4096)
+        except TimeoutError:
             return None
         return wire.decode(data)
 

@@ -11,16 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 FAST_TIMERS = ["--heartbeat-interval", "1s", "--peer-timeout", "3s"]
 
 
-def gochat_command(*args: str, prefix: Sequence[str] = ()) -> List[str]:
+def gochat_command(*args: str, prefix: Sequence[str] = ()) -> list[str]:
     return [*prefix, sys.executable, "-m", "gochat", "--env-file", "", *args]
 
 
-def _env(extra: Optional[dict] = None) -> dict:
+def _env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ROOM", "BOOTNODE", "MODE", "NAME", "ROOM_PASSPHRASE")}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -31,10 +31,15 @@ class Bootnode:
     """`gochat --mode bootnode` on loopback (or inside a namespace with ``prefix``)."""
 
     def __init__(self, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (), extra: Sequence[str] = FAST_TIMERS):
-        self.proc = subprocess.Popen(gochat_command("--mode", "bootnode", "--listen", listen, *extra, prefix=prefix),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env=_env())
-        self.lines: List[str] = []
+        self.proc = subprocess.Popen(
+            gochat_command("--mode", "bootnode", "--listen", listen, *extra, prefix=prefix),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        self.lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -75,18 +80,46 @@ class Bootnode:
 class Client:
     """`gochat --mode client --no-ui`: stdin lines are messages, stdout JSON events."""
 
-    def __init__(self, bootnode: str, name: str, tmp_path, room: str = "lobby", prefix: Sequence[str] = (),
-                 extra: Sequence[str] = FAST_TIMERS, port: int = 0, env: Optional[dict] = None,
-                 identity: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        bootnode: str,
+        name: str,
+        tmp_path,
+        room: str = "lobby",
+        prefix: Sequence[str] = (),
+        extra: Sequence[str] = FAST_TIMERS,
+        port: int = 0,
+        env: dict | None = None,
+        identity: str | None = None,
+    ) -> None:
         self.name = name
         identity = identity or str(tmp_path / name / "identity")
         self.proc = subprocess.Popen(
-            gochat_command("--mode", "client", "--no-ui", "--bootnode", bootnode, "--room", room, "--name", name,
-                           "--port", str(port), "--identity", identity, *extra, prefix=prefix),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(env))
-        self.events: List[dict] = []
-        self.arrivals: dict = {}   # id(event) -> time.monotonic() when the line was read
-        self.stderr: List[str] = []
+            gochat_command(
+                "--mode",
+                "client",
+                "--no-ui",
+                "--bootnode",
+                bootnode,
+                "--room",
+                room,
+                "--name",
+                name,
+                "--port",
+                str(port),
+                "--identity",
+                identity,
+                *extra,
+                prefix=prefix,
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(env),
+        )
+        self.events: list[dict] = []
+        self.arrivals: dict = {}  # id(event) -> time.monotonic() when the line was read
+        self.stderr: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -119,16 +152,20 @@ class Client:
                         return event
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._eof:
-                    raise AssertionError(f"{self.name}: no event {what} within {timeout} s; events:\n"
-                                         + "\n".join(map(json.dumps, self.events)) + "\nstderr:\n"
-                                         + "".join(self.stderr[-20:]))
+                    raise AssertionError(
+                        f"{self.name}: no event {what} within {timeout} s; events:\n"
+                        + "\n".join(map(json.dumps, self.events))
+                        + "\nstderr:\n"
+                        + "".join(self.stderr[-20:])
+                    )
                 self._cond.wait(min(remaining, 0.5))
 
     def wait_event(self, kind: str, timeout: float = 15.0, **fields) -> dict:
-        return self.wait_for(lambda e: e["event"] == kind and all(e.get(k) == v for k, v in fields.items()),
-                             timeout, f"{kind} {fields}")
+        return self.wait_for(
+            lambda e: e["event"] == kind and all(e.get(k) == v for k, v in fields.items()), timeout, f"{kind} {fields}"
+        )
 
-    def kinds(self, kind: str) -> List[dict]:
+    def kinds(self, kind: str) -> list[dict]:
         with self._cond:
             return [e for e in self.events if e["event"] == kind]
 
@@ -141,7 +178,7 @@ class Client:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
 
-    def messages(self, sender: Optional[str] = None) -> List[str]:
+    def messages(self, sender: str | None = None) -> list[str]:
         return [e["text"] for e in self.kinds("message") if sender is None or e["from"] == sender]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from gochat.wire import control as wire
 from gochat.bootnode.metrics import parse_exposition
+from gochat.wire import control as wire
 from gochat.wire.control import LeaveReason, MsgType
 
 from .peer import SimPeer, room_id
@@ -37,7 +37,7 @@ def test_many_clients_across_rooms(bootnode_factory):
             assert listed == {q.name for q in rooms[room]}  # exactly the room's earlier members
             rooms[room].append(p)
             peers.append(p)
-        for room, members in rooms.items():
+        for members in rooms.values():
             first = members[0]
             joined = set()
             while len(joined) < len(members) - 1:
@@ -65,7 +65,9 @@ def test_timeout_and_graceful_disconnect_announced(bootnode_factory):
         for p in (a, b, c):
             assert isinstance(p.register(), wire.Registered)
         b.disconnect()
-        assert b.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.DISCONNECT_ACK).token == b.token
+        assert (
+            b.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.DISCONNECT_ACK).token == b.token
+        )
         left = a.wait_for(lambda m: isinstance(m, wire.PeerLeft))
         assert left.left == ((b.key, LeaveReason.DISCONNECTED),)
         # c keeps heartbeating while a falls silent: a is announced as timed out to c
@@ -152,8 +154,13 @@ def test_malformed_flood_never_stops_the_loop(bootnode_factory):
 class Process:
     def __init__(self, *args, env=None):
         full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gochat", *args], stderr=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, text=True, env=full_env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gochat", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=full_env,
+        )
         self.lines = []
 
     def wait_for_line(self, pattern, timeout=15.0):
@@ -234,8 +241,12 @@ def test_listen_port_in_use_is_a_clear_error():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     try:
-        r = subprocess.run([sys.executable, "-m", "gochat", "--mode", "bootnode", "--listen", "%s:%d" % s.getsockname()],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "gochat", "--mode", "bootnode", "--listen", "{}:{}".format(*s.getsockname())],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 1 and "cannot serve on 127.0.0.1" in r.stderr and "in use" in r.stderr
     finally:
         s.close()

@@ -77,8 +77,9 @@ def test_parsers():
 
 
 def run_cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "gochat", *args], capture_output=True, text=True, timeout=30,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "gochat", *args], capture_output=True, text=True, timeout=30, env=env, cwd=cwd
+    )
 
 
 @pytest.mark.slow
@@ -103,8 +104,11 @@ def test_client_settings_name_identity_passphrase_line_mode(tmp_path: Path):
     base = {"mode": "client", "room": "x", "bootnode": "127.0.0.1"}
     s = resolve(base, {"USER": "alice"}, None)
     assert s.name == "alice" and s.identity is None and s.passphrase == "" and s.no_ui is False
-    s = resolve({**base, "name": "Zoë 漢字"}, {"IDENTITY_FILE": str(tmp_path / "id"), "ROOM_PASSPHRASE": "pw",
-                                              "NO_UI": "yes", "LOCAL_UDP_PORT": "0"}, None)
+    s = resolve(
+        {**base, "name": "Zoë 漢字"},
+        {"IDENTITY_FILE": str(tmp_path / "id"), "ROOM_PASSPHRASE": "pw", "NO_UI": "yes", "LOCAL_UDP_PORT": "0"},
+        None,
+    )
     assert (s.name, s.identity, s.passphrase, s.no_ui, s.port) == ("Zoë 漢字", tmp_path / "id", "pw", True, 0)
     assert resolve(base, {"USER": "a-very-long-login-name-" * 3}, None).name.encode().__len__() <= 32
     for bad, needle in (("x" * 33, "--name (command line)"), ("", "must not be empty"), ("a\tb", "control")):

@@ -8,7 +8,8 @@ import socket
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gochat.wire import control as wire
 from gochat.wire.control import MsgType
@@ -20,7 +21,7 @@ TAG = b"T" * 8
 
 def card(n: int, long: bool = False) -> bytes:
     name = ("x" * 30 + str(n))[-32:] if long else f"p{n}"
-    locals_ = [("10.0.%d.%d" % (n % 250, k), 4545 + k) for k in range(4 if long else 1)]
+    locals_ = [(f"10.0.{n % 250}.{k}", 4545 + k) for k in range(4 if long else 1)]
     return wire.encode_card(n.to_bytes(32, "big"), name, locals_)
 
 
@@ -164,7 +165,9 @@ def test_differential_random_histories(both_impls, history):
         for t in tables:
             if op == "add":
                 try:
-                    results.append(t.add(bytes([n % 3]) * 16, TAG, bytes([n + 1]) * 8, card(n), ("127.0.0.1", 1000 + n), now))
+                    results.append(
+                        t.add(bytes([n % 3]) * 16, TAG, bytes([n + 1]) * 8, card(n), ("127.0.0.1", 1000 + n), now)
+                    )
                 except (cy.TableFull, py.TableFull):
                     results.append("full")
             elif op == "remove" and live:
@@ -286,7 +289,15 @@ def test_send_and_send_to_room(impl, udp_pair):
         receivers[0].settimeout(0.2)
         with pytest.raises(socket.timeout):
             receivers[0].recvfrom(100)
-        assert fp.send([(b"one", client.getsockname()), (b"two", ("::ffff:" + client.getsockname()[0], client.getsockname()[1]))]) == 2
+        assert (
+            fp.send(
+                [
+                    (b"one", client.getsockname()),
+                    (b"two", ("::ffff:" + client.getsockname()[0], client.getsockname()[1])),
+                ]
+            )
+            == 2
+        )
         fp.flush()
         assert client.recvfrom(100)[0] == b"one" and client.recvfrom(100)[0] == b"two"
         assert fp.send([(b"v6", ("::1", 5))]) == 0 and fp.counters["send_errors"] == 1  # not reachable from IPv4
@@ -310,8 +321,10 @@ def test_dual_stack_socket_serves_ipv4_and_ipv6(impl):
     c4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
-        c4.bind(("127.0.0.1", 0)); c6.bind(("::1", 0))
-        c4.settimeout(2); c6.settimeout(2)
+        c4.bind(("127.0.0.1", 0))
+        c6.bind(("::1", 0))
+        c4.settimeout(2)
+        c6.settimeout(2)
         t = impl.RegistrationTable(10, 15.0, 0.0)
         s4 = t.add(ROOM_A, TAG, b"a" * 8, card(1), c4.getsockname(), 0.0)
         s6 = t.add(ROOM_A, TAG, b"b" * 8, card(2), c6.getsockname(), 0.0)
@@ -325,7 +338,9 @@ def test_dual_stack_socket_serves_ipv4_and_ipv6(impl):
         assert fp.send_to_room(ROOM_A, b"both") == 2 and fp.flush() == 2
         assert c4.recvfrom(100)[0] == b"both" and c6.recvfrom(100)[0] == b"both"
     finally:
-        server.close(); c4.close(); c6.close()
+        server.close()
+        c4.close()
+        c6.close()
 
 
 def test_send_records_and_recv_batch(impl, udp_pair):

@@ -8,8 +8,7 @@ import pytest
 
 from gochat.constants import PUNCH_DEADLINE_s
 
-from .natlab import BOOTNODE, CLIENT_PORT, FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, Lab, \
-    missing_requirements
+from .natlab import BOOTNODE, CLIENT_PORT, FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, Lab, missing_requirements
 from .procs import Bootnode, Client
 
 _why = missing_requirements()
@@ -21,8 +20,10 @@ LAB_TIMERS = ["--heartbeat-interval", "2s", "--peer-timeout", "6s"]
 
 def _start(lab, tmp_path, names=(("alice", "a", 0), ("bob", "b", 0))):
     boot = Bootnode(listen=BOOTNODE, prefix=lab.prefix(lab.ns["boot"]), extra=LAB_TIMERS)
-    clients = [Client(BOOTNODE, name, tmp_path, prefix=lab.prefix(lab.hosts[side][i]), port=CLIENT_PORT,
-                      extra=LAB_TIMERS) for name, side, i in names]
+    clients = [
+        Client(BOOTNODE, name, tmp_path, prefix=lab.prefix(lab.hosts[side][i]), port=CLIENT_PORT, extra=LAB_TIMERS)
+        for name, side, i in names
+    ]
     return boot, clients
 
 
@@ -39,8 +40,9 @@ def _stop(boot, clients):
     boot.stop()
 
 
-@pytest.mark.parametrize("kind_a,kind_b", list(itertools.product(CONES, CONES))
-                         + [(SYMMETRIC, FULL_CONE), (SYMMETRIC, RESTRICTED)])
+@pytest.mark.parametrize(
+    "kind_a,kind_b", [*itertools.product(CONES, CONES), (SYMMETRIC, FULL_CONE), (SYMMETRIC, RESTRICTED)]
+)
 def test_direct_path_through_nats(tmp_path, kind_a, kind_b):
     with Lab(kind_a, kind_b) as lab:
         boot, (alice, bob) = _start(lab, tmp_path)
@@ -99,7 +101,7 @@ def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path):
                 bob.wait_for(lambda e: e.get("text") == "a099", timeout=120, what="the last of alice's messages")
                 alice.wait_for(lambda e: e.get("text") == "b099", timeout=120, what="the last of bob's messages")
             except AssertionError:
-                for c in (alice, bob):   # both sides' view, for the failure report
+                for c in (alice, bob):  # both sides' view, for the failure report
                     c.say("/peers")
                     print(c.name, c.wait_event("peers"))
                     print(c.name, [e for e in c.events if e["event"] != "message"])
@@ -108,6 +110,6 @@ def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path):
             assert bob.messages("alice") == want_a
             assert alice.messages("bob") == want_b
             assert not alice.kinds("undelivered") and not bob.kinds("undelivered")
-            assert lab.impaired_drops() >= 20   # the path really was lossy
+            assert lab.impaired_drops() >= 20  # the path really was lossy
         finally:
             _stop(boot, [alice, bob])

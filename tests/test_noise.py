@@ -18,7 +18,7 @@ from gochat.crypto.noise import (
     room_psk,
 )
 
-VECTORS = Path(__file__).resolve().parent / "data" / "noise-ik-vectors.json"   # source: data/README.md
+VECTORS = Path(__file__).resolve().parent / "data" / "noise-ik-vectors.json"  # source: data/README.md
 
 
 def load_vectors():
@@ -29,14 +29,23 @@ def load_vectors():
 def test_cacophony_vectors(vector):
     h = bytes.fromhex
     psk = h(vector["init_psks"][0]) if vector.get("init_psks") else None
-    init = HandshakeState(initiator=True, static_private=h(vector["init_static"]),
-                          remote_static=h(vector["init_remote_static"]), psk=psk,
-                          prologue=h(vector["init_prologue"]), ephemeral_private=h(vector["init_ephemeral"]),
-                          protocol_name=vector["protocol_name"])
-    resp = HandshakeState(initiator=False, static_private=h(vector["resp_static"]),
-                          psk=h(vector["resp_psks"][0]) if vector.get("resp_psks") else None,
-                          prologue=h(vector["resp_prologue"]), ephemeral_private=h(vector["resp_ephemeral"]),
-                          protocol_name=vector["protocol_name"])
+    init = HandshakeState(
+        initiator=True,
+        static_private=h(vector["init_static"]),
+        remote_static=h(vector["init_remote_static"]),
+        psk=psk,
+        prologue=h(vector["init_prologue"]),
+        ephemeral_private=h(vector["init_ephemeral"]),
+        protocol_name=vector["protocol_name"],
+    )
+    resp = HandshakeState(
+        initiator=False,
+        static_private=h(vector["resp_static"]),
+        psk=h(vector["resp_psks"][0]) if vector.get("resp_psks") else None,
+        prologue=h(vector["resp_prologue"]),
+        ephemeral_private=h(vector["resp_ephemeral"]),
+        protocol_name=vector["protocol_name"],
+    )
     msgs = vector["messages"]
     assert init.write_message(h(msgs[0]["payload"])) == h(msgs[0]["ciphertext"])
     assert resp.read_message(h(msgs[0]["ciphertext"])) == h(msgs[0]["payload"])

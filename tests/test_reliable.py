@@ -9,13 +9,13 @@ import random
 import pytest
 
 from gochat.client.reliable import (
+    FrameError,
     GIVE_UP_AFTER_s,
     MAX_MESSAGE_bytes,
-    RTO_INITIAL_s,
-    FrameError,
     MessageTooLong,
     ReliableReceiver,
     ReliableSender,
+    RTO_INITIAL_s,
     RttEstimator,
     parse_ack,
 )
@@ -130,7 +130,7 @@ def test_rto_per_rfc6298():
 def test_receiver_memory_is_bounded_and_bad_frames_refused():
     rx = ReliableReceiver()
     tx = ReliableSender(0.0)
-    for n in range(600):
+    for _ in range(600):
         tx.send(b"x", 0.0)
     frames = tx.datagrams_to_send(0.0)
     assert len(frames) == 256  # the sender's window

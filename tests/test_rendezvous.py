@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-
-from gochat.wire import control as wire
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.wire import control as wire
 from gochat.wire.control import LeaveReason, MsgType, RefuseReason
 
 from .peer import room_id
@@ -57,7 +56,9 @@ def make(impl, now=1000.0, **limits):
         register_rate_per_ip=limits.pop("rate", 1000.0),
         register_burst_per_ip=limits.pop("burst", 1000),
     )
-    machine = Rendezvous(table, heartbeat_interval_s=10.0, peer_timeout_s=15.0, limits=lim, cookies=CookieJar(b"k" * 32))
+    machine = Rendezvous(
+        table, heartbeat_interval_s=10.0, peer_timeout_s=15.0, limits=lim, cookies=CookieJar(b"k" * 32)
+    )
     return Net(machine)
 
 
@@ -73,7 +74,17 @@ class Client:
         reg = wire.Register(bytes(16), request_id, self.room, self.key, self.name, self.locals)
         self.net.send(wire.encode(reg), self.addr, now)
         (cookie,) = self.net.take(self.addr, wire.Cookie)
-        self.net.send(wire.encode(wire.Register(cookie.cookie, request_id, *[getattr(reg, f) for f in ("room_id", "public_key", "name", "local_endpoints")])), self.addr, now)
+        self.net.send(
+            wire.encode(
+                wire.Register(
+                    cookie.cookie,
+                    request_id,
+                    *[getattr(reg, f) for f in ("room_id", "public_key", "name", "local_endpoints")],
+                )
+            ),
+            self.addr,
+            now,
+        )
         msgs = self.net.take(self.addr)
         first = msgs[0]
         if isinstance(first, wire.Registered):
@@ -135,7 +146,7 @@ def test_rooms_are_separate(impl):
 
 def test_large_room_peer_list_is_split_across_datagrams(impl):
     net = make(impl, max_peers_per_room=500)
-    clients = [Client(net, ("10.1.%d.%d" % (n // 200, n % 200 + 1), 4000), "peer%03d" % n) for n in range(60)]
+    clients = [Client(net, (f"10.1.{n // 200}.{n % 200 + 1}", 4000), f"peer{n:03d}") for n in range(60)]
     for c in clients:
         c.register(1000.0)
     newcomer = Client(net, ("10.9.9.9", 4000), "late")
@@ -232,7 +243,7 @@ def test_reregistering_replaces_the_old_registration(impl):
 
 def test_limits_refuse_politely(impl):
     net = make(impl, max_peers_per_room=2, max_peers=3)
-    c = [Client(net, ("203.0.113.%d" % n, 4000), "c%d" % n, room="full" if n < 3 else "other") for n in range(5)]
+    c = [Client(net, (f"203.0.113.{n}", 4000), f"c{n}", room="full" if n < 3 else "other") for n in range(5)]
     assert isinstance(c[0].register(1000.0)[0], wire.Registered)
     assert isinstance(c[1].register(1000.0)[0], wire.Registered)
     refused = c[2].register(1000.0)[0]
@@ -245,7 +256,7 @@ def test_limits_refuse_politely(impl):
 
 def test_rate_limit_per_source_ip(impl):
     net = make(impl, rate=1.0, burst=2)
-    same_ip = [Client(net, ("203.0.113.5", 4000 + n), "c%d" % n) for n in range(3)]
+    same_ip = [Client(net, ("203.0.113.5", 4000 + n), f"c{n}") for n in range(3)]
     assert isinstance(same_ip[0].register(1000.0)[0], wire.Registered)
     assert isinstance(same_ip[1].register(1000.0)[0], wire.Registered)
     refused = same_ip[2].register(1000.0)[0]
@@ -257,10 +268,21 @@ def test_rate_limit_per_source_ip(impl):
 
 def test_malformed_counted_by_reason_and_nothing_sent(impl):
     net = make(impl)
-    for data in (b"", b"\x00\x01\x02\x03\x04", b"\x47\x09\x01\x00", b"\x47\x01\x99\x00", b"\x47\x01\x01\x00" + bytes(10)):
+    for data in (
+        b"",
+        b"\x00\x01\x02\x03\x04",
+        b"\x47\x09\x01\x00",
+        b"\x47\x01\x99\x00",
+        b"\x47\x01\x01\x00" + bytes(10),
+    ):
         assert net.machine.receive_datagram(data, ("203.0.113.5", 1), 1000.0) == []
     s = net.machine.stats
-    assert (s["malformed.truncated"], s["malformed.bad_magic"], s["malformed.bad_version"], s["malformed.unknown_type"]) == (2, 1, 1, 1)
+    assert (
+        s["malformed.truncated"],
+        s["malformed.bad_magic"],
+        s["malformed.bad_version"],
+        s["malformed.unknown_type"],
+    ) == (2, 1, 1, 1)
     # a message the bootnode only ever sends is ignored, not answered
     assert net.machine.receive_datagram(wire.encode(wire.Cookie(1, bytes(16))), ("203.0.113.5", 1), 1000.0) == []
     assert s["unexpected.Cookie"] == 1
@@ -270,7 +292,7 @@ def test_joins_in_one_batch_are_coalesced_per_room(impl):
     net = make(impl)
     old = Client(net, ("203.0.113.1", 4000), "old")
     old.register(1000.0)
-    newcomers = [Client(net, ("203.0.113.%d" % (10 + n), 4000), "new%d" % n) for n in range(4)]
+    newcomers = [Client(net, (f"203.0.113.{10 + n}", 4000), f"new{n}") for n in range(4)]
     jar = net.machine.cookies
     for c in newcomers:  # all arrive in one receive batch: no flush in between
         reg = wire.Register(jar.make(c.addr, 1000.0), 1, c.room, c.key, c.name, ())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gochat.crypto.replay import ReplayWindow
 
@@ -17,10 +18,10 @@ def test_edges():
     assert w.accept(0) and not w.accept(0)
     assert w.accept(1) and w.accept(3) and w.accept(2) and not w.accept(2)
     assert w.accept(size + 10)
-    assert w.accept(10) and not w.accept(10)          # inside the window, first time: fine
-    assert not w.accept(9)                             # 9 < (size+10) - size: too old
-    assert w.accept(size + 9)                          # out of order, still inside
-    assert w.accept(10_000_000)                        # a jump clears the ring
+    assert w.accept(10) and not w.accept(10)  # inside the window, first time: fine
+    assert not w.accept(9)  # 9 < (size+10) - size: too old
+    assert w.accept(size + 9)  # out of order, still inside
+    assert w.accept(10_000_000)  # a jump clears the ring
     assert not w.accept(10_000_000 - size - 1)
     assert w.accept(10_000_000 - size)
     assert not w.accept(2**64) and not w.accept(-1)

@@ -20,8 +20,10 @@ from gochat.bootnode.metrics import parse_exposition
 
 from .procs import Bootnode
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make system-deps installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make system-deps installs it)"),
+]
 
 
 class Tmux:
@@ -32,20 +34,35 @@ class Tmux:
         self.panes: list = []
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
 
     def run(self, name: str, *gochat_args: str) -> str:
         """Start gochat in a new pane (the first one creates the session); returns the pane id."""
         data = self.tmp / name
         data.mkdir(parents=True, exist_ok=True)
         exit_file = data / "exit"
-        command = (f"cd {shlex.quote(os.getcwd())} && XDG_DATA_HOME={shlex.quote(str(data))} "
-                   f"{shlex.quote(sys.executable)} -m gochat --env-file '' {' '.join(map(shlex.quote, gochat_args))}; "
-                   f"echo $? > {shlex.quote(str(exit_file))}; sleep 600")
+        command = (
+            f"cd {shlex.quote(os.getcwd())} && XDG_DATA_HOME={shlex.quote(str(data))} "
+            f"{shlex.quote(sys.executable)} -m gochat --env-file '' {' '.join(map(shlex.quote, gochat_args))}; "
+            f"echo $? > {shlex.quote(str(exit_file))}; sleep 600"
+        )
         if not self.panes:
-            self.tmux("new-session", "-d", "-s", "t", "-x", str(self.cols), "-y", str(self.rows), "-P", "-F",
-                      "#{pane_id}", command)
+            self.tmux(
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                str(self.cols),
+                "-y",
+                str(self.rows),
+                "-P",
+                "-F",
+                "#{pane_id}",
+                command,
+            )
             pane = self.tmux("list-panes", "-t", "t", "-F", "#{pane_id}").split()[0]
         else:
             pane = self.tmux("split-window", "-t", "t", "-h", "-P", "-F", "#{pane_id}", command).strip()
@@ -70,7 +87,7 @@ class Tmux:
                 return text
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} never appeared on the screen:\n{text}")
-            time.sleep(0.05)   # polling the screen: tmux has no "text appeared" notification
+            time.sleep(0.05)  # polling the screen: tmux has no "text appeared" notification
 
     def exit_code(self, pane: str, timeout: float = 15.0) -> int:
         exit_file = dict(self.panes)[pane]
@@ -105,7 +122,7 @@ def test_demo_echo_verify_resize_and_quit(term):
     pane = term.run("me", "--mode", "demo", "--name", "me")
     screen = term.wait_for(pane, r"echo connected \(direct")
     assert "room lobby" in screen.splitlines()[0] and "bootnode connected" in screen.splitlines()[0]
-    assert re.search(r"│echo [0-9a-f]{4} [0-9a-f]{4}", screen) and "direct" in screen   # the sidebar
+    assert re.search(r"│echo [0-9a-f]{4} [0-9a-f]{4}", screen) and "direct" in screen  # the sidebar
     term.type(pane, "hello tmux 漢字")
     screen = term.wait_for(pane, r"echo: 字漢 xumt olleh")
     assert "me: hello tmux 漢字" in screen
@@ -118,10 +135,10 @@ def test_demo_echo_verify_resize_and_quit(term):
 
     term.tmux("resize-window", "-t", "t", "-x", "20", "-y", "5")
     term.wait_for(pane, r"^ gochat · room lobby\n(.*\n){3}> ?$")
-    term.type(pane, "tiny")                                     # still alive and answering
+    term.type(pane, "tiny")  # still alive and answering
     term.tmux("resize-window", "-t", "t", "-x", "100", "-y", "30")
     term.wait_for(pane, r"echo: ynit")
-    screen = term.wait_for(pane, r"─ peers ─")                # the sidebar is back
+    screen = term.wait_for(pane, r"─ peers ─")  # the sidebar is back
     assert screen.splitlines()[0].startswith(" gochat · room lobby · me (")
 
     term.type(pane, "/quit")
@@ -144,7 +161,7 @@ def test_two_clients_in_two_panes_idle_cpu_and_graceful_quit(term):
 
         pid = term.program_pid(alice)
         before = cpu_seconds(pid)
-        time.sleep(5)   # the measurement window: an idle client for 5 s
+        time.sleep(5)  # the measurement window: an idle client for 5 s
         idle = cpu_seconds(pid) - before
         print(f"idle client CPU over 5 s: {idle * 1000:.0f} ms")
         assert idle < 0.5
@@ -153,8 +170,8 @@ def test_two_clients_in_two_panes_idle_cpu_and_graceful_quit(term):
         assert term.exit_code(alice) == 0
         term.wait_for(bob, r"alice left \(quit\)")
         values = parse_exposition(urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode())
-        assert values["gochat_disconnected_total"] == 1          # the bootnode saw a graceful disconnect
-        term.keys(bob, "C-c")                                    # Ctrl-C is a graceful quit too
+        assert values["gochat_disconnected_total"] == 1  # the bootnode saw a graceful disconnect
+        term.keys(bob, "C-c")  # Ctrl-C is a graceful quit too
         assert term.exit_code(bob) == 0
     finally:
         boot.stop()
@@ -162,14 +179,15 @@ def test_two_clients_in_two_panes_idle_cpu_and_graceful_quit(term):
 
 def test_unreachable_bootnode_leaves_the_terminal_clean_with_the_reason(term):
     import socket
+
     hold = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    hold.bind(("127.0.0.1", 0))          # a port where nobody answers
+    hold.bind(("127.0.0.1", 0))  # a port where nobody answers
     try:
         port = hold.getsockname()[1]
         pane = term.run("lonely", "--mode", "client", "--bootnode", f"127.0.0.1:{port}", "--room", "r", "--port", "0")
         term.wait_for(pane, r"bootnode registering")
         assert term.exit_code(pane, timeout=20) == 1
         screen = term.wait_for(pane, r"gochat: bootnode 127\.0\.0\.1:\d+ did not answer after 4 tries over 8 s")
-        assert "room r" not in screen      # the UI is gone, the shell's screen is back
+        assert "room r" not in screen  # the UI is gone, the shell's screen is back
     finally:
         hold.close()

@@ -56,7 +56,7 @@ def test_packets_older_than_the_window_are_stale():
 
 
 def test_rekey_by_count_and_time_and_reject_after():
-    a, b = session(now=100.0, rekey_after_messages=3)
+    a, _ = session(now=100.0, rekey_after_messages=3)
     assert not a.needs_rekey(100.0)
     for _ in range(3):
         a.encrypt(b"x", b"", 100.0)

@@ -78,9 +78,9 @@ def test_codec_struct_sizes_follow_the_constants():
     assert control._REGISTER_HEAD.size == (
         W.COOKIE_SIZE_bytes + W.REQUEST_ID_SIZE_bytes + W.ROOM_ID_SIZE_bytes + W.PUBLIC_KEY_SIZE_bytes
     )
-    assert control.REGISTER_CARD_OFFSET == (
+    assert (
         W.HEADER_SIZE_bytes + W.COOKIE_SIZE_bytes + W.REQUEST_ID_SIZE_bytes + W.ROOM_ID_SIZE_bytes
-    )
+    ) == control.REGISTER_CARD_OFFSET
     # header, request id, token, room tag, heartbeat interval (4), peer timeout (4)
     assert control._REGISTERED_HEAD.size == (
         W.HEADER_SIZE_bytes + W.REQUEST_ID_SIZE_bytes + W.TOKEN_SIZE_bytes + W.ROOM_TAG_SIZE_bytes + 4 + 4
@@ -121,14 +121,16 @@ def test_compiled_layout():
 
 def card(n: int, long: bool = False) -> bytes:
     name = ("n" * 31 + str(n))[-W.MAX_NAME_bytes :] if long else f"p{n}"
-    local = [("127.0.%d.%d" % (n, k + 1), 4545 + k) for k in range(W.MAX_LOCAL_ENDPOINTS if long else 1)]
+    local = [(f"127.0.{n}.{k + 1}", 4545 + k) for k in range(W.MAX_LOCAL_ENDPOINTS if long else 1)]
     return control.encode_card(n.to_bytes(W.PUBLIC_KEY_SIZE_bytes, "big"), name, local)
 
 
 def test_token_layout(module):
     table = module.RegistrationTable(10, 15.0, 0.0)
-    slots = [table.add(ROOM, TAG, bytes([n + 1]) * W.TOKEN_SECRET_SIZE_bytes, card(n), ("127.0.0.1", n + 1), 0.0)
-                    for n in range(3)]
+    slots = [
+        table.add(ROOM, TAG, bytes([n + 1]) * W.TOKEN_SECRET_SIZE_bytes, card(n), ("127.0.0.1", n + 1), 0.0)
+        for n in range(3)
+    ]
     for n, slot in enumerate(slots):
         token = table.token(slot)
         assert len(token) == W.TOKEN_SIZE_bytes

@@ -46,8 +46,12 @@ def main() -> None:
     next_report = time.monotonic() + 1.0
     while time.monotonic() < end:
         if time.monotonic() >= next_report:
-            print(f"relay t={time.monotonic():.1f} received={received} forwarded={forwarded} queued={len(queue)} "
-                  f"sockets={len(senders)}", file=sys.stderr, flush=True)
+            print(
+                f"relay t={time.monotonic():.1f} received={received} forwarded={forwarded} queued={len(queue)} "
+                f"sockets={len(senders)}",
+                file=sys.stderr,
+                flush=True,
+            )
             next_report += 1.0
         timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 0.2
         for key, _ in sel.select(min(timeout, 0.2)):
@@ -72,7 +76,7 @@ def main() -> None:
             sender = senders.get(src)
             if sender is None:
                 sender = senders[src] = _transparent_socket(src)
-                sel.register(sender, selectors.EVENT_READ)   # replies to src may be delivered to it
+                sel.register(sender, selectors.EVENT_READ)  # replies to src may be delivered to it
             try:
                 sender.sendto(data, dst)
                 forwarded += 1

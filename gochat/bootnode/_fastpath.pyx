@@ -659,8 +659,6 @@ cdef inline int sockaddr_key(sockaddr_storage *sa, uint8_t *addr16, uint16_t *po
 
 
 cdef object sockaddr_tuple(sockaddr_storage *sa):
-    cdef uint8_t a[16]
-    cdef uint16_t port
     if sa.ss_family == AF_INET:
         return (_socket.inet_ntop(AF_INET, PyBytes_FromStringAndSize(<char *>&(<sockaddr_in *>sa).sin_addr.s_addr, 4)),
                 ntohs((<sockaddr_in *>sa).sin_port))

@@ -8,30 +8,31 @@ oracle of the differential tests. Keep the two in step.
 from __future__ import annotations
 
 import socket
-from typing import Dict, List, Optional
+from typing import Any
 
 from gochat.constants import BATCH_SIZE, DATAGRAM_BUFFER_bytes, WHEEL_TICK_ms
 from gochat.wire.constants import (
     FLAG_ACK_REQUESTED,
-    HEADER_SIZE_bytes,
-    HEARTBEAT_SIZE_bytes,
     MAGIC,
-    PUBLIC_KEY_SIZE_bytes,
-    ROOM_ID_SIZE_bytes,
-    ROOM_TAG_SIZE_bytes,
     T_HEARTBEAT,
     T_HEARTBEAT_ACK,
     T_UNKNOWN_TOKEN,
+    VERSION,
+    HEADER_SIZE_bytes,
+    HEARTBEAT_SIZE_bytes,
+    PUBLIC_KEY_SIZE_bytes,
+    ROOM_ID_SIZE_bytes,
+    ROOM_TAG_SIZE_bytes,
     TOKEN_INDEX_SIZE_bytes,
     TOKEN_SECRET_SIZE_bytes,
     TOKEN_SIZE_bytes,
-    VERSION,
 )
-from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint, sockaddr_for
+from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED
+from gochat.wire.endpoints import endpoint_key, key_endpoint, sockaddr_for
 
 BUF_SIZE = DATAGRAM_BUFFER_bytes
 TICK_SHIFT = WHEEL_TICK_ms.bit_length() - 1  # the wheel tick is 1 << TICK_SHIFT ms
-if 1 << TICK_SHIFT != WHEEL_TICK_ms:
+if WHEEL_TICK_ms != 1 << TICK_SHIFT:
     raise ValueError("WHEEL_TICK_ms must be a power of two")
 TICK_SPACE_MASK = 0xFFFFFFFF >> TICK_SHIFT  # tick numbers wrap together with the 32-bit ms clock
 _U32 = 0xFFFFFFFF
@@ -76,7 +77,24 @@ def _after_or_equal(a: int, b: int) -> bool:
 
 
 class _Registration:
-    __slots__ = ("secret", "addr", "port", "last_ms", "room_id", "card", "expiring")
+    __slots__ = ("addr", "card", "expiring", "last_ms", "port", "room_id", "secret")
+
+    def __init__(self, secret: bytes, addr: bytes, port: int, last_ms: int, room_id: bytes, card: bytes) -> None:
+        self.secret = secret
+        self.addr = addr  # 16 bytes, IPv4 as IPv4-mapped IPv6
+        self.port = port
+        self.last_ms = last_ms
+        self.room_id = room_id
+        self.card = card
+        self.expiring = False  # handed out by expire(), waiting for remove()
+
+
+class _Room:
+    __slots__ = ("members", "tag")
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.members: dict[int, _Registration] = {}  # slot -> registration, in join order
 
 
 class RegistrationTable:
@@ -89,18 +107,18 @@ class RegistrationTable:
         if not (0 < timeout_s <= 86400):
             raise ValueError("timeout_s must be in (0, 86400]")
         self.capacity = capacity
-        self._slots: List[Optional[_Registration]] = []
-        self._free: List[int] = []
+        self._slots: list[_Registration | None] = []
+        self._free: list[int] = []
         self._timeout_ms = int(timeout_s * 1000.0)
         ticks = (self._timeout_ms >> TICK_SHIFT) + 2
         w = 64
         while w < ticks:
             w <<= 1
         self._wheel_mask = w - 1
-        self._wheel: Dict[int, Dict[int, None]] = {}
+        self._wheel: dict[int, dict[int, _Registration]] = {}  # bucket -> slots, in deadline order
         self._last_ms = _ms_of(now)
         self._cursor = self._last_ms >> TICK_SHIFT
-        self._rooms: Dict[bytes, list] = {}  # room_id -> [tag, {slot: None} in join order]
+        self._rooms: dict[bytes, _Room] = {}
         self._used = 0
 
     def __len__(self) -> int:
@@ -120,7 +138,7 @@ class RegistrationTable:
         return (((s.last_ms + self._timeout_ms) & _U32) >> TICK_SHIFT) & self._wheel_mask
 
     def _link(self, i: int, s: _Registration) -> None:
-        self._wheel.setdefault(self._bucket(s), {})[i] = None
+        self._wheel.setdefault(self._bucket(s), {})[i] = s
 
     def _unlink(self, i: int, s: _Registration) -> None:
         b = self._bucket(s)
@@ -128,29 +146,27 @@ class RegistrationTable:
         if not self._wheel[b]:
             del self._wheel[b]
 
-    def _touch(self, i: int, now_ms: int) -> None:
-        s = self._slots[i]
+    def _touch(self, i: int, s: _Registration, now_ms: int) -> None:
         if s.last_ms == now_ms or s.expiring:
             return
         self._unlink(i, s)
         s.last_ms = now_ms
         self._link(i, s)
 
-    def expire(self, now: float) -> List[int]:
+    def expire(self, now: float) -> list[int]:
         now_ms = self._clock(now)
         target = now_ms >> TICK_SHIFT
         steps = (target - self._cursor) & TICK_SPACE_MASK
         if steps > self._wheel_mask:
             steps = self._wheel_mask
             self._cursor = (target - steps) & TICK_SPACE_MASK
-        out: List[int] = []
+        out: list[int] = []
         for t in range(steps + 1):
             b = (self._cursor + t) & self._wheel_mask
             bucket = self._wheel.get(b)
             if not bucket:
                 continue
-            for i in list(bucket):
-                s = self._slots[i]
+            for i, s in list(bucket.items()):
                 if not _after_or_equal(now_ms, (s.last_ms + self._timeout_ms) & _U32):
                     break
                 del bucket[i]
@@ -161,17 +177,18 @@ class RegistrationTable:
         self._cursor = target
         return out
 
-    def _index_of(self, token: bytes) -> int:
+    def _find(self, token: bytes) -> tuple[int, _Registration] | None:
+        """The slot and registration of a live token."""
         if len(token) != TOKEN_SIZE_bytes:
-            return -1
+            return None
         i = int.from_bytes(token[:TOKEN_INDEX_SIZE_bytes], "big")
         if i >= len(self._slots):
-            return -1
+            return None
         s = self._slots[i]
         secret = token[TOKEN_INDEX_SIZE_bytes:]
         if s is None or s.expiring or secret == _NO_SECRET or s.secret != secret:
-            return -1
-        return i
+            return None
+        return i, s
 
     def add(self, room_id: bytes, room_tag: bytes, secret: bytes, card: bytes, addr: tuple, now: float) -> int:
         if (
@@ -190,16 +207,15 @@ class RegistrationTable:
             self._slots.append(None)
         else:
             raise TableFull(f"registration table full ({self.capacity} registrations)")
-        s = _Registration()
-        s.secret = secret if secret != _NO_SECRET else (1).to_bytes(TOKEN_SECRET_SIZE_bytes, "little")
-        s.addr, s.port = key, port
-        s.last_ms = self._clock(now)
-        s.room_id = room_id
-        s.card = bytes(card)
-        s.expiring = False
+        if secret == _NO_SECRET:  # zero marks a free slot in the compiled table
+            secret = (1).to_bytes(TOKEN_SECRET_SIZE_bytes, "little")
+        s = _Registration(secret, key, port, self._clock(now), room_id, bytes(card))
         self._slots[i] = s
         self._link(i, s)
-        self._rooms.setdefault(room_id, [room_tag, {}])[1][i] = None
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _Room(room_tag)
+        room.members[i] = s
         self._used += 1
         return i
 
@@ -213,7 +229,7 @@ class RegistrationTable:
         s = self._get(i)
         if not s.expiring:
             self._unlink(i, s)
-        members = self._rooms[s.room_id][1]
+        members = self._rooms[s.room_id].members
         del members[i]
         if not members:
             del self._rooms[s.room_id]
@@ -225,21 +241,22 @@ class RegistrationTable:
         return i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + self._get(i).secret
 
     def lookup(self, token: bytes) -> int:
-        return self._index_of(token)
+        found = self._find(token)
+        return -1 if found is None else found[0]
 
     def touch(self, token: bytes, addr: tuple, now: float) -> int:
-        i = self._index_of(token)
-        if i < 0:
+        found = self._find(token)
+        if found is None:
             return 0
-        self._touch(i, self._clock(now))
-        s = self._slots[i]
+        i, s = found
+        self._touch(i, s, self._clock(now))
         key, port = endpoint_key(addr)
         if (s.addr, s.port) == (key, port):
             return 1
         s.addr, s.port = key, port
         return 2
 
-    def endpoint(self, i: int) -> tuple:
+    def endpoint(self, i: int) -> tuple[str, int]:
         s = self._get(i)
         return key_endpoint(s.addr, s.port)
 
@@ -260,23 +277,28 @@ class RegistrationTable:
     def room_of(self, i: int) -> bytes:
         return self._get(i).room_id
 
-    def room_tag(self, room_id: bytes) -> Optional[bytes]:
+    def room_tag(self, room_id: bytes) -> bytes | None:
         room = self._rooms.get(room_id)
-        return room[0] if room else None
+        return room.tag if room else None
 
     def room_size(self, room_id: bytes) -> int:
         room = self._rooms.get(room_id)
-        return len(room[1]) if room else 0
+        return len(room.members) if room else 0
 
-    def room_members(self, room_id: bytes) -> List[int]:
+    def room_members(self, room_id: bytes) -> list[int]:
+        """Slots of the room's members, most recent first."""
         room = self._rooms.get(room_id)
-        return list(reversed(room[1])) if room else []
+        return list(reversed(room.members)) if room else []
+
+    def _members(self, room_id: bytes) -> list[tuple[int, _Registration]]:
+        room = self._rooms.get(room_id)
+        return list(reversed(room.members.items())) if room else []
 
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int:
         if len(public_key) != PUBLIC_KEY_SIZE_bytes:
             return -1
-        for i in self.room_members(room_id):
-            if self._slots[i].card[:PUBLIC_KEY_SIZE_bytes] == public_key:
+        for i, s in self._members(room_id):
+            if s.card[:PUBLIC_KEY_SIZE_bytes] == public_key:
                 return i
         return -1
 
@@ -292,8 +314,20 @@ class FastPath:
         self.drained = True
         self._queue: list = []
         self._c = dict.fromkeys(
-            ("received", "heartbeats", "heartbeat_acks", "unknown_token", "rebinds",
-             "passed_to_python", "sent", "send_errors", "recv_errors", "batches"), 0)
+            (
+                "received",
+                "heartbeats",
+                "heartbeat_acks",
+                "unknown_token",
+                "rebinds",
+                "passed_to_python",
+                "sent",
+                "send_errors",
+                "recv_errors",
+                "batches",
+            ),
+            0,
+        )
 
     @property
     def counters(self) -> dict:
@@ -326,14 +360,14 @@ class FastPath:
             n += 1
             if len(data) == HEARTBEAT_SIZE_bytes and data[0] == MAGIC and data[1] == VERSION and data[2] == T_HEARTBEAT:
                 token = data[HEADER_SIZE_bytes:_TOKEN_END]
-                i = t._index_of(token)
-                if i < 0:
+                found = t._find(token)
+                if found is None:
                     self._c["unknown_token"] += 1
                     replies.append((data[:2] + bytes([T_UNKNOWN_TOKEN, 0]) + token, addr))
                     continue
                 self._c["heartbeats"] += 1
-                t._touch(i, now_ms)
-                s = t._slots[i]
+                i, s = found
+                t._touch(i, s, now_ms)
                 key, port = endpoint_key(addr)
                 if (s.addr, s.port) != (key, port):
                     s.addr, s.port = key, port
@@ -369,11 +403,10 @@ class FastPath:
         return queued
 
     def send_to_room(self, room_id: bytes, data: bytes, exclude_slot: int = -1) -> int:
-        t = self._table
         targets = [
-            (data, t.endpoint(i))
-            for i in t.room_members(room_id)
-            if i != exclude_slot and not t._slots[i].expiring
+            (data, key_endpoint(s.addr, s.port))
+            for i, s in self._table._members(room_id)
+            if i != exclude_slot and not s.expiring
         ]
         return self.send(targets)
 
@@ -385,7 +418,7 @@ class FastPath:
         return self._c["sent"] - before
 
 
-def send_records(sock, addr: tuple, records: bytes, record_size: int, start: int, count: int) -> int:
+def send_records(sock: socket.socket, addr: tuple, records: bytes, record_size: int, start: int, count: int) -> int:
     n_records = len(records) // record_size
     if n_records == 0:
         return 0
@@ -402,7 +435,7 @@ def send_records(sock, addr: tuple, records: bytes, record_size: int, start: int
     return sent
 
 
-def recv_batch(sock, max_count: int = BATCH_SIZE) -> list:
+def recv_batch(sock: socket.socket, max_count: int = BATCH_SIZE) -> list[tuple[bytes, Any]]:
     out = []
     for _ in range(max_count):
         try:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Optional
 
-from gochat.wire.endpoints import endpoint_key
 from gochat.wire.constants import COOKIE_BUCKET_s, COOKIE_SIZE_bytes
+from gochat.wire.endpoints import endpoint_key
 
 
 class CookieJar:
-    def __init__(self, secret: Optional[bytes] = None, bucket_s: float = COOKIE_BUCKET_s) -> None:
+    def __init__(self, secret: bytes | None = None, bucket_s: float = COOKIE_BUCKET_s) -> None:
         self._secret = secret if secret is not None else os.urandom(32)
         self._bucket_s = bucket_s
 

@@ -15,15 +15,41 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Protocol
 
 from gochat.bootnode import fastpath as default_fastpath
-from gochat.wire.endpoints import format_endpoint
+from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
 from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
-from gochat.bootnode.rendezvous import Limits, Rendezvous, Send
+from gochat.wire.endpoints import format_endpoint
 
 log = logging.getLogger("gochat.bootnode")
+
+
+class FastPathSocket(Protocol):
+    """The per-packet socket layer (FastPath of either fast path)."""
+
+    @property
+    def drained(self) -> bool: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
+    def process_batch(self, now: float) -> list[tuple[bytes, Any]]: ...
+    def send(self, datagrams: list[Any]) -> int: ...
+    def send_to_room(self, room_id: bytes, data: bytes, exclude_slot: int = -1) -> int: ...
+    def flush(self) -> int: ...
+
+
+class FastPathModule(Protocol):
+    """A fast-path implementation with the names gochat.bootnode.fastpath exports (tests
+    pass either twin)."""
+
+    @property
+    def IMPLEMENTATION(self) -> str: ...
+    @property
+    def RegistrationTable(self) -> Callable[[int, float, float], Table]: ...
+    @property
+    def FastPath(self) -> Callable[[socket.socket, Any, int], FastPathSocket]: ...
 
 
 @dataclass
@@ -32,16 +58,16 @@ class TickStats:
 
     ticks: int = 0
     last_tick_ms: float = 0.0
-    largest_expired: int = 0          # most registrations expired by one tick
-    largest_tick_ms: float = 0.0      # duration of that tick (wheel work only)
+    largest_expired: int = 0  # most registrations expired by one tick
+    largest_tick_ms: float = 0.0  # duration of that tick (wheel work only)
     largest_announce_ms: float = 0.0  # announcing and removing them
-    last_join_ms: float = 0.0         # handling of the latest register, fan-out included
+    last_join_ms: float = 0.0  # handling of the latest register, fan-out included
     last_join_room_size: int = 0
 
 
 @dataclass
 class BootnodeConfig:
-    listen: Tuple[str, int]
+    listen: tuple[str, int]
     heartbeat_interval_s: float
     peer_timeout_s: float
     limits: Limits
@@ -49,7 +75,7 @@ class BootnodeConfig:
     batch_size: int = BATCH_SIZE
 
 
-def _make_socket(listen: Tuple[str, int], recv_buffer: int) -> socket.socket:
+def _make_socket(listen: tuple[str, int], recv_buffer: int) -> socket.socket:
     host, port = listen
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
@@ -70,7 +96,7 @@ def _make_socket(listen: Tuple[str, int], recv_buffer: int) -> socket.socket:
 
 
 class Bootnode:
-    def __init__(self, config: BootnodeConfig, fastpath=default_fastpath) -> None:
+    def __init__(self, config: BootnodeConfig, fastpath: FastPathModule = default_fastpath) -> None:
         self.config = config
         self.fastpath_module = fastpath
         self.sock = _make_socket(config.listen, config.recv_buffer_bytes)
@@ -86,8 +112,8 @@ class Bootnode:
         )
         self.ticks = TickStats()
         self.internal_errors = 0
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -98,14 +124,20 @@ class Bootnode:
         rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         log.info(
             "bootnode listening on udp %s (fast path: %s, receive buffer %d bytes)",
-            format_endpoint(self.address), self.fastpath_module.IMPLEMENTATION, rcvbuf,
+            format_endpoint(self.address),
+            self.fastpath_module.IMPLEMENTATION,
+            rcvbuf,
         )
         lim = self.config.limits
         log.info(
             "limits: %d peers, %d per room, %g registrations/s per source IP (burst %d); "
             "heartbeat interval %gs, peer timeout %gs",
-            lim.max_peers, lim.max_peers_per_room, lim.register_rate_per_ip, lim.register_burst_per_ip,
-            self.config.heartbeat_interval_s, self.config.peer_timeout_s,
+            lim.max_peers,
+            lim.max_peers_per_room,
+            lim.register_rate_per_ip,
+            lim.register_burst_per_ip,
+            self.config.heartbeat_interval_s,
+            self.config.peer_timeout_s,
         )
 
     def close(self) -> None:
@@ -133,7 +165,7 @@ class Bootnode:
                     except Exception:  # a bug must cost one datagram, never the receive loop
                         self.internal_errors += 1
                         log.exception("internal error handling a datagram from %s", addr)
-                announcements = []
+                announcements: list[Action] = []
                 try:
                     announcements = machine.flush_announcements()
                     self._execute(announcements)
@@ -147,11 +179,11 @@ class Bootnode:
             if fast.drained:
                 break
 
-    def _execute(self, actions: List) -> None:
+    def _execute(self, actions: list[Action]) -> None:
         """Queue the actions' datagrams in order; the caller flushes the queue."""
         fast = self.fast
         for action in actions:
-            if type(action) is Send:
+            if isinstance(action, Send):
                 fast.send([action])
             else:
                 fast.send_to_room(action.room_id, action.data, action.exclude_slot)
@@ -187,11 +219,11 @@ class Bootnode:
 
     # --- observation ----------------------------------------------------------------------
 
-    def snapshot(self) -> Dict[str, float]:
+    def snapshot(self) -> dict[str, float]:
         """Every counter in one flat dict (tests, benchmarks and the metrics endpoint)."""
         # dict() copies in one step under the GIL: the metrics thread may call this while
         # the loop is adding counters.
-        out: Dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
+        out: dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
         out.update(dict(self.machine.stats))
         ru = resource.getrusage(resource.RUSAGE_SELF)
         out.update(
@@ -213,7 +245,11 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]] = None, fastpath=default_fastpath) -> int:
+async def serve(
+    config: BootnodeConfig,
+    metrics_listen: tuple[str, int] | None = None,
+    fastpath: FastPathModule = default_fastpath,
+) -> int:
     """Run a bootnode until SIGINT or SIGTERM; returns the exit code."""
     node = Bootnode(config, fastpath)
     loop = asyncio.get_running_loop()
@@ -233,6 +269,9 @@ async def serve(config: BootnodeConfig, metrics_listen: Optional[Tuple[str, int]
         node.close()
         log.info(
             "bootnode stopped: %d peers in %d rooms, %d heartbeats, %d registrations",
-            snap["peers"], snap["rooms"], snap["fast.heartbeats"], snap.get("register.accepted", 0),
+            snap["peers"],
+            snap["rooms"],
+            snap["fast.heartbeats"],
+            snap.get("register.accepted", 0),
         )
     return 0

@@ -29,4 +29,4 @@ TableFull = impl.TableFull
 send_records = impl.send_records
 recv_batch = impl.recv_batch
 
-__all__ = ["RegistrationTable", "FastPath", "TableFull", "send_records", "recv_batch", "IMPLEMENTATION", "pure"]
+__all__ = ["IMPLEMENTATION", "FastPath", "RegistrationTable", "TableFull", "pure", "recv_batch", "send_records"]

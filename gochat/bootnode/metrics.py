@@ -7,10 +7,11 @@ metrics. Names: gochat_<counter>, with reasons as labels where a counter has the
 from __future__ import annotations
 
 import re
-from typing import Tuple
+from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _GAUGES = {"peers", "rooms", "cpu_seconds", "rss_bytes"}
@@ -20,13 +21,19 @@ def _name(key: str) -> str:
     return "gochat_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
+class Snapshots(Protocol):
+    """What the collector reads: the bootnode's counters (driver.Bootnode.snapshot)."""
+
+    def snapshot(self) -> dict[str, float]: ...
+
+
 class BootnodeCollector(Collector):
-    def __init__(self, node) -> None:
+    def __init__(self, node: Snapshots) -> None:
         self.node = node
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         snap = self.node.snapshot()
-        labelled = {}
+        labelled: dict[str, list[tuple[str, float]]] = {}
         for key, value in sorted(snap.items()):
             family, _, reason = key.partition(".")
             if family in ("malformed", "refused", "unexpected"):
@@ -42,11 +49,12 @@ class BootnodeCollector(Collector):
             yield c
 
 
-def start_metrics_server(node, listen: Tuple[str, int]) -> Tuple[str, int]:
+def start_metrics_server(node: Snapshots, listen: tuple[str, int]) -> tuple[str, int]:
     registry = CollectorRegistry()
     registry.register(BootnodeCollector(node))
     server, _thread = start_http_server(listen[1], addr=listen[0], registry=registry)
-    return server.server_address[:2]
+    host, port = server.server_address[:2]
+    return str(host), port
 
 
 def parse_exposition(text: str) -> dict:

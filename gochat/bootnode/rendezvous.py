@@ -16,17 +16,23 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Protocol
 
-from gochat.wire import control as wire
-from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
-from gochat.wire.constants import PUBLIC_KEY_SIZE_bytes, ROOM_TAG_SIZE_bytes, TOKEN_SECRET_SIZE_bytes
-from gochat.wire.endpoints import endpoint_key, key_endpoint
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
 from gochat.bootnode.cookie import CookieJar
+from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
 from gochat.ratelimit import TokenBuckets
+from gochat.wire import control as wire
+from gochat.wire.constants import (
+    MAX_DATAGRAM_bytes,
+    PUBLIC_KEY_SIZE_bytes,
+    ROOM_TAG_SIZE_bytes,
+    TOKEN_SECRET_SIZE_bytes,
+)
 from gochat.wire.control import LeaveReason, MsgType, RefuseReason
+from gochat.wire.endpoints import endpoint_key, key_endpoint
 
 log = logging.getLogger("gochat.bootnode")
 
@@ -48,7 +54,31 @@ class SendToRoom(NamedTuple):
     exclude_slot: int = -1
 
 
-Action = Union[Send, SendToRoom]
+Action = Send | SendToRoom
+
+
+class Table(Protocol):
+    """What the machine needs of a registration table; both fast paths' RegistrationTable
+    provide it (gochat/bootnode/_fastpath.pyi, gochat/bootnode/_purepath.py)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def room_count(self) -> int: ...
+    def add(self, room_id: bytes, room_tag: bytes, secret: bytes, card: bytes, addr: tuple, now: float) -> int: ...
+    def remove(self, i: int) -> None: ...
+    def token(self, i: int) -> bytes: ...
+    def lookup(self, token: bytes) -> int: ...
+    def touch(self, token: bytes, addr: tuple, now: float) -> int: ...
+    def expire(self, now: float) -> list[int]: ...
+    def endpoint(self, i: int) -> tuple[str, int]: ...
+    def card(self, i: int) -> bytes: ...
+    def entry(self, i: int) -> bytes: ...
+    def wire_endpoint(self, i: int) -> bytes: ...
+    def room_of(self, i: int) -> bytes: ...
+    def room_tag(self, room_id: bytes) -> bytes | None: ...
+    def room_size(self, room_id: bytes) -> int: ...
+    def room_members(self, room_id: bytes) -> list[int]: ...
+    def find_in_room(self, room_id: bytes, public_key: bytes) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -62,12 +92,12 @@ class Limits:
 class Rendezvous:
     def __init__(
         self,
-        table,
+        table: Table,
         *,
         heartbeat_interval_s: float,
         peer_timeout_s: float,
         limits: Limits,
-        cookies: Optional[CookieJar] = None,
+        cookies: CookieJar | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.table = table
@@ -76,16 +106,14 @@ class Rendezvous:
         self.limits = limits
         self.cookies = cookies or CookieJar()
         self._random = random_bytes
-        self._rate = TokenBuckets(
-            limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES
-        )
+        self._rate = TokenBuckets(limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES)
         self.stats: Counter = Counter()
         self.last_join_room_size = 0  # members that were announced the latest join
-        self._pending_joins: Dict[bytes, List[tuple]] = {}  # room id -> [(slot, token)] to announce
+        self._pending_joins: dict[bytes, list[tuple]] = {}  # room id -> [(slot, token)] to announce
 
     # --- inputs ------------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> List[Action]:
+    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> list[Action]:
         try:
             if len(data) > 2 and data[2] == MsgType.REGISTER:
                 return self._on_register(wire.decode_register(data), addr, now)
@@ -106,20 +134,20 @@ class Rendezvous:
     def get_timer(self, now: float) -> float:
         """When handle_timer should run next: the next wheel tick."""
         t = (int(now / TICK_s) + 1) * TICK_s
-        return t if t > now else t + TICK_s   # float rounding can land on ``now`` itself
+        return t if t > now else t + TICK_s  # float rounding can land on ``now`` itself
 
-    def handle_timer(self, now: float) -> List[Action]:
+    def handle_timer(self, now: float) -> list[Action]:
         return self.announce_expired(self.collect_expired(now))
 
-    def collect_expired(self, now: float) -> List[int]:
+    def collect_expired(self, now: float) -> list[int]:
         """Registrations silent for the peer timeout (the timing-wheel tick on its own, so a
         driver can measure it)."""
         return self.table.expire(now)
 
-    def announce_expired(self, slots: Sequence[int]) -> List[Action]:
+    def announce_expired(self, slots: Sequence[int]) -> list[Action]:
         if not slots:
             return []
-        by_room: Dict[bytes, list] = {}
+        by_room: dict[bytes, list] = {}
         for i in slots:
             by_room.setdefault(self.table.room_of(i), []).append(i)
         actions = []
@@ -134,7 +162,7 @@ class Rendezvous:
 
     # --- handlers ----------------------------------------------------------------------
 
-    def _on_register(self, msg: wire.RegisterHead, addr: tuple, now: float) -> List[Action]:
+    def _on_register(self, msg: wire.RegisterHead, addr: tuple, now: float) -> list[Action]:
         self.stats["register.received"] += 1
         if not self.cookies.verify(msg.cookie, addr, now):
             # Unvalidated address: answer with a cookie, smaller than the request.
@@ -155,6 +183,7 @@ class Rendezvous:
             # registration stands (same token); the reply and the peer list are sent again.
             slot = previous
             tag = table.room_tag(msg.room_id)
+            assert tag is not None, "a room with a member has a tag"
             table.touch(table.token(slot), addr, now)
             self.stats["register.duplicate"] += 1
         else:
@@ -174,10 +203,14 @@ class Rendezvous:
                 return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
             self.stats["register.accepted"] += 1
         reply = wire.encode_registered(
-            msg.request_id, table.token(slot), tag, self.heartbeat_interval_ms, self.peer_timeout_ms,
+            msg.request_id,
+            table.token(slot),
+            tag,
+            self.heartbeat_interval_ms,
+            self.peer_timeout_ms,
             table.wire_endpoint(slot),
         )
-        actions: List[Action] = [Send(reply, addr)]
+        actions: list[Action] = [Send(reply, addr)]
         members = [i for i in table.room_members(msg.room_id) if i != slot]
         entries = [table.entry(i) for i in members]
         batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
@@ -189,7 +222,7 @@ class Rendezvous:
             log.debug("registered %s from %s in a room of %d", msg.public_key.hex()[:16], addr, len(members) + 1)
         return actions
 
-    def flush_announcements(self) -> List[Action]:
+    def flush_announcements(self) -> list[Action]:
         """Announce the joins registered since the last flush, one PEER_JOINED (or a few,
         within the datagram limit) per room instead of one per join. A driver calls it
         after each receive batch, so a registration storm (say, every client of a
@@ -201,24 +234,24 @@ class Rendezvous:
         if not self._pending_joins:
             return []
         table = self.table
-        actions: List[Action] = []
+        actions: list[Action] = []
         for room_id, joined in self._pending_joins.items():
             alive = [slot for slot, token in joined if table.lookup(token) == slot]
-            if not alive:
-                continue
             tag = table.room_tag(room_id)
+            if not alive or tag is None:  # (a room with a live member always has its tag)
+                continue
             self.last_join_room_size = table.room_size(room_id) - 1
             for batch in wire.pack_entries([table.entry(s) for s in alive], wire.PEER_JOINED_OVERHEAD_bytes):
                 actions.append(SendToRoom(room_id, wire.encode_peer_joined(tag, batch), exclude_slot=alive[-1]))
         self._pending_joins.clear()
         return actions
 
-    def _refuse(self, msg: wire.RegisterHead, addr: tuple, reason: RefuseReason, retry_after_s: float) -> List[Action]:
+    def _refuse(self, msg: wire.RegisterHead, addr: tuple, reason: RefuseReason, retry_after_s: float) -> list[Action]:
         self.stats[f"refused.{reason.name.lower()}"] += 1
         retry_ms = max(1, int(retry_after_s * 1000))
         return [Send(wire.encode(wire.Refused(msg.request_id, reason, retry_ms)), addr)]
 
-    def _on_heartbeat(self, msg: wire.TokenMessage, addr: tuple, now: float) -> List[Action]:
+    def _on_heartbeat(self, msg: wire.TokenMessage, addr: tuple, now: float) -> list[Action]:
         status = self.table.touch(msg.token, addr, now)
         if status == 0:
             self.stats["heartbeat.unknown"] += 1
@@ -230,8 +263,8 @@ class Rendezvous:
             return [Send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT_ACK, msg.token)), addr)]
         return []
 
-    def _on_disconnect(self, msg: wire.TokenMessage, addr: tuple) -> List[Action]:
-        actions: List[Action] = []
+    def _on_disconnect(self, msg: wire.TokenMessage, addr: tuple) -> list[Action]:
+        actions: list[Action] = []
         slot = self.table.lookup(msg.token)
         if slot >= 0:
             room_id = self.table.room_of(slot)
@@ -245,12 +278,12 @@ class Rendezvous:
         actions.append(Send(wire.encode(wire.TokenMessage(MsgType.DISCONNECT_ACK, msg.token)), addr))
         return actions
 
-    def _announce_left(self, room_id: bytes, slots: Sequence[int], reason: LeaveReason, exclude: int) -> List[Action]:
+    def _announce_left(self, room_id: bytes, slots: Sequence[int], reason: LeaveReason, exclude: int) -> list[Action]:
         tag = self.table.room_tag(room_id)
         if tag is None or self.table.room_size(room_id) <= len(slots):
             return []  # nobody left to tell
         left = [(self.table.card(i)[:PUBLIC_KEY_SIZE_bytes], reason) for i in slots]
-        per = (wire.MAX_DATAGRAM_bytes - wire.PEER_LEFT_OVERHEAD_bytes) // wire.PEER_LEFT_ITEM_bytes
+        per = (MAX_DATAGRAM_bytes - wire.PEER_LEFT_OVERHEAD_bytes) // wire.PEER_LEFT_ITEM_bytes
         return [
             SendToRoom(room_id, wire.encode_peer_left(tag, left[k : k + per]), exclude_slot=exclude)
             for k in range(0, len(left), per)

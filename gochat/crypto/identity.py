@@ -13,9 +13,9 @@ import json
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
 
 from gochat.crypto.noise import generate_private_key, public_key
 
@@ -95,7 +95,7 @@ class KnownPeers:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._peers: Dict[str, dict] = {}
+        self._peers: dict[str, dict] = {}
         if path.exists():
             try:
                 self._peers = json.loads(path.read_text())["peers"]
@@ -108,23 +108,29 @@ class KnownPeers:
             return self.NEW
         return self.KNOWN if entry["key"] == key.hex() else self.CHANGED
 
-    def get(self, name: str) -> Optional[dict]:
+    def get(self, name: str) -> dict | None:
         return self._peers.get(name)
 
-    def remember(self, name: str, key: bytes, now: Optional[float] = None) -> str:
+    def remember(self, name: str, key: bytes, now: float | None = None) -> str:
         """Record ``key`` for ``name`` if new; returns what check() said. A changed key is
         not recorded: the old one stays until the user verifies the new one."""
         status = self.check(name, key)
         if status == self.NEW:
-            self._peers[name] = {"key": key.hex(), "first_seen": int(now if now is not None else time.time()),
-                                 "verified": False}
+            self._peers[name] = {
+                "key": key.hex(),
+                "first_seen": int(now if now is not None else time.time()),
+                "verified": False,
+            }
             self._save()
         return status
 
     def verify(self, name: str, key: bytes) -> None:
         """The user compared safety numbers: trust ``key`` for ``name`` from now on."""
-        self._peers[name] = {**self._peers.get(name, {"first_seen": int(time.time())}), "key": key.hex(),
-                             "verified": True}
+        self._peers[name] = {
+            **self._peers.get(name, {"first_seen": int(time.time())}),
+            "key": key.hex(),
+            "verified": True,
+        }
         self._save()
 
     def _save(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import List, Optional, Tuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -61,7 +60,7 @@ def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.digest(key, data, "sha256")
 
 
-def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> Tuple[bytes, ...]:
+def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> tuple[bytes, ...]:
     temp = _hmac(chaining_key, ikm)
     out1 = _hmac(temp, b"\x01")
     out2 = _hmac(temp, out1 + b"\x02")
@@ -75,7 +74,7 @@ class CipherState:
 
     __slots__ = ("_aead", "key", "n")
 
-    def __init__(self, key: Optional[bytes] = None) -> None:
+    def __init__(self, key: bytes | None = None) -> None:
         self.key = key
         self._aead = AESGCM(key) if key is not None else None
         self.n = 0
@@ -108,7 +107,7 @@ class CipherState:
 
 
 class SymmetricState:
-    __slots__ = ("ck", "h", "cipher")
+    __slots__ = ("cipher", "ck", "h")
 
     def __init__(self, protocol_name: str) -> None:
         name = protocol_name.encode()
@@ -138,7 +137,7 @@ class SymmetricState:
         self.mix_hash(ciphertext)
         return plaintext
 
-    def split(self) -> Tuple[CipherState, CipherState]:
+    def split(self) -> tuple[CipherState, CipherState]:
         k1, k2 = hkdf(self.ck, b"", 2)
         return CipherState(k1), CipherState(k2)
 
@@ -157,10 +156,10 @@ class HandshakeState:
         *,
         initiator: bool,
         static_private: bytes,
-        remote_static: Optional[bytes] = None,
-        psk: Optional[bytes] = None,
+        remote_static: bytes | None = None,
+        psk: bytes | None = None,
         prologue: bytes = b"",
-        ephemeral_private: Optional[bytes] = None,
+        ephemeral_private: bytes | None = None,
         protocol_name: str = PROTOCOL_IKPSK2,
     ) -> None:
         if protocol_name not in _PATTERNS:
@@ -168,24 +167,28 @@ class HandshakeState:
         self.has_psk = "psk" in protocol_name.split("_")[1]
         if self.has_psk and (psk is None or len(psk) != 32):
             raise ValueError("IKpsk2 needs a 32-byte psk")
-        if initiator and (remote_static is None or len(remote_static) != DHLEN):
-            raise ValueError("the IK initiator must know the responder's static key")
         self.initiator = initiator
         self.s = static_private
         self.s_pub = public_key(static_private)
-        self.e: Optional[bytes] = ephemeral_private
+        if not initiator:
+            responder_static = self.s_pub
+        elif remote_static is None or len(remote_static) != DHLEN:
+            raise ValueError("the IK initiator must know the responder's static key")
+        else:
+            responder_static = remote_static
+        self.e: bytes | None = ephemeral_private
         self.rs = remote_static
-        self.re: Optional[bytes] = None
-        self.psk = psk
+        self.re: bytes | None = None
+        self.psk = psk or b""  # read only by the psk token, and a psk pattern was refused without one
         self.symmetric = SymmetricState(protocol_name)
         self.symmetric.mix_hash(prologue)
         # pre-message "<- s": both sides hash the responder's static key
-        self.symmetric.mix_hash(remote_static if initiator else self.s_pub)
-        self._patterns: List[Tuple[str, ...]] = list(_PATTERNS[protocol_name])
+        self.symmetric.mix_hash(responder_static)
+        self._patterns: list[tuple[str, ...]] = list(_PATTERNS[protocol_name])
         self._my_turn = initiator
 
     @property
-    def remote_static(self) -> Optional[bytes]:
+    def remote_static(self) -> bytes | None:
         return self.rs
 
     @property
@@ -263,7 +266,7 @@ class HandshakeState:
         self._my_turn = True
         return payload
 
-    def split(self) -> Tuple[CipherState, CipherState]:
+    def split(self) -> tuple[CipherState, CipherState]:
         """(send, receive) cipher states for transport messages."""
         if not self.complete:
             raise NoiseError("handshake not complete")
@@ -271,7 +274,7 @@ class HandshakeState:
         return (c1, c2) if self.initiator else (c2, c1)
 
 
-def room_psk(room: str, passphrase: Optional[str]) -> bytes:
+def room_psk(room: str, passphrase: str | None) -> bytes:
     """The PSK of a room: scrypt over the passphrase and room name; without a passphrase,
     a public hash of the room name (which protects nothing against anyone who knows it)."""
     if passphrase:

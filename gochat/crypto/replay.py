@@ -13,7 +13,7 @@ _BIT_MASK = BLOCK_BITS - 1
 
 
 class ReplayWindow:
-    __slots__ = ("_ring", "_mask", "_last", "window_size")
+    __slots__ = ("_last", "_mask", "_ring", "window_size")
 
     def __init__(self, blocks: int = 32) -> None:
         if blocks < 2 or blocks & (blocks - 1):

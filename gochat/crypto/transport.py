@@ -36,10 +36,11 @@ def _nonce(counter: int) -> bytes:
 class TransportKeys:
     """One direction pair of keys with its counters, created when a handshake completes."""
 
-    __slots__ = ("_send", "_recv", "send_counter", "window", "created", "rekey_after_messages")
+    __slots__ = ("_recv", "_send", "created", "rekey_after_messages", "send_counter", "window")
 
-    def __init__(self, send_key: bytes, recv_key: bytes, now: float,
-                 rekey_after_messages: int = REKEY_AFTER_MESSAGES) -> None:
+    def __init__(
+        self, send_key: bytes, recv_key: bytes, now: float, rekey_after_messages: int = REKEY_AFTER_MESSAGES
+    ) -> None:
         self._send = AESGCM(send_key)
         self._recv = AESGCM(recv_key)
         self.send_counter = 0

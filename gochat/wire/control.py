@@ -12,27 +12,31 @@ import enum
 import re
 import socket
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence, Tuple, Union
+from typing import NamedTuple
 
-from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED, endpoint_key, key_endpoint
 from gochat.wire import constants as C
 from gochat.wire.constants import (
-    COOKIE_SIZE_bytes,
     FLAG_ACK_REQUESTED as FLAG_ACK_REQUESTED,  # re-exported: callers use wire.FLAG_ACK_REQUESTED
-    HEADER_SIZE_bytes,
+)
+from gochat.wire.constants import (
     MAGIC,
-    MAX_DATAGRAM_bytes,
     MAX_LOCAL_ENDPOINTS,
+    VERSION,
+    COOKIE_SIZE_bytes,
+    HEADER_SIZE_bytes,
+    MAX_DATAGRAM_bytes,
     MAX_NAME_bytes,
     PUBLIC_KEY_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SIZE_bytes,
-    VERSION,
 )
+from gochat.wire.endpoints import V4_MAPPED_PREFIX as _V4_MAPPED
+from gochat.wire.endpoints import endpoint_key, key_endpoint
 
-Endpoint = Tuple[str, int]
+Endpoint = tuple[str, int]
 """An (IP address text, port) pair; IPv4-mapped IPv6 addresses are shown as IPv4."""
 
 
@@ -96,7 +100,7 @@ class PeerEntry:
 
     public_key: bytes
     name: str
-    endpoints: Tuple[Endpoint, ...]
+    endpoints: tuple[Endpoint, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,7 @@ class Register:
     room_id: bytes
     public_key: bytes
     name: str
-    local_endpoints: Tuple[Endpoint, ...] = ()
+    local_endpoints: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +162,7 @@ class PeerList:
     room_tag: bytes
     part: int
     parts: int
-    peers: Tuple[PeerEntry, ...]
+    peers: tuple[PeerEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ class PeerJoined:
     """Fields: room_tag, peers. Sent to existing members when someone (re)joins."""
 
     room_tag: bytes
-    peers: Tuple[PeerEntry, ...]
+    peers: tuple[PeerEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +178,10 @@ class PeerLeft:
     """Fields: room_tag, left: tuple of (public_key, LeaveReason)."""
 
     room_tag: bytes
-    left: Tuple[Tuple[bytes, LeaveReason], ...]
+    left: tuple[tuple[bytes, LeaveReason], ...]
 
 
-Message = Union[
-    Register, Cookie, Registered, Refused, TokenMessage, PeerList, PeerJoined, PeerLeft
-]
+Message = Register | Cookie | Registered | Refused | TokenMessage | PeerList | PeerJoined | PeerLeft
 
 TOKEN_TYPES = frozenset(
     {
@@ -235,10 +237,10 @@ class _Reader:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return _U16.unpack(self.take(2))[0]
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
-        return _U32.unpack(self.take(4))[0]
+        return int.from_bytes(self.take(4), "big")
 
     def endpoint(self) -> Endpoint:
         family = self.u8()
@@ -266,7 +268,7 @@ class _Reader:
             raise DecodeError("bad_field", "name empty or with control characters")
         return text
 
-    def endpoints(self, limit: int) -> Tuple[Endpoint, ...]:
+    def endpoints(self, limit: int) -> tuple[Endpoint, ...]:
         n = self.u8()
         if n > limit:
             raise DecodeError("bad_field", f"{n} endpoints")
@@ -316,12 +318,7 @@ def entry_from_card(card: bytes, public_endpoint: Endpoint) -> bytes:
     """Wire PeerEntry: the card with the public endpoint put first."""
     name_end = PUBLIC_KEY_SIZE_bytes + 1 + card[PUBLIC_KEY_SIZE_bytes]
     n_local = card[name_end]
-    return (
-        card[:name_end]
-        + bytes([n_local + 1])
-        + encode_endpoint(public_endpoint)
-        + card[name_end + 1 :]
-    )
+    return card[:name_end] + bytes([n_local + 1]) + encode_endpoint(public_endpoint) + card[name_end + 1 :]
 
 
 def encode_peer_entry(entry: PeerEntry) -> bytes:
@@ -336,13 +333,18 @@ def encode_peer_entry(entry: PeerEntry) -> bytes:
 _REGISTERED_HEAD = struct.Struct("!BBBBI12s8sII")
 
 
-def encode_registered(request_id: int, token: bytes, room_tag: bytes, heartbeat_ms: int, timeout_ms: int,
-                      observed: bytes) -> bytes:
+def encode_registered(
+    request_id: int, token: bytes, room_tag: bytes, heartbeat_ms: int, timeout_ms: int, observed: bytes
+) -> bytes:
     """REGISTERED with the observed endpoint already in wire form (encode_endpoint)."""
     _check_len(token, TOKEN_SIZE_bytes, "token")
     _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
-    return _REGISTERED_HEAD.pack(MAGIC, VERSION, MsgType.REGISTERED, 0, request_id, token, room_tag,
-                                 heartbeat_ms, timeout_ms) + observed
+    return (
+        _REGISTERED_HEAD.pack(
+            MAGIC, VERSION, MsgType.REGISTERED, 0, request_id, token, room_tag, heartbeat_ms, timeout_ms
+        )
+        + observed
+    )
 
 
 def encode(msg: Message) -> bytes:
@@ -364,8 +366,14 @@ def encode(msg: Message) -> bytes:
         _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
         return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie
     if isinstance(msg, Registered):
-        return encode_registered(msg.request_id, msg.token, msg.room_tag, msg.heartbeat_interval_ms,
-                                 msg.peer_timeout_ms, encode_endpoint(msg.observed_endpoint))
+        return encode_registered(
+            msg.request_id,
+            msg.token,
+            msg.room_tag,
+            msg.heartbeat_interval_ms,
+            msg.peer_timeout_ms,
+            encode_endpoint(msg.observed_endpoint),
+        )
     if isinstance(msg, Refused):
         return (
             header(MsgType.REFUSED)
@@ -374,9 +382,7 @@ def encode(msg: Message) -> bytes:
             + _U32.pack(msg.retry_after_ms)
         )
     if isinstance(msg, PeerList):
-        return encode_peer_list(
-            msg.room_tag, msg.part, msg.parts, [encode_peer_entry(p) for p in msg.peers]
-        )
+        return encode_peer_list(msg.room_tag, msg.part, msg.parts, [encode_peer_entry(p) for p in msg.peers])
     if isinstance(msg, PeerJoined):
         return encode_peer_joined(msg.room_tag, [encode_peer_entry(p) for p in msg.peers])
     if isinstance(msg, PeerLeft):
@@ -401,7 +407,7 @@ def encode_peer_joined(room_tag: bytes, entries: Sequence[bytes]) -> bytes:
     return header(MsgType.PEER_JOINED) + room_tag + bytes([len(entries)]) + b"".join(entries)
 
 
-def encode_peer_left(room_tag: bytes, left: Sequence[Tuple[bytes, int]]) -> bytes:
+def encode_peer_left(room_tag: bytes, left: Sequence[tuple[bytes, int]]) -> bytes:
     _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
     body = b"".join(_check_len(k, PUBLIC_KEY_SIZE_bytes, "public key") + bytes([int(r)]) for k, r in left)
     return header(MsgType.PEER_LEFT) + room_tag + bytes([len(left)]) + body
@@ -438,7 +444,7 @@ def _check_len(value: bytes, n: int, what: str) -> bytes:
 # --- decoding -------------------------------------------------------------------------
 
 
-def decode_header(data: bytes) -> Tuple[MsgType, int]:
+def decode_header(data: bytes) -> tuple[MsgType, int]:
     """Validate the 4-byte header; returns (type, flags)."""
     if len(data) > MAX_DATAGRAM_bytes:
         raise DecodeError("oversized", f"{len(data)} bytes")
@@ -472,9 +478,7 @@ def decode(data: bytes) -> Message:
     elif msg_type is MsgType.COOKIE:
         msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes))
     elif msg_type is MsgType.REGISTERED:
-        msg = Registered(
-            r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint()
-        )
+        msg = Registered(r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint())
     elif msg_type is MsgType.REFUSED:
         request_id = r.u32()
         code = r.u8()
@@ -545,7 +549,7 @@ def decode_register(data: bytes) -> RegisterHead:
     return RegisterHead(cookie, request_id, room_id, key, data[REGISTER_CARD_OFFSET:])
 
 
-def decode_card(card: bytes) -> Tuple[bytes, str, Tuple[Endpoint, ...]]:
+def decode_card(card: bytes) -> tuple[bytes, str, tuple[Endpoint, ...]]:
     """Inverse of encode_card (used by tests and diagnostics)."""
     r = _Reader(card, 0)
     key = r.take(PUBLIC_KEY_SIZE_bytes)

@@ -7,12 +7,11 @@ plus a port, so one slot layout serves IPv4, IPv6 and dual-stack sockets.
 from __future__ import annotations
 
 import socket
-from typing import Tuple
 
 V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
-def endpoint_key(addr: tuple) -> Tuple[bytes, int]:
+def endpoint_key(addr: tuple) -> tuple[bytes, int]:
     """(host, port[, flowinfo, scope]) -> (16-byte address, port)."""
     host = addr[0].split("%", 1)[0]
     try:
@@ -21,14 +20,14 @@ def endpoint_key(addr: tuple) -> Tuple[bytes, int]:
         return socket.inet_pton(socket.AF_INET6, host), int(addr[1])
 
 
-def key_endpoint(addr16: bytes, port: int) -> Tuple[str, int]:
+def key_endpoint(addr16: bytes, port: int) -> tuple[str, int]:
     """Inverse of endpoint_key, with IPv4-mapped addresses shown as IPv4 text."""
     if addr16[:12] == V4_MAPPED_PREFIX:
         return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
     return socket.inet_ntop(socket.AF_INET6, addr16), port
 
 
-def canonical_endpoint(addr: tuple) -> Tuple[str, int]:
+def canonical_endpoint(addr: tuple) -> tuple[str, int]:
     """(host, port) with IPv4-mapped IPv6 shown as IPv4, whatever the socket family."""
     return key_endpoint(*endpoint_key(addr))
 
