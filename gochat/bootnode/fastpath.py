@@ -16,7 +16,7 @@ if os.environ.get("GOCHAT_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "pure-python"
 else:
     try:
-        from gochat.bootnode import _fastpath as impl  # type: ignore[no-redef]
+        from gochat.bootnode import _fastpath as impl  # type: ignore[no-redef]  # the twin of the module bound above
 
         IMPLEMENTATION = "cython"
     except ImportError:  # no compiler where this was installed
