@@ -13,7 +13,7 @@ None or False are left out of the JSON, as the README's table says.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar
 
 _JSON_NAMES = {"sender": "from"}
 _OMITTED_WHEN_UNSET = frozenset({"fatal"})
@@ -25,9 +25,9 @@ class Event:
 
     kind: ClassVar[str] = ""
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """The line-mode JSON object: ``{"event": kind, field: value, ...}``."""
-        out: Dict[str, Any] = {"event": self.kind}
+        out: dict[str, Any] = {"event": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in _OMITTED_WHEN_UNSET and not value:
@@ -127,7 +127,7 @@ class PeerJoined(Event):
     name: str
     fingerprint: str
     public_key: str
-    trust: Optional[str] = None
+    trust: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +224,7 @@ class BootnodeStatus:
 
     state: str
     bootnode: str
-    rtt_ms: Optional[float]
+    rtt_ms: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +234,9 @@ class PeerStatus:
     name: str
     fingerprint: str
     state: str
-    path: Optional[str]
-    endpoint: Optional[str]
-    rtt_ms: Optional[float]
+    path: str | None
+    endpoint: str | None
+    rtt_ms: float | None
     unacknowledged: int
     retransmissions: int
 
@@ -247,8 +247,8 @@ class PeersStatus(Event):
 
     kind: ClassVar[str] = "peers"
     bootnode: BootnodeStatus
-    peers: Tuple[PeerStatus, ...]
-    dropped: Dict[str, int]
+    peers: tuple[PeerStatus, ...]
+    dropped: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +262,24 @@ class Verified(Event):
     safety_number: str
 
 
-LINE_MODE_EVENTS: Tuple[type, ...] = (
-    Started, Registered, PeerJoined, KeyChanged, PeerConnected, PathChanged, MessageReceived, Undelivered,
-    PeerLeft, PeerUnreachable, HandshakeFailed, BootnodeLost, BootnodeRestored, BootnodeReregistering,
-    PeersStatus, Verified, Notice, Error,
+LINE_MODE_EVENTS: tuple[type, ...] = (
+    Started,
+    Registered,
+    PeerJoined,
+    KeyChanged,
+    PeerConnected,
+    PathChanged,
+    MessageReceived,
+    Undelivered,
+    PeerLeft,
+    PeerUnreachable,
+    HandshakeFailed,
+    BootnodeLost,
+    BootnodeRestored,
+    BootnodeReregistering,
+    PeersStatus,
+    Verified,
+    Notice,
+    Error,
 )
 """Every event line mode can print (BootnodeStatus and PeerStatus only appear inside PeersStatus)."""

@@ -11,19 +11,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import TypeVar
 
 from gochat import events as ev
 from gochat.bootnode import fastpath
-
-from gochat.wire import control as wire
-from gochat.client.room import RoomClient
 from gochat.bootnode.cookie import CookieJar
-from gochat.crypto.noise import generate_private_key, room_psk
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.client.room import RoomClient
+from gochat.crypto.noise import generate_private_key, room_psk
+from gochat.wire import control as wire
 
-Endpoint = Tuple[str, int]
+Endpoint = tuple[str, int]
 E = TypeVar("E", bound=ev.Event)
 
 FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC = "full-cone", "restricted-cone", "port-restricted", "symmetric"
@@ -33,11 +33,11 @@ FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC = "full-cone", "restricted-con
 class Nat:
     public_ip: str
     kind: str
-    inside: set = field(default_factory=set)             # private IPs behind it
+    inside: set = field(default_factory=set)  # private IPs behind it
     _next_port: int = 40000
-    _map: Dict[tuple, int] = field(default_factory=dict)    # mapping key -> public port
-    _back: Dict[int, Endpoint] = field(default_factory=dict)  # public port -> private endpoint
-    _contacted: Dict[int, set] = field(default_factory=dict)  # public port -> remote endpoints sent to
+    _map: dict[tuple, int] = field(default_factory=dict)  # mapping key -> public port
+    _back: dict[int, Endpoint] = field(default_factory=dict)  # public port -> private endpoint
+    _contacted: dict[int, set] = field(default_factory=dict)  # public port -> remote endpoints sent to
 
     def outbound(self, src: Endpoint, dst: Endpoint) -> Endpoint:
         key = (src, dst) if self.kind == SYMMETRIC else (src,)
@@ -49,7 +49,7 @@ class Nat:
         self._contacted.setdefault(port, set()).add(dst)
         return self.public_ip, port
 
-    def inbound(self, src: Endpoint, port: int) -> Optional[Endpoint]:
+    def inbound(self, src: Endpoint, port: int) -> Endpoint | None:
         inner = self._back.get(port)
         if inner is None:
             return None
@@ -58,7 +58,7 @@ class Nat:
             return inner
         if self.kind == RESTRICTED:
             return inner if any(c[0] == src[0] for c in contacted) else None
-        return inner if src in contacted else None   # port-restricted and symmetric
+        return inner if src in contacted else None  # port-restricted and symmetric
 
 
 class SimWorld:
@@ -66,25 +66,30 @@ class SimWorld:
         self.now = 1000.0
         self.rng = random.Random(seed)
         self.delay, self.jitter, self.loss = delay, jitter, loss
-        self._queue: List[tuple] = []
+        self._queue: list[tuple] = []
         self._seq = itertools.count()
-        self.nodes: Dict[Endpoint, object] = {}           # bound endpoint -> RoomClient / Rendezvous
-        self.nats: Dict[str, Nat] = {}                    # public ip -> Nat
-        self.nat_of: Dict[str, Nat] = {}                  # private ip -> Nat
-        self.events: Dict[str, List[ev.Event]] = {}
-        self.bootnode: Optional[Rendezvous] = None
+        self.nodes: dict[Endpoint, object] = {}  # bound endpoint -> RoomClient / Rendezvous
+        self.nats: dict[str, Nat] = {}  # public ip -> Nat
+        self.nat_of: dict[str, Nat] = {}  # private ip -> Nat
+        self.events: dict[str, list[ev.Event]] = {}
+        self.bootnode: Rendezvous | None = None
         self.bootnode_addr: Endpoint = ("192.0.2.1", 9595)
-        self.sent: List[Tuple[Endpoint, Endpoint, bytes]] = []   # (from, to, data) as sent, for replay tests
-        self.sent_times: List[float] = []
-        self.event_times: Dict[str, List[float]] = {}
-        self.filter: Optional[Callable[[Endpoint, Endpoint, bytes], bool]] = None
+        self.sent: list[tuple[Endpoint, Endpoint, bytes]] = []  # (from, to, data) as sent, for replay tests
+        self.sent_times: list[float] = []
+        self.event_times: dict[str, list[float]] = {}
+        self.filter: Callable[[Endpoint, Endpoint, bytes], bool] | None = None
 
     # --- topology ---------------------------------------------------------------------
 
     def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0) -> Rendezvous:
         table = fastpath.RegistrationTable(1000, timeout, self.now)
-        self.bootnode = Rendezvous(table, heartbeat_interval_s=interval, peer_timeout_s=timeout,
-                                   limits=Limits(1000, 100, 1000.0, 1000), cookies=CookieJar(b"k" * 32))
+        self.bootnode = Rendezvous(
+            table,
+            heartbeat_interval_s=interval,
+            peer_timeout_s=timeout,
+            limits=Limits(1000, 100, 1000.0, 1000),
+            cookies=CookieJar(b"k" * 32),
+        )
         self.nodes[self.bootnode_addr] = self.bootnode
         return self.bootnode
 
@@ -96,15 +101,32 @@ class SimWorld:
         nat = self.nats[public_ip] = Nat(public_ip, kind)
         return nat
 
-    def add_client(self, name: str, ip: str, port: int = 4545, nat: Optional[Nat] = None, room: str = "lobby",
-                   passphrase: Optional[str] = None, key: Optional[bytes] = None, local: bool = True,
-                   **kw) -> RoomClient:
+    def add_client(
+        self,
+        name: str,
+        ip: str,
+        port: int = 4545,
+        nat: Nat | None = None,
+        room: str = "lobby",
+        passphrase: str | None = None,
+        key: bytes | None = None,
+        local: bool = True,
+        **kw,
+    ) -> RoomClient:
         if nat is not None:
             nat.inside.add(ip)
             self.nat_of[ip] = nat
-        client = RoomClient(static_private=key or generate_private_key(), name=name, room=room,
-                            psk=room_psk(room, passphrase), bootnode=self.bootnode_addr, now=self.now,
-                            local_endpoints=[(ip, port)] if local else [], random_bytes=self.rng.randbytes, **kw)
+        client = RoomClient(
+            static_private=key or generate_private_key(),
+            name=name,
+            room=room,
+            psk=room_psk(room, passphrase),
+            bootnode=self.bootnode_addr,
+            now=self.now,
+            local_endpoints=[(ip, port)] if local else [],
+            random_bytes=self.rng.randbytes,
+            **kw,
+        )
         self.nodes[(ip, port)] = client
         self.events[name] = []
         self.event_times[name] = []
@@ -124,7 +146,7 @@ class SimWorld:
         nat = self.nat_of.get(src[0])
         if nat is not None and dst[0] not in nat.inside:
             if dst[0] == nat.public_ip:
-                return   # no hairpinning
+                return  # no hairpinning
             src = nat.outbound(src, dst)
         if self.loss and self.rng.random() < self.loss:
             return
@@ -169,8 +191,8 @@ class SimWorld:
 
     # --- time ---------------------------------------------------------------------------
 
-    def _next_timer(self) -> Tuple[Optional[float], object, Optional[Endpoint]]:
-        best: Tuple[Optional[float], object, Optional[Endpoint]] = (None, None, None)
+    def _next_timer(self) -> tuple[float | None, object, Endpoint | None]:
+        best: tuple[float | None, object, Endpoint | None] = (None, None, None)
         for ep, node in self.nodes.items():
             t = node.get_timer(self.now) if isinstance(node, Rendezvous) else node.get_timer()
             if t is not None and (best[0] is None or t < best[0]):
@@ -211,7 +233,7 @@ class SimWorld:
             self.run(self.now + step)
         return self.now - start
 
-    def kinds(self, name: str, kind: Type[E]) -> List[E]:
+    def kinds(self, name: str, kind: type[E]) -> list[E]:
         """``name``'s events of one type, in order."""
         return [e for e in self.events[name] if isinstance(e, kind)]
 

@@ -8,10 +8,11 @@ import itertools
 import pytest
 
 from gochat import events as ev
-from gochat.wire import data as pw
-from gochat.constants import PUNCH_DEADLINE_s
 from gochat.client.reliable import MessageTooLong
+from gochat.constants import PUNCH_DEADLINE_s
 from gochat.crypto.transport import REKEY_AFTER_TIME_s
+from gochat.wire import data as pw
+
 from .simnet import FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, SimWorld
 
 KINDS = [FULL_CONE, RESTRICTED, PORT_RESTRICTED, SYMMETRIC]
@@ -23,7 +24,9 @@ def connected(w, name, peer):
 
 
 def texts(w, name, sender=None):
-    return [e.text for e in w.events[name] if isinstance(e, ev.MessageReceived) and (sender is None or e.sender == sender)]
+    return [
+        e.text for e in w.events[name] if isinstance(e, ev.MessageReceived) and (sender is None or e.sender == sender)
+    ]
 
 
 def two_peers(kind_a=None, kind_b=None, **world):
@@ -40,14 +43,16 @@ def two_peers(kind_a=None, kind_b=None, **world):
 def test_nat_combinations(kind_a, kind_b):
     w, a, b = two_peers(kind_a, kind_b)
     if (kind_a, kind_b) in UNREACHABLE_PAIRS:
-        took = w.run_until(lambda: w.kinds("alice", ev.PeerUnreachable) and w.kinds("bob", ev.PeerUnreachable),
-                           limit=PUNCH_DEADLINE_s + 2)
+        took = w.run_until(
+            lambda: w.kinds("alice", ev.PeerUnreachable) and w.kinds("bob", ev.PeerUnreachable),
+            limit=PUNCH_DEADLINE_s + 2,
+        )
         assert took <= PUNCH_DEADLINE_s + 0.1
         assert "both sides' NATs may be symmetric" in w.kinds("alice", ev.PeerUnreachable)[0].message
         assert not connected(w, "alice", "bob") and not connected(w, "bob", "alice")
         return
     took = w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
-    assert took < 1.0   # one round trip to the bootnode, a punch round, a handshake
+    assert took < 1.0  # one round trip to the bootnode, a punch round, a handshake
     w.send(a, "hello bob")
     w.send(b, "hello alice")
     w.run_until(lambda: texts(w, "bob") and texts(w, "alice"), limit=5)
@@ -106,8 +111,9 @@ def _established(loss=0.0, jitter=0.0, delay=0.005, seed=1):
 
 def _last_transport_to(w, node):
     dst = next(ep for ep, n in w.nodes.items() if n is node)
-    return [(src, d) for (src, to, d) in w.sent if to == dst and pw.is_peer_datagram(d)
-            and d[2] == pw.PeerType.TRANSPORT][-1]
+    return [
+        (src, d) for (src, to, d) in w.sent if to == dst and pw.is_peer_datagram(d) and d[2] == pw.PeerType.TRANSPORT
+    ][-1]
 
 
 def test_replayed_and_tampered_packets_are_dropped():
@@ -115,9 +121,15 @@ def test_replayed_and_tampered_packets_are_dropped():
     w.send(a, "once")
     w.run_until(lambda: texts(w, "bob") == ["once"], limit=5)
     w.run_for(0.5)
-    src, data = next((s, d) for (s, to, d) in w.sent if w.nodes.get(to) is b and pw.is_peer_datagram(d)
-                     and d[2] == pw.PeerType.TRANSPORT and len(d) == 16 + 17 + len("once") + 16)
-    b.receive_datagram(data, src, w.now)      # the captured packet again
+    src, data = next(
+        (s, d)
+        for (s, to, d) in w.sent
+        if w.nodes.get(to) is b
+        and pw.is_peer_datagram(d)
+        and d[2] == pw.PeerType.TRANSPORT
+        and len(d) == 16 + 17 + len("once") + 16
+    )
+    b.receive_datagram(data, src, w.now)  # the captured packet again
     flipped = bytearray(data)
     flipped[-1] ^= 1
     b.receive_datagram(bytes(flipped), src, w.now)
@@ -130,12 +142,12 @@ def test_packet_from_unknown_address_claiming_a_session_is_dropped():
     w, a, b = _established()
     w.send(a, "hello")
     w.run_until(lambda: texts(w, "bob") == ["hello"], limit=5)
-    src, data = _last_transport_to(w, b)
+    _src, data = _last_transport_to(w, b)
     peer = b.peers[a.public_key]
     path_before = peer.path
-    forged = data[:16] + bytes(len(data) - 16)        # a valid index, garbage ciphertext
+    forged = data[:16] + bytes(len(data) - 16)  # a valid index, garbage ciphertext
     b.receive_datagram(forged, ("192.0.2.99", 4444), w.now)
-    b.receive_datagram(data, ("192.0.2.99", 4444), w.now)   # a replay from elsewhere
+    b.receive_datagram(data, ("192.0.2.99", 4444), w.now)  # a replay from elsewhere
     assert b.counters["tampered"] == 1 and b.counters["replayed"] == 1
     assert peer.path == path_before
     w.send(a, "still here")
@@ -155,7 +167,7 @@ def test_lossy_reordering_link_delivers_exactly_once_in_order():
 
 
 def test_large_messages_fragment_and_oversized_are_refused():
-    w, a, b = _established(loss=0.1, seed=3)
+    w, a, _b = _established(loss=0.1, seed=3)
     big = "x" * (64 * 1024)
     w.send(a, big)
     w.run_until(lambda: texts(w, "bob") == [big], limit=30)
@@ -169,22 +181,21 @@ def test_bootnode_death_leaves_conversations_alone_and_restart_reregisters():
     w.run_until(lambda: w.kinds("alice", ev.BootnodeLost) and w.kinds("bob", ev.BootnodeLost), limit=30)
     w.send(a, "still talking")
     w.run_until(lambda: texts(w, "bob") == ["still talking"], limit=5)
-    w.run_for(30)   # long past the peer timeout: keepalives hold the session
+    w.run_for(30)  # long past the peer timeout: keepalives hold the session
     w.send(b, "yes")
     w.run_until(lambda: texts(w, "alice") == ["yes"], limit=5)
     w.start_bootnode()
     w.run_until(lambda: w.kinds("alice", ev.BootnodeRestored) and w.kinds("bob", ev.BootnodeRestored), limit=15)
     assert [e.again for e in w.kinds("alice", ev.Registered)] == [False, True]
     assert not w.kinds("alice", ev.PeerLeft) and not w.kinds("bob", ev.PeerLeft)
-    assert len(w.kinds("alice", ev.PeerConnected)) == 1   # the session was never torn down
+    assert len(w.kinds("alice", ev.PeerConnected)) == 1  # the session was never torn down
 
 
 def test_quick_bootnode_restart_answers_unknown_session_with_reregistration():
-    w, a, b = _established()
+    w, a, _b = _established()
     w.stop_bootnode()
-    w.start_bootnode()   # lost its table; the next heartbeat gets UNKNOWN_SESSION
-    w.run_until(lambda: len(w.kinds("alice", ev.Registered)) == 2 and len(w.kinds("bob", ev.Registered)) == 2,
-                limit=15)
+    w.start_bootnode()  # lost its table; the next heartbeat gets UNKNOWN_SESSION
+    w.run_until(lambda: len(w.kinds("alice", ev.Registered)) == 2 and len(w.kinds("bob", ev.Registered)) == 2, limit=15)
     assert w.kinds("alice", ev.BootnodeReregistering)[0].reason == "unknown_session"
     assert not w.kinds("alice", ev.BootnodeLost)
     w.send(a, "after")
@@ -198,14 +209,16 @@ def test_bye_is_immediate_and_vanished_peer_times_out():
     a = w.add_client("alice", "198.51.100.10")
     w.add_client("bob", "198.51.100.20")
     c = w.add_client("carol", "198.51.100.30")
-    w.run_until(lambda: all(connected(w, x, y) for x in ("alice", "bob", "carol")
-                            for y in ("alice", "bob", "carol") if x != y), limit=5)
+    w.run_until(
+        lambda: all(connected(w, x, y) for x in ("alice", "bob", "carol") for y in ("alice", "bob", "carol") if x != y),
+        limit=5,
+    )
     c.quit(w.now)
     w._drain(c, ("198.51.100.30", 4545))
-    w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=1)   # at once, by the bye
+    w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=1)  # at once, by the bye
     assert w.kinds("alice", ev.PeerLeft)[0] == ev.PeerLeft("carol", c.fingerprint, "quit")
     w.run_until(lambda: c.finished, limit=2)
-    w.remove(("198.51.100.20", 4545))   # bob vanishes without a word
+    w.remove(("198.51.100.20", 4545))  # bob vanishes without a word
     t = w.run_until(lambda: w.kinds("alice", ev.PeerLeft)[1:], limit=30)
     assert w.kinds("alice", ev.PeerLeft)[1].name == "bob"
     assert w.kinds("alice", ev.PeerLeft)[1].reason == "timed_out"
@@ -220,12 +233,13 @@ def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow():
     w.send(b, "before")
     w.run_until(lambda: texts(w, "bob") == ["before"] and texts(w, "alice") == ["before"], limit=5)
     w.remove(("198.51.100.20", 4545))
-    b2 = w.add_client("bob2", "198.51.100.20", key=b.static_private)   # same identity, new process
+    b2 = w.add_client("bob2", "198.51.100.20", key=b.static_private)  # same identity, new process
     w.run_until(lambda: connected(w, "bob2", "alice"), limit=10)
     w.send(b2, "after restart")
     w.send(a, "welcome back")
-    w.run_until(lambda: texts(w, "alice", "bob2") == ["after restart"] and texts(w, "bob2") == ["welcome back"],
-                limit=10)
+    w.run_until(
+        lambda: texts(w, "alice", "bob2") == ["after restart"] and texts(w, "bob2") == ["welcome back"], limit=10
+    )
 
 
 def test_rekey_keeps_the_conversation_going():
@@ -237,14 +251,14 @@ def test_rekey_keeps_the_conversation_going():
         w.send(a, f"m{i}")
         w.send(b, f"n{i}")
     w.run_until(lambda: len(texts(w, "bob")) == 5 and len(texts(w, "alice")) == 5, limit=5)
-    w.run_for(REKEY_AFTER_TIME_s * 2)   # past the keys' hard limit: rekeying kept them fresh
+    w.run_for(REKEY_AFTER_TIME_s * 2)  # past the keys' hard limit: rekeying kept them fresh
     w.send(a, "late")
     w.run_until(lambda: texts(w, "bob")[-1:] == ["late"], limit=5)
     assert len(w.kinds("alice", ev.PeerConnected)) == 1 and not w.kinds("alice", ev.PeerLeft)
 
 
 def test_undelivered_after_give_up_names_the_peer():
-    w, a, b = _established()
+    w, a, _b = _established()
     w.filter = lambda src, dst, data: not (dst[0] == "198.51.100.20" and pw.is_peer_datagram(data))
     w.send(a, "into the void")
     w.run_until(lambda: w.kinds("alice", ev.Undelivered), limit=40)
@@ -254,8 +268,15 @@ def test_undelivered_after_give_up_names_the_peer():
 
 def test_garbage_datagrams_are_counted_not_raised():
     w, a, b = _established()
-    for junk in [b"", b"\x47", b"\x47\x01\x20\x00" + b"x" * 10, b"\x47\x01\x23\x00" + bytes(30),
-                 b"\x47\x01\x21\x00" + bytes(200), b"\x47\x01\x05\x00" + bytes(12), b"\x00" * 1300]:
+    for junk in [
+        b"",
+        b"\x47",
+        b"\x47\x01\x20\x00" + b"x" * 10,
+        b"\x47\x01\x23\x00" + bytes(30),
+        b"\x47\x01\x21\x00" + bytes(200),
+        b"\x47\x01\x05\x00" + bytes(12),
+        b"\x00" * 1300,
+    ]:
         a.receive_datagram(junk, ("198.51.100.20", 4545), w.now)
         a.receive_datagram(junk, w.bootnode_addr, w.now)
     assert sum(a.counters.values()) >= 14
@@ -279,23 +300,27 @@ def test_burst_over_a_slow_lossy_path_gives_up_nothing(seed):
 
 
 def test_punch_schedule_and_deadline():
-    w, a, b = two_peers(PORT_RESTRICTED, SYMMETRIC)
+    w, _a, _b = two_peers(PORT_RESTRICTED, SYMMETRIC)
     w.run_until(lambda: w.kinds("alice", ev.PeerUnreachable), limit=PUNCH_DEADLINE_s + 2)
     a_ip = "10.0.1.2"
-    punches = [(t, dst) for t, (src, dst, d) in zip(w.sent_times, w.sent)
-               if src[0] == a_ip and pw.is_peer_datagram(d) and d[2] == pw.PeerType.PUNCH]
+    punches = [
+        (t, dst)
+        for t, (src, dst, d) in zip(w.sent_times, w.sent, strict=True)
+        if src[0] == a_ip and pw.is_peer_datagram(d) and d[2] == pw.PeerType.PUNCH
+    ]
     host, port = w.kinds("bob", ev.Registered)[0].public_endpoint.split(":")
-    announced = {(host, int(port)), ("10.0.2.2", 4545)}   # bob's public endpoint, then his LAN one
+    announced = {(host, int(port)), ("10.0.2.2", 4545)}  # bob's public endpoint, then his LAN one
     start = punches[0][0]
     scheduled = [(t, dst) for t, dst in punches if dst in announced]
     rounds = sorted({round(t - start, 3) for t, _ in scheduled})
     assert rounds == [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    assert len(scheduled) == 2 * len(rounds)   # every round goes to every candidate
+    assert len(scheduled) == 2 * len(rounds)  # every round goes to every candidate
     # bob's punches came from ports his symmetric NAT opened towards alice: she adopted
     # them as peer-reflexive candidates and checked them at once (in vain: her NAT filters)
     assert any(dst not in announced and dst[0] == host for _, dst in punches)
-    unreachable_at = next(t for t, e in zip(w.event_times["alice"], w.events["alice"])
-                          if isinstance(e, ev.PeerUnreachable))
+    unreachable_at = next(
+        t for t, e in zip(w.event_times["alice"], w.events["alice"], strict=True) if isinstance(e, ev.PeerUnreachable)
+    )
     assert unreachable_at - start == pytest.approx(PUNCH_DEADLINE_s, abs=0.01)
 
 
@@ -303,7 +328,7 @@ def test_nat_rebinding_moves_the_path_and_says_so():
     w, a, b = two_peers(FULL_CONE, FULL_CONE)
     w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
     nat_b = w.nats["203.0.113.2"]
-    nat_b._map.clear()                     # bob's NAT forgets its mappings: new ports from now on
+    nat_b._map.clear()  # bob's NAT forgets its mappings: new ports from now on
     nat_b._next_port = 50000
     w.send(b, "after rebinding")
     w.run_until(lambda: texts(w, "alice") == ["after rebinding"], limit=5)
@@ -311,17 +336,16 @@ def test_nat_rebinding_moves_the_path_and_says_so():
     assert moved.name == "bob" and moved.endpoint == "203.0.113.2:50000"
     assert moved.previous_endpoint != moved.endpoint
     w.send(a, "reply")
-    w.run_until(lambda: texts(w, "bob") == ["reply"], limit=5)   # the answer goes to the new port
+    w.run_until(lambda: texts(w, "bob") == ["reply"], limit=5)  # the answer goes to the new port
 
 
 def test_initiation_flood_is_rate_limited_before_any_crypto():
     w, a, b = _established()
-    src, init = next((s, d) for (s, to, d) in w.sent if pw.is_peer_datagram(d)
-                     and d[2] == pw.PeerType.HANDSHAKE_INIT)
+    src, init = next((s, d) for (s, to, d) in w.sent if pw.is_peer_datagram(d) and d[2] == pw.PeerType.HANDSHAKE_INIT)
     target = a if w.nodes.get(src) is b else b
     for _ in range(100):
         target.receive_datagram(init, ("192.0.2.66", 1234), w.now)
-    assert target.counters["handshake_rate_limited"] == 60       # the burst of 40 went through
+    assert target.counters["handshake_rate_limited"] == 60  # the burst of 40 went through
     assert target.counters["replayed_initiation"] + target.counters["init_from_responder"] <= 40
     w.send(a, "unharmed")
     w.run_until(lambda: texts(w, "bob") == ["unharmed"], limit=5)
@@ -329,22 +353,22 @@ def test_initiation_flood_is_rate_limited_before_any_crypto():
 
 def test_an_outage_longer_than_the_timeout_heals_and_queued_messages_arrive():
     w, a, b = _established()
-    w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)   # the direct path goes dark
-    w.run_for(16)                                  # past the 15 s peer timeout: both look again
+    w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)  # the direct path goes dark
+    w.run_for(16)  # past the 15 s peer timeout: both look again
     w.send(a, "sent during the outage")
     w.run_for(2)
     w.filter = None
     w.run_until(lambda: texts(w, "bob") == ["sent during the outage"], limit=10)
     assert not w.kinds("alice", ev.PeerLeft) and not w.kinds("bob", ev.PeerLeft)
-    assert len(w.kinds("alice", ev.PeerConnected)) == 2     # connected again
+    assert len(w.kinds("alice", ev.PeerConnected)) == 2  # connected again
     w.send(b, "back")
     w.run_until(lambda: texts(w, "alice") == ["back"], limit=5)
 
 
 def test_a_silent_peer_without_a_bootnode_is_gone_after_one_more_punch_deadline():
-    w, a, b = _established()
+    w, _a, _b = _established()
     w.stop_bootnode()
-    w.remove(("198.51.100.20", 4545))              # bob vanishes; nobody will announce it
+    w.remove(("198.51.100.20", 4545))  # bob vanishes; nobody will announce it
     took = w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=40)
     assert w.kinds("alice", ev.PeerLeft)[0].reason == "timed_out"
     assert 15 + PUNCH_DEADLINE_s - 3.5 <= took <= 15 + PUNCH_DEADLINE_s + 0.5
@@ -352,22 +376,23 @@ def test_a_silent_peer_without_a_bootnode_is_gone_after_one_more_punch_deadline(
 
 
 def test_a_message_in_flight_when_the_path_goes_dark_arrives_after_it_heals():
-    w, a, b = _established()
+    w, a, _b = _established()
     w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)
-    w.send(a, "in flight when the path went dark")   # sent, never acknowledged
-    w.run_for(17)                                     # silence: both punch again, nothing is due meanwhile
+    w.send(a, "in flight when the path went dark")  # sent, never acknowledged
+    w.run_for(17)  # silence: both punch again, nothing is due meanwhile
     w.filter = None
     w.run_until(lambda: texts(w, "bob") == ["in flight when the path went dark"], limit=10)
     assert not w.kinds("alice", ev.Undelivered)
 
 
 def test_a_message_typed_while_the_peer_connects_goes_out_when_the_session_is_up():
-    w, a, b = two_peers(PORT_RESTRICTED, PORT_RESTRICTED, delay=0.02)
+    w, a, _b = two_peers(PORT_RESTRICTED, PORT_RESTRICTED, delay=0.02)
     w.run_until(lambda: "bob" in [p.name for p in a.peers.values()], limit=5)
     assert not connected(w, "alice", "bob")
-    w.send(a, "early bird")                        # bob is known but not yet reachable
+    w.send(a, "early bird")  # bob is known but not yet reachable
     w.run_until(lambda: connected(w, "alice", "bob"), limit=5)
-    connected_at = w.event_times["alice"][next(i for i, e in enumerate(w.events["alice"])
-                                               if isinstance(e, ev.PeerConnected))]
+    connected_at = w.event_times["alice"][
+        next(i for i, e in enumerate(w.events["alice"]) if isinstance(e, ev.PeerConnected))
+    ]
     w.run_until(lambda: texts(w, "bob") == ["early bird"], limit=5)
-    assert w.now - connected_at < 0.1              # with the session, not at the next keepalive
+    assert w.now - connected_at < 0.1  # with the session, not at the next keepalive

@@ -42,7 +42,10 @@ def test_three_clients_chat_then_kill_term_and_bootnode_restart(tmp_path, bootno
         for c in clients:
             for other in clients:
                 if other is not c:
-                    c.wait_for(lambda e: e["event"] == "message" and e["from"] == other.name, what=f"from {other.name}")
+                    c.wait_for(
+                        lambda e, sender=other.name: e["event"] == "message" and e["from"] == sender,
+                        what=f"from {other.name}",
+                    )
         assert bob.messages("alice") == ["hello from alice"] and alice.messages("carol") == ["ünïcode ✓ 漢字"]
 
         # The bootnode restarts mid-chat: clients re-register by themselves, the chat goes on.
@@ -65,7 +68,7 @@ def test_three_clients_chat_then_kill_term_and_bootnode_restart(tmp_path, bootno
             assert alice.wait_event("peer_left", name="bob", timeout=5)["reason"] == "quit"
             alice.say("alone now")
             alice.wait_for(lambda e: e["event"] == "error" and "nobody" in e["message"])
-            alice.close_stdin()                 # end of input: graceful quit
+            alice.close_stdin()  # end of input: graceful quit
             assert alice.proc.wait(15) == 0
             assert restarted.stop() == 0
         finally:
@@ -87,7 +90,9 @@ def test_commands_and_errors_in_line_mode(tmp_path, bootnode):
         alice.say("/frobnicate")
         assert "unknown command /frobnicate" in alice.wait_event("error")["message"]
         alice.say("x" * 70000)
-        assert "limit is 65536" in alice.wait_for(lambda e: e["event"] == "error" and "limit" in e["message"])["message"]
+        assert (
+            "limit is 65536" in alice.wait_for(lambda e: e["event"] == "error" and "limit" in e["message"])["message"]
+        )
         alice.say("/quit")
         assert alice.proc.wait(15) == 0
         assert bob.wait_event("peer_left", name="alice", timeout=5)["reason"] == "quit"
@@ -99,14 +104,17 @@ def test_commands_and_errors_in_line_mode(tmp_path, bootnode):
 
 def test_unreachable_bootnode_is_a_clear_error_exit_1(tmp_path):
     import socket
+
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))   # a port where nobody answers (we hold it and read nothing)
+    s.bind(("127.0.0.1", 0))  # a port where nobody answers (we hold it and read nothing)
     try:
         c = Client(f"127.0.0.1:{s.getsockname()[1]}", "alice", tmp_path)
         error = c.wait_event("error", timeout=20)
         assert error["fatal"]
-        assert error["message"] == (f"bootnode 127.0.0.1:{s.getsockname()[1]} did not answer after 4 tries over 8 s: "
-                                    "is it running and reachable over UDP?")
+        assert error["message"] == (
+            f"bootnode 127.0.0.1:{s.getsockname()[1]} did not answer after 4 tries over 8 s: "
+            "is it running and reachable over UDP?"
+        )
         assert c.proc.wait(10) == 1
     finally:
         s.close()
@@ -120,7 +128,7 @@ def test_identity_is_kept_and_a_changed_key_is_reported(tmp_path, bootnode):
         first = bob.wait_event("registered")["fingerprint"]
         assert (tmp_path / "bob" / "identity").stat().st_mode & 0o777 == 0o600
         assert bob.stop() == 0
-        bob = Client(bootnode.address, "bob", tmp_path)          # same identity file
+        bob = Client(bootnode.address, "bob", tmp_path)  # same identity file
         assert bob.wait_event("registered")["fingerprint"] == first
         alice.wait_for(lambda e: e["event"] == "peer_joined" and e["name"] == "bob" and e["trust"] == "known")
         assert bob.stop() == 0
@@ -141,7 +149,7 @@ def test_wrong_passphrase_gives_handshake_failed_and_no_message_crosses(tmp_path
         for c, other in ((alice, "bob"), (bob, "alice")):
             failed = c.wait_event("handshake_failed", name=other, timeout=20)
             assert "passphrase" in failed["reason"]
-        alice.wait_event("peer_connected", name="carol")          # the right passphrase works
+        alice.wait_event("peer_connected", name="carol")  # the right passphrase works
         alice.say("for carol only")
         carol.wait_for(lambda e: e.get("text") == "for carol only")
         bob.say("can anyone hear me?")

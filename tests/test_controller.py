@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from typing import Callable, List
+from collections.abc import Callable
 
 import pytest
 
@@ -28,7 +28,7 @@ class EventLog:
     """Events as they arrive, and a bounded wait for one that matches."""
 
     def __init__(self) -> None:
-        self.events: List[ev.Event] = []
+        self.events: list[ev.Event] = []
         self._changed = asyncio.Event()
 
     def add(self, event: ev.Event) -> None:
@@ -43,6 +43,7 @@ class EventLog:
                         return event
                 self._changed.clear()
                 await self._changed.wait()
+
         return await asyncio.wait_for(scan(), WAIT_s)
 
 
@@ -52,7 +53,7 @@ class Recorded(EventLog):
     def __init__(self, front) -> None:
         super().__init__()
         self.front = front
-        self.sent_lines: List[str] = []
+        self.sent_lines: list[str] = []
         show, sent = front.show, front.sent
 
         def recording_show(event: ev.Event) -> None:
@@ -65,7 +66,7 @@ class Recorded(EventLog):
 
         front.show = recording_show
         front.sent = recording_sent
-        front.controller.driver.sink = recording_show   # network events take the same way
+        front.controller.driver.sink = recording_show  # network events take the same way
 
     def output(self) -> str:
         """What the user sees: the JSON lines, or the rendered screen."""
@@ -76,8 +77,9 @@ class Recorded(EventLog):
 
 
 def _config(port: int, name: str) -> ClientConfig:
-    return ClientConfig(bootnode=("127.0.0.1", port), room="lobby", name=name, port=0, passphrase=None,
-                        peer_timeout=3.0)
+    return ClientConfig(
+        bootnode=("127.0.0.1", port), room="lobby", name=name, port=0, passphrase=None, peer_timeout=3.0
+    )
 
 
 def _front(kind: str, config: ClientConfig, identity):
@@ -93,8 +95,15 @@ def front_kind(request):
 
 def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, front_kind):
     async def scenario() -> None:
-        node = Bootnode(BootnodeConfig(listen=("127.0.0.1", 0), heartbeat_interval_s=1.0, peer_timeout_s=3.0,
-                                       limits=Limits(100, 100, 1000.0, 1000), recv_buffer_bytes=1 << 20))
+        node = Bootnode(
+            BootnodeConfig(
+                listen=("127.0.0.1", 0),
+                heartbeat_interval_s=1.0,
+                peer_timeout_s=3.0,
+                limits=Limits(100, 100, 1000.0, 1000),
+                recv_buffer_bytes=1 << 20,
+            )
+        )
         node.start()
         port = node.address[1]
         alice_id = load_or_create(tmp_path / "alice" / "identity")
@@ -106,12 +115,13 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             await c.start()
             await alice.wait_for(lambda e: isinstance(e, ev.Registered))
 
-            c.submit("anyone?")                      # alone in the room: refused, nothing echoed
+            c.submit("anyone?")  # alone in the room: refused, nothing echoed
             await alice.wait_for(lambda e: isinstance(e, ev.Error) and e.message == NOBODY_HERE)
             assert alice.sent_lines == []
             c.submit("/frobnicate")
-            await alice.wait_for(lambda e: isinstance(e, ev.Error) and "unknown command /frobnicate: try /help"
-                                 in e.message)
+            await alice.wait_for(
+                lambda e: isinstance(e, ev.Error) and "unknown command /frobnicate: try /help" in e.message
+            )
             c.submit("/help")
             await alice.wait_for(lambda e: isinstance(e, ev.Notice) and "/verify NAME" in e.message)
             c.submit("/verify bob")
@@ -123,7 +133,7 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             await alice.wait_for(lambda e: isinstance(e, ev.Error) and "the limit is" in e.message)
             c.submit("hello bob")
             assert alice.sent_lines == ["hello bob"]
-            c.submit("   ")                          # blank lines are not messages
+            c.submit("   ")  # blank lines are not messages
             assert alice.sent_lines == ["hello bob"]
 
             c.submit("/peers")
@@ -154,11 +164,12 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             lines = [json.loads(line) for line in out.splitlines()]
             kinds = [line["event"] for line in lines]
             assert {"registered", "error", "notice", "peer_connected", "peers", "verified"} <= set(kinds)
-            assert any(line["event"] == "verified" and line["safety_number"] == verified.safety_number
-                       for line in lines)
+            assert any(
+                line["event"] == "verified" and line["safety_number"] == verified.safety_number for line in lines
+            )
         else:
             assert "alice: hello bob" in out and f"safety number with bob: {verified.safety_number}" in out
             assert "unknown command /frobnicate: try /help" in out and NOBODY_HERE in out
-            assert "bob · " in out and "direct 127.0.0.1:" in out     # the /peers listing
+            assert "bob · " in out and "direct 127.0.0.1:" in out  # the /peers listing
 
     asyncio.run(scenario())

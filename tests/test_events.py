@@ -5,29 +5,30 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from pathlib import Path
-from typing import Dict, Set, Tuple
 
 import pytest
 
 from gochat import events as ev
 
+UNIONS = (typing.Union, types.UnionType)  # Optional[X] and X | None
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def documented_events() -> Dict[str, Tuple[Set[str], Set[str], Dict[str, Set[str]]]]:
+def documented_events() -> dict[str, tuple[set[str], set[str], dict[str, set[str]]]]:
     """kind -> (fields, optional fields, nested fields per field) from the README table."""
     text = README.read_text()
-    section = text[text.index("### Line mode"):]
+    section = text[text.index("### Line mode") :]
     rows = re.findall(r"^\| (`\w+`(?: / `\w+`)*) \|([^|]*)\|[^|]*\|$", section, flags=re.M)
     assert rows, "README.md has no line-mode table"
     table = {}
     for kinds, cells in rows:
-        fields: Set[str] = set()
-        optional: Set[str] = set()
-        nested: Dict[str, Set[str]] = {}
-        stack: list = []      # open brackets: {} and [] hold nested fields, () holds values
+        fields: set[str] = set()
+        optional: set[str] = set()
+        nested: dict[str, set[str]] = {}
+        stack: list = []  # open brackets: {} and [] hold nested fields, () holds values
         last = None
         for token in re.finditer(r"[{\[(]|[}\])]|optional `(\w+)`|`([^`]+)`", cells):
             t = token.group(0)
@@ -58,9 +59,9 @@ def sample(cls):
             values[f.name] = True
         elif hint is int:
             values[f.name] = 1
-        elif hint is str or (origin is typing.Union and str in args):
+        elif hint is str or (origin in UNIONS and str in args):
             values[f.name] = "x"
-        elif origin is typing.Union and float in args:
+        elif origin in UNIONS and float in args:
             values[f.name] = 1.5
         elif dataclasses.is_dataclass(hint):
             values[f.name] = sample(hint)
@@ -89,7 +90,7 @@ def test_each_event_matches_the_readme_table(cls):
     out = sample(cls).to_json()
     assert out["event"] == cls.kind
     assert set(out) - {"event"} == fields
-    for name in optional:   # documented as optional: left out when unset
+    for name in optional:  # documented as optional: left out when unset
         unset = dataclasses.replace(sample(cls), **{name: False})
         assert name not in unset.to_json()
     for name, inner in nested.items():
@@ -114,7 +115,11 @@ def test_events_are_frozen_slotted_values():
 
 def test_json_names_follow_the_documented_schema():
     assert ev.MessageReceived("bob", "ab12", "hi").to_json() == {
-        "event": "message", "from": "bob", "fingerprint": "ab12", "text": "hi"}
+        "event": "message",
+        "from": "bob",
+        "fingerprint": "ab12",
+        "text": "hi",
+    }
     assert ev.Error("boom").to_json() == {"event": "error", "message": "boom"}
     assert ev.Error("boom", fatal=True).to_json() == {"event": "error", "message": "boom", "fatal": True}
     assert ev.BootnodeLost().to_json() == {"event": "bootnode_lost"}

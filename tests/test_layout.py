@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import pytest
 
@@ -22,8 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class Rule(NamedTuple):
     scope: str  # the modules the rule covers: this module and everything under it
-    allowed: Optional[Tuple[str, ...]]  # when set, the only parts of the package they may import
-    forbidden: Tuple[str, ...]  # parts of the package they must never import
+    allowed: tuple[str, ...] | None  # when set, the only parts of the package they may import
+    forbidden: tuple[str, ...]  # parts of the package they must never import
 
 
 # A newcomer tells from the tree which side a file serves: the bootnode never depends on
@@ -67,7 +67,7 @@ def within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def package_modules(root: Path, package: str = PACKAGE) -> List[Module]:
+def package_modules(root: Path, package: str = PACKAGE) -> list[Module]:
     """Every .py and .pyx module of `package`, found under `root` (the directory holding it)."""
     modules = []
     for path in sorted((root / package).rglob("*")):
@@ -81,7 +81,7 @@ def package_modules(root: Path, package: str = PACKAGE) -> List[Module]:
     return modules
 
 
-def resolve(module: Module, level: int, target: Optional[str]) -> str:
+def resolve(module: Module, level: int, target: str | None) -> str:
     """The absolute name of `from <level dots><target> import ...` written in `module`."""
     if level == 0:
         return target or ""
@@ -90,12 +90,13 @@ def resolve(module: Module, level: int, target: Optional[str]) -> str:
         base.pop()
     if level - 1 > len(base) - 1:
         raise ValueError(f"{module.path}: relative import beyond the top-level package")
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([target] if target else []))
 
 
-def _from_import(module: Module, known: set, level: int, target: Optional[str], names: List[str],
-                 line: int) -> List[Import]:
+def _from_import(
+    module: Module, known: set, level: int, target: str | None, names: list[str], line: int
+) -> list[Import]:
     # `from a import b` imports the module a.b when b is one, otherwise a name of module a.
     base = resolve(module, level, target)
     found = []
@@ -111,16 +112,16 @@ _PYX_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+c?import[ \t]+(\([^
 _PYX_IMPORT = re.compile(r"^[ \t]*c?import[ \t]+([^\n#]+)", re.MULTILINE)
 
 
-def _names(clause: str) -> List[str]:
+def _names(clause: str) -> list[str]:
     """The imported names of an import clause: `a.b as c, d` gives ['a.b', 'd']."""
     clause = clause.strip().strip("()").replace("\\\n", " ")
     return [part.split()[0] for part in clause.replace("\n", " ").split(",") if part.strip()]
 
 
-def imports_of(module: Module, known: set) -> List[Import]:
+def imports_of(module: Module, known: set) -> list[Import]:
     """Every import in the module, wherever it is written (top level, functions, branches)."""
     text = module.path.read_text(encoding="utf-8")
-    found: List[Import] = []
+    found: list[Import] = []
     if module.path.suffix == ".pyx":
         for m in _PYX_FROM.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
@@ -148,15 +149,16 @@ def breaks(rule: Rule, name: str, package: str = PACKAGE) -> bool:
     return False
 
 
-def find_violations(root: Path, rules=RULES, package: str = PACKAGE) -> List[Violation]:
+def find_violations(root: Path, rules=RULES, package: str = PACKAGE) -> list[Violation]:
     modules = package_modules(root, package)
     known = {m.name for m in modules}
     violations = []
     for module in modules:
         for rule in rules:
             if within(module.name, rule.scope):
-                violations += [Violation(module, imp, rule) for imp in imports_of(module, known)
-                               if breaks(rule, imp.name, package)]
+                violations += [
+                    Violation(module, imp, rule) for imp in imports_of(module, known) if breaks(rule, imp.name, package)
+                ]
     return violations
 
 
@@ -208,11 +210,15 @@ CLEAN = {
     "gochat/crypto/noise.py": "from cryptography.hazmat.primitives import hashes\nfrom .replay import Window\n",
     "gochat/crypto/replay.py": "class Window: pass\n",
     "gochat/bootnode/__init__.py": "",
-    "gochat/bootnode/driver.py": "from gochat.wire import control\nfrom ..crypto import noise\nfrom gochat import ratelimit\n",
-    "gochat/bootnode/_fastpath.pyx": ("from libc.stdint cimport uint8_t\ncimport cython\nimport os\n"
-                                      "from gochat.wire.endpoints import key  # shared\n"
-                                      "cdef extern from \"sys/socket.h\":\n    pass\n"
-                                      "def f():\n    \"\"\"Fed from the table to the socket.\"\"\"\n"),
+    "gochat/bootnode/driver.py": (
+        "from gochat.wire import control\nfrom ..crypto import noise\nfrom gochat import ratelimit\n"
+    ),
+    "gochat/bootnode/_fastpath.pyx": (
+        "from libc.stdint cimport uint8_t\ncimport cython\nimport os\n"
+        "from gochat.wire.endpoints import key  # shared\n"
+        'cdef extern from "sys/socket.h":\n    pass\n'
+        'def f():\n    """Fed from the table to the socket."""\n'
+    ),
     "gochat/client/__init__.py": "",
     "gochat/client/room.py": "from gochat.wire import control\nfrom . import peer\n",
     "gochat/client/peer.py": "import gochat.crypto.noise\n",
@@ -226,31 +232,65 @@ def test_a_clean_package_has_no_violations(tmp_path):
     assert find_violations(write(tmp_path, CLEAN)) == []
 
 
-@pytest.mark.parametrize("path,text,line,imported,scope", [
-    # bootnode -> client, relative, inside a function
-    ("gochat/bootnode/driver.py", "import os\n\ndef f():\n    from ..client import room\n",
-     4, "gochat.client.room", "gochat.bootnode"),
-    # bootnode -> client by `from <package> import <subpackage>`
-    ("gochat/bootnode/driver.py", "from gochat import client\n", 1, "gochat.client", "gochat.bootnode"),
-    # the Cython module: from-import and cimport lines
-    ("gochat/bootnode/_fastpath.pyx", "import os\n\nfrom gochat.events import Joined\n",
-     3, "gochat.events", "gochat.bootnode"),
-    ("gochat/bootnode/_fastpath.pyx", "from libc.stdint cimport uint8_t\ncimport gochat.frontends.ui\n",
-     2, "gochat.frontends.ui", "gochat.bootnode"),
-    ("gochat/bootnode/_fastpath.pyx", "from ..client.room import (\n    RoomClient,\n)\n",
-     1, "gochat.client.room", "gochat.bootnode"),
-    # client -> bootnode, under a branch
-    ("gochat/client/peer.py", "import sys\nif sys.platform:\n    import gochat.bootnode.driver as d\n",
-     3, "gochat.bootnode.driver", "gochat.client"),
-    ("gochat/client/room.py", "from ..frontends.ui import Screen\n", 1, "gochat.frontends.ui", "gochat.client"),
-    # wire and crypto are leaves
-    ("gochat/wire/endpoints.py", "from gochat.ratelimit import TokenBuckets\n", 1, "gochat.ratelimit", "gochat.wire"),
-    ("gochat/wire/endpoints.py", "from ..crypto import noise\n", 1, "gochat.crypto.noise", "gochat.wire"),
-    ("gochat/crypto/replay.py", "from gochat.constants import X\n", 1, "gochat.constants", "gochat.crypto"),
-    ("gochat/crypto/__init__.py", "from ..wire import control\n", 1, "gochat.wire.control", "gochat.crypto"),
-    # events serves the client's frontends, never imports them or either side
-    ("gochat/events.py", "from .client import room\n", 1, "gochat.client.room", "gochat.events"),
-])
+@pytest.mark.parametrize(
+    "path,text,line,imported,scope",
+    [
+        # bootnode -> client, relative, inside a function
+        (
+            "gochat/bootnode/driver.py",
+            "import os\n\ndef f():\n    from ..client import room\n",
+            4,
+            "gochat.client.room",
+            "gochat.bootnode",
+        ),
+        # bootnode -> client by `from <package> import <subpackage>`
+        ("gochat/bootnode/driver.py", "from gochat import client\n", 1, "gochat.client", "gochat.bootnode"),
+        # the Cython module: from-import and cimport lines
+        (
+            "gochat/bootnode/_fastpath.pyx",
+            "import os\n\nfrom gochat.events import Joined\n",
+            3,
+            "gochat.events",
+            "gochat.bootnode",
+        ),
+        (
+            "gochat/bootnode/_fastpath.pyx",
+            "from libc.stdint cimport uint8_t\ncimport gochat.frontends.ui\n",
+            2,
+            "gochat.frontends.ui",
+            "gochat.bootnode",
+        ),
+        (
+            "gochat/bootnode/_fastpath.pyx",
+            "from ..client.room import (\n    RoomClient,\n)\n",
+            1,
+            "gochat.client.room",
+            "gochat.bootnode",
+        ),
+        # client -> bootnode, under a branch
+        (
+            "gochat/client/peer.py",
+            "import sys\nif sys.platform:\n    import gochat.bootnode.driver as d\n",
+            3,
+            "gochat.bootnode.driver",
+            "gochat.client",
+        ),
+        ("gochat/client/room.py", "from ..frontends.ui import Screen\n", 1, "gochat.frontends.ui", "gochat.client"),
+        # wire and crypto are leaves
+        (
+            "gochat/wire/endpoints.py",
+            "from gochat.ratelimit import TokenBuckets\n",
+            1,
+            "gochat.ratelimit",
+            "gochat.wire",
+        ),
+        ("gochat/wire/endpoints.py", "from ..crypto import noise\n", 1, "gochat.crypto.noise", "gochat.wire"),
+        ("gochat/crypto/replay.py", "from gochat.constants import X\n", 1, "gochat.constants", "gochat.crypto"),
+        ("gochat/crypto/__init__.py", "from ..wire import control\n", 1, "gochat.wire.control", "gochat.crypto"),
+        # events serves the client's frontends, never imports them or either side
+        ("gochat/events.py", "from .client import room\n", 1, "gochat.client.room", "gochat.events"),
+    ],
+)
 def test_a_broken_rule_is_reported_with_module_line_and_import(tmp_path, path, text, line, imported, scope):
     root = write(tmp_path, {**CLEAN, path: text})
     (v,) = find_violations(root)

@@ -59,14 +59,14 @@ def test_a_reply_to_our_request_finds_the_path_once(pair):
     answer = pw.decode(reply)
     assert answer.reply and answer.txid == incoming.txid
     assert alice.check(answer) is Verdict.PATH_FOUND
-    assert alice.check(answer) is Verdict.UNEXPECTED_REPLY      # a replayed reply proves nothing
+    assert alice.check(answer) is Verdict.UNEXPECTED_REPLY  # a replayed reply proves nothing
 
 
 def test_forged_and_unsolicited_punches_are_refused(pair):
     alice, bob = pair
     request = pw.decode(alice.request(B_PUBLIC)[0])
     stranger = Punching(b"k" * 32, request.sender_key, counter_bytes(), [])
-    forged = pw.decode(stranger.answer(request, A_PUBLIC)[0])    # right txid, wrong key
+    forged = pw.decode(stranger.answer(request, A_PUBLIC)[0])  # right txid, wrong key
     assert alice.check(forged) is Verdict.BAD_MAC
     flipped = pw.Punch(request.sender_key, request.txid, bytes(16), reply=False)
     assert bob.check(flipped) is Verdict.BAD_MAC
@@ -80,12 +80,12 @@ def test_outstanding_checks_are_bounded(pair):
     for _ in range(MAX_TXIDS):
         alice.request(B_PUBLIC)
     late = pw.decode(bob.answer(first, A_PUBLIC)[0])
-    assert alice.check(late) is Verdict.UNEXPECTED_REPLY         # forgotten: memory stays bounded
+    assert alice.check(late) is Verdict.UNEXPECTED_REPLY  # forgotten: memory stays bounded
 
 
 def test_candidates_keep_peer_reflexive_ones_behind_the_announced(pair):
     _, bob = pair
     reflexive = ("198.51.100.10", 40007)
     assert bob.add_candidate(reflexive) and not bob.add_candidate(reflexive)
-    bob.set_endpoints([("198.51.100.10", 41000), A_LAN])         # re-announced after a re-registration
+    bob.set_endpoints([("198.51.100.10", 41000), A_LAN])  # re-announced after a re-registration
     assert bob.candidates == [("198.51.100.10", 41000), A_LAN, A_PUBLIC, reflexive]

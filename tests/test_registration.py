@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from gochat import events as ev
-from gochat.wire import control as wire
-from gochat.constants import DISCONNECT_WAIT_s, REGISTER_TIMEOUTS_s
 from gochat.client.bootnode_link import CLOSED, REGISTERED, BootnodeLink
+from gochat.constants import DISCONNECT_WAIT_s, REGISTER_TIMEOUTS_s
+from gochat.wire import control as wire
 from gochat.wire.control import MsgType, RefuseReason
 
 BOOTNODE = ("192.0.2.1", 9595)
@@ -38,11 +38,12 @@ def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
         if link.outbox:
             tries.append(t)
             link.outbox.clear()
-    assert tries == [0.0, 1.0, 2.5, 5.0]                       # backoff between the 4 tries
+    assert tries == [0.0, 1.0, 2.5, 5.0]  # backoff between the 4 tries
     assert link.get_timer() is None
     (error,) = link.events
     assert error.fatal and error.message == (
-        "bootnode 192.0.2.1:9595 did not answer after 4 tries over 8 s: is it running and reachable over UDP?")
+        "bootnode 192.0.2.1:9595 did not answer after 4 tries over 8 s: is it running and reachable over UDP?"
+    )
     assert sum(REGISTER_TIMEOUTS_s) == 8.0
 
 
@@ -59,7 +60,7 @@ def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
     assert link.receive(wire.Cookie(rid, b"c" * 16), 0.01)
     again = link.outbox.pop()
     assert again[4:20] == b"c" * 16 and again[20:24] == first[20:24]
-    assert not link.receive(wire.Cookie(rid + 1, b"x" * 16), 0.01)   # not our request
+    assert not link.receive(wire.Cookie(rid + 1, b"x" * 16), 0.01)  # not our request
     _registered(link, 0.02)
     assert link.state == REGISTERED and link.public_endpoint == ("203.0.113.5", 4545)
     assert isinstance(link.events[-1], ev.Registered) and link.events[-1].public_endpoint == "203.0.113.5:4545"
@@ -84,10 +85,10 @@ def test_lost_then_restored_and_never_gives_up():
     link.events.clear()
     run_timers(link, 2.99)
     assert not link.events
-    run_timers(link, 3.0)                    # no answer for the 3 s peer timeout
+    run_timers(link, 3.0)  # no answer for the 3 s peer timeout
     assert link.events == [ev.BootnodeLost()]
     link.outbox.clear()
-    run_timers(link, 600.0)                  # ten minutes of silence: still trying, calmly
+    run_timers(link, 600.0)  # ten minutes of silence: still trying, calmly
     registers = [d for d in link.outbox if d[2] == MsgType.REGISTER]
     assert 100 < len(registers) < 140 and not link.closed
     _registered(link, 600.1, token=b"u" * 12)
@@ -110,6 +111,6 @@ def test_disconnect_waits_for_the_ack_but_not_forever():
     silent.disconnect(0.5)
     run_timers(silent, 10.0)
     assert silent.closed
-    assert 2 <= len(silent.outbox) <= 6     # retransmitted a few times within the wait
+    assert 2 <= len(silent.outbox) <= 6  # retransmitted a few times within the wait
     assert all(d[2] == MsgType.DISCONNECT for d in silent.outbox)
     assert DISCONNECT_WAIT_s <= 1.0

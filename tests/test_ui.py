@@ -33,7 +33,7 @@ def test_layout_header_messages_sidebar_input():
     assert "room lobby" in lines[0] and "alice (aaaa bbbb)" in lines[0] and "bootnode connected" in lines[0]
     assert "bob joined" in out and "bob connected (direct, 198.51.100.2:4545)" in out
     assert "bob: hi alice" in out
-    assert "peers" in out and "bob 1234 5678" in out and "direct" in out       # the sidebar
+    assert "peers" in out and "bob 1234 5678" in out and "direct" in out  # the sidebar
     assert lines[-1].startswith("> ")
 
 
@@ -42,7 +42,7 @@ def test_narrow_and_tiny_terminals_degrade_without_crashing():
     for i in range(30):
         screen.handle_event(ev.MessageReceived("bob", BOB_FP, f"line {i} " * 5))
     narrow = text_of(screen, NARROW - 1, 10)
-    assert "peers" not in narrow and "line 29" in narrow       # sidebar hidden, messages kept
+    assert "peers" not in narrow and "line 29" in narrow  # sidebar hidden, messages kept
     for cols, rows in ((20, 5), (10, 3), (1, 1), (200, 60)):
         text_of(screen, cols, rows)
 
@@ -73,7 +73,7 @@ def test_input_history_and_submit():
     screen.keypress(size, "down")
     screen.keypress(size, "down")
     assert screen.input.edit_text == ""
-    screen.keypress(size, "enter")          # empty lines are not sent
+    screen.keypress(size, "enter")  # empty lines are not sent
     assert sent == ["first", "second"]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from gochat import events as ev
 from gochat.constants import DISCONNECT_RETRY_s, DISCONNECT_WAIT_s, REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s
@@ -25,7 +25,6 @@ from gochat.wire.endpoints import format_endpoint
 _REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_TOKEN, MsgType.DISCONNECT_ACK)
 
 
-
 def room_id_for(room: str) -> bytes:
     """The opaque room id the bootnode sees (it never learns the name)."""
     return hashlib.sha256(b"gochat room v1\0" + room.encode()).digest()[:16]
@@ -34,8 +33,8 @@ def room_id_for(room: str) -> bytes:
 class LinkState(enum.Enum):
     REGISTERING = "registering"
     REGISTERED = "registered"
-    FAILED = "failed"       # the first registration failed: the client cannot go on
-    CLOSING = "closing"     # leaving: DISCONNECT sent, waiting for the ack
+    FAILED = "failed"  # the first registration failed: the client cannot go on
+    CLOSING = "closing"  # leaving: DISCONNECT sent, waiting for the ack
     CLOSED = "closed"
 
 
@@ -50,8 +49,14 @@ class BootnodeLink:
     ``room_tag``, ``public_endpoint``, ``rtt`` and the intervals in force are set.
     """
 
-    def __init__(self, bootnode: wire.Endpoint, room: str, card: bytes, now: float,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        bootnode: wire.Endpoint,
+        room: str,
+        card: bytes,
+        now: float,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.bootnode = bootnode
         self.room = room
         self.room_id = room_id_for(room)
@@ -59,25 +64,25 @@ class BootnodeLink:
         public_key, self.name, _ = wire.decode_card(card)
         self.fingerprint = fingerprint(public_key)
         self._random = random_bytes
-        self.outbox: List[bytes] = []
-        self.events: List[ev.Event] = []
+        self.outbox: list[bytes] = []
+        self.events: list[ev.Event] = []
         self.state = REGISTERING
         self.ever_registered = False
         self.lost = False
         self.cookie = bytes(16)
-        self.token: Optional[bytes] = None
-        self.room_tag: Optional[bytes] = None
-        self.public_endpoint: Optional[wire.Endpoint] = None
+        self.token: bytes | None = None
+        self.room_tag: bytes | None = None
+        self.public_endpoint: wire.Endpoint | None = None
         self.heartbeat_interval = 10.0
         self.peer_timeout = 15.0
-        self.rtt: Optional[float] = None
+        self.rtt: float | None = None
         self.last_answer = now
         self._attempt = 0
         self._cookie_rounds = 0
         self._deadline = now
         self._close_deadline = now
-        self._next_heartbeat: Optional[float] = None
-        self._heartbeat_sent: Optional[float] = None
+        self._next_heartbeat: float | None = None
+        self._heartbeat_sent: float | None = None
         self._request_id = 0
         self._register(now, new_request=True)
 
@@ -89,7 +94,7 @@ class BootnodeLink:
             self._cookie_rounds = 0
         self.outbox.append(self._register_bytes())
         if self.ever_registered:
-            wait = min(REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s[0] * 2 ** self._attempt)
+            wait = min(REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s[0] * 2**self._attempt)
         else:
             wait = REGISTER_TIMEOUTS_s[min(self._attempt, len(REGISTER_TIMEOUTS_s) - 1)]
         self._deadline = now + wait
@@ -140,8 +145,15 @@ class BootnodeLink:
         if self.lost:
             self.lost = False
             self.events.append(ev.BootnodeRestored())
-        self.events.append(ev.Registered(self.room, self.name, format_endpoint(msg.observed_endpoint),
-                                         self.fingerprint, again=self.ever_registered))
+        self.events.append(
+            ev.Registered(
+                self.room,
+                self.name,
+                format_endpoint(msg.observed_endpoint),
+                self.fingerprint,
+                again=self.ever_registered,
+            )
+        )
         self.ever_registered = True
 
     def _refused(self, msg: wire.Refused, now: float) -> None:
@@ -149,8 +161,10 @@ class BootnodeLink:
             reason = RefuseReason(msg.reason).name.lower()
         except ValueError:
             reason = f"reason {msg.reason}"
-        text = (f"bootnode {format_endpoint(self.bootnode)} refused the registration: {reason}"
-                f" (retry after {msg.retry_after_ms / 1000:g} s)")
+        text = (
+            f"bootnode {format_endpoint(self.bootnode)} refused the registration: {reason}"
+            f" (retry after {msg.retry_after_ms / 1000:g} s)"
+        )
         if not self.ever_registered:
             self.state = FAILED
             self.events.append(ev.Error(text, fatal=True))
@@ -180,7 +194,7 @@ class BootnodeLink:
 
     # --- timers ------------------------------------------------------------------
 
-    def get_timer(self) -> Optional[float]:
+    def get_timer(self) -> float | None:
         if self.state == REGISTERING:
             return self._deadline
         if self.state == REGISTERED:
@@ -196,9 +210,13 @@ class BootnodeLink:
             if not self.ever_registered and self._attempt >= len(REGISTER_TIMEOUTS_s):
                 self.state = FAILED
                 total = sum(REGISTER_TIMEOUTS_s)
-                self.events.append(ev.Error(
-                    f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
-                    f"over {total:g} s: is it running and reachable over UDP?", fatal=True))
+                self.events.append(
+                    ev.Error(
+                        f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
+                        f"over {total:g} s: is it running and reachable over UDP?",
+                        fatal=True,
+                    )
+                )
                 return
             self._check_lost(now)
             self._register(now, new_request=False)

@@ -13,14 +13,15 @@ import asyncio
 import dataclasses
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Any
 
-from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 from gochat import events as ev
 from gochat.client.room import RoomClient
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 
 log = logging.getLogger("gochat.client")
 
@@ -33,31 +34,31 @@ class StartupError(Exception):
 
 @dataclass
 class ClientConfig:
-    bootnode: Tuple[str, int]
+    bootnode: tuple[str, int]
     room: str
     name: str
     port: int
-    passphrase: Optional[str]
+    passphrase: str | None
     peer_timeout: float
 
 
-def resolve_bootnode(host: str, port: int) -> Tuple[int, Tuple[str, int]]:
+def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
     """(socket family, (address, port)) of the bootnode; StartupError if it does not resolve."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise StartupError(f"cannot resolve bootnode {host}: {exc.strerror}") from None
-    infos.sort(key=lambda i: i[0] != socket.AF_INET)   # IPv4 first: most NATs are IPv4
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 first: most NATs are IPv4
     family, _, _, _, sockaddr = infos[0]
     return family, canonical_endpoint(sockaddr)
 
 
-def local_endpoint_towards(family: int, target: Tuple[str, int], port: int) -> List[Tuple[str, int]]:
+def local_endpoint_towards(family: int, target: tuple[str, int], port: int) -> list[tuple[str, int]]:
     """The address the kernel would send from towards ``target`` (the LAN address behind a
     NAT), with our port: what peers behind the same NAT can reach us on."""
     probe = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        probe.connect(sockaddr_for(family, target))   # no packet is sent: UDP connect only routes
+        probe.connect(sockaddr_for(family, target))  # no packet is sent: UDP connect only routes
         return [canonical_endpoint((probe.getsockname()[0], port))]
     except OSError:
         return []
@@ -66,13 +67,13 @@ def local_endpoint_towards(family: int, target: Tuple[str, int], port: int) -> L
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, driver: "ClientDriver") -> None:
+    def __init__(self, driver: ClientDriver) -> None:
         self.driver = driver
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.driver.datagram_received(data, addr)
 
-    def error_received(self, exc: Exception) -> None:   # ICMP errors: a candidate that is not there
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: a candidate that is not there
         self.driver.machine.counters["send_error"] += 1
 
 
@@ -84,8 +85,8 @@ class ClientDriver:
         self.known = KnownPeers(identity.path.parent / "known_peers.json")
         self.loop = asyncio.get_running_loop()
         self.machine: RoomClient  # set by start()
-        self.transport: Optional[asyncio.DatagramTransport] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.finished = asyncio.Event()
 
     async def start(self) -> None:
@@ -98,24 +99,30 @@ class ClientDriver:
             sock.bind(bind)
         except OSError as exc:
             sock.close()
-            raise StartupError(f"cannot use UDP port {self.config.port}: {exc.strerror or exc} "
-                               "(choose another with --port or LOCAL_UDP_PORT)") from None
+            raise StartupError(
+                f"cannot use UDP port {self.config.port}: {exc.strerror or exc} "
+                "(choose another with --port or LOCAL_UDP_PORT)"
+            ) from None
         self.family = family
-        self.port = sock.getsockname()[1]
+        self.port: int = sock.getsockname()[1]
         self.transport, _ = await self.loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         psk = room_psk(self.config.room, self.config.passphrase)
         self.machine = RoomClient(
-            static_private=self.identity.private_key, name=self.config.name, room=self.config.room, psk=psk,
-            bootnode=bootnode, now=self.loop.time(),
+            static_private=self.identity.private_key,
+            name=self.config.name,
+            room=self.config.room,
+            psk=psk,
+            bootnode=bootnode,
+            now=self.loop.time(),
             local_endpoints=local_endpoint_towards(family, bootnode, self.port),
-            peer_timeout=self.config.peer_timeout)
-        log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode),
-                 self.config.room)
+            peer_timeout=self.config.peer_timeout,
+        )
+        log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
         self._after_input()
 
     # --- inputs ---------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.machine.receive_datagram(data, addr, self.loop.time())
         self._after_input()
 
@@ -173,10 +180,16 @@ class ClientDriver:
         self.sink(dataclasses.replace(event, trust="verified" if verified else status))
         if status == KnownPeers.CHANGED and previous is not None:
             old = fingerprint(bytes.fromhex(previous["key"]))
-            self.sink(ev.KeyChanged(event.name, event.fingerprint, old,
-                                    f"WARNING: {event.name} has a different key than before "
-                                    f"({old} -> {event.fingerprint}). It may be someone else: "
-                                    f"compare safety numbers before trusting it."))
+            self.sink(
+                ev.KeyChanged(
+                    event.name,
+                    event.fingerprint,
+                    old,
+                    f"WARNING: {event.name} has a different key than before "
+                    f"({old} -> {event.fingerprint}). It may be someone else: "
+                    f"compare safety numbers before trusting it.",
+                )
+            )
 
     def close(self) -> None:
         if self._timer is not None:
@@ -188,5 +201,6 @@ class ClientDriver:
         self.finished.set()
 
     def status(self) -> ev.PeersStatus:
-        return ev.PeersStatus(self.machine.bootnode_status(), tuple(self.machine.peer_snapshot()),
-                              dict(self.machine.counters))
+        return ev.PeersStatus(
+            self.machine.bootnode_status(), tuple(self.machine.peer_snapshot()), dict(self.machine.counters)
+        )

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, Tuple
+from typing import Protocol
 
 from gochat import events as ev
 from gochat.client import reliable
 from gochat.client.punching import Punching, Verdict
-from gochat.constants import HANDSHAKE_DEADLINE_s, HANDSHAKE_RETRY_s, HANDSHAKE_UNCONFIRMED_LIMIT
+from gochat.constants import HANDSHAKE_UNCONFIRMED_LIMIT, HANDSHAKE_DEADLINE_s, HANDSHAKE_RETRY_s
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import HandshakeState, NoiseError
 from gochat.crypto.transport import REKEY_AFTER_TIME_s, TransportError, TransportKeys
@@ -76,38 +77,36 @@ class Keypair:
     remote_index: int
     initiator: bool
     confirmed: bool
-    incarnation: int   # the remote's, as its handshake payload said
+    incarnation: int  # the remote's, as its handshake payload said
 
 
 class Peer:
-    def __init__(self, ctx: PeerContext, key: bytes, name: str, endpoints: Sequence[Endpoint],
-                 now: float) -> None:
+    def __init__(self, ctx: PeerContext, key: bytes, name: str, endpoints: Sequence[Endpoint], now: float) -> None:
         self.ctx = ctx
         self.key = key
         self.name = name
         self.fingerprint = fingerprint(key)
         self.initiator = ctx.public_key < key
-        self.punching = Punching(pw.punch_key(ctx.shared_secret(key)), ctx.public_key, ctx.random_bytes,
-                                 endpoints)
+        self.punching = Punching(pw.punch_key(ctx.shared_secret(key)), ctx.public_key, ctx.random_bytes, endpoints)
         self.state = PUNCHING
-        self.path: Optional[Endpoint] = None
+        self.path: Endpoint | None = None
         self.path_kind = "direct"
-        self.reconnecting = False   # silent once connected: punching again before giving up
+        self.reconnecting = False  # silent once connected: punching again before giving up
         self._start_punching(now)
         # handshake in flight (initiator side)
-        self._hs: Optional[HandshakeState] = None
-        self._hs_index: Optional[int] = None
-        self._hs_next: Optional[float] = None
-        self._hs_deadline: Optional[float] = None
+        self._hs: HandshakeState | None = None
+        self._hs_index: int | None = None
+        self._hs_next: float | None = None
+        self._hs_deadline: float | None = None
         self._hs_number = 0
         self._auth_failures = 0
         # responder side
-        self._last_init: Optional[Tuple[int, int]] = None   # (incarnation, number) of the newest initiation
+        self._last_init: tuple[int, int] | None = None  # (incarnation, number) of the newest initiation
         self._unconfirmed_inits = 0
-        self.next_keypair: Optional[Keypair] = None   # responder: answered, awaiting confirmation
-        self.current: Optional[Keypair] = None
-        self.previous: Optional[Keypair] = None
-        self.remote_incarnation: Optional[int] = None
+        self.next_keypair: Keypair | None = None  # responder: answered, awaiting confirmation
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.remote_incarnation: int | None = None
         # delivery
         self.sender = reliable.ReliableSender(now)
         self.receiver = reliable.ReliableReceiver()
@@ -124,7 +123,7 @@ class Peer:
         self.state = PUNCHING
         self.punching.start(now)
 
-    def _send_all(self, datagrams: Sequence[Tuple[bytes, Endpoint]]) -> None:
+    def _send_all(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
         for data, endpoint in datagrams:
             self.ctx.send(data, endpoint)
 
@@ -143,7 +142,7 @@ class Peer:
         """Answer where it came from; a new source is a peer-reflexive candidate."""
         self._send_all([self.punching.answer(punch, source)])
         if self.punching.add_candidate(source) and self.state is PUNCHING:
-            self._send_all([self.punching.request(source)])   # triggered check, as ICE does
+            self._send_all([self.punching.request(source)])  # triggered check, as ICE does
         if self.state in (UNREACHABLE, FAILED):
             self._start_punching(now)
             self._send_all([self.punching.request(source)])
@@ -162,14 +161,19 @@ class Peer:
         if self.initiator:
             self._send_initiation(now)
 
-    def _send_initiation(self, now: float, to: Optional[Endpoint] = None) -> None:
+    def _send_initiation(self, now: float, to: Endpoint | None = None) -> None:
         to = to or self.path
         if to is None:
             return
         if self._hs_index is not None:
             self.ctx.release_index(self._hs_index)
-        self._hs = HandshakeState(initiator=True, static_private=self.ctx.static_private,
-                                  remote_static=self.key, psk=self.ctx.psk, prologue=self.ctx.prologue)
+        self._hs = HandshakeState(
+            initiator=True,
+            static_private=self.ctx.static_private,
+            remote_static=self.key,
+            psk=self.ctx.psk,
+            prologue=self.ctx.prologue,
+        )
         self._hs_index = self.ctx.new_index(self)
         self._hs_number += 1
         noise = self._hs.write_message(pw.encode_init_payload(self.ctx.incarnation, self._hs_number))
@@ -179,11 +183,12 @@ class Peer:
         self.ctx.send(pw.encode_handshake_init(self._hs_index, noise), to)
         self.last_sent = now
 
-    def on_handshake_init(self, hs: HandshakeState, init: pw.HandshakeInit, payload: bytes,
-                          source: Endpoint, now: float) -> None:
+    def on_handshake_init(
+        self, hs: HandshakeState, init: pw.HandshakeInit, payload: bytes, source: Endpoint, now: float
+    ) -> None:
         """An initiation whose first message already authenticated this peer's key."""
         if self.initiator:
-            self.ctx.counters["init_from_responder"] += 1   # the tie-break says we initiate
+            self.ctx.counters["init_from_responder"] += 1  # the tie-break says we initiate
             return
         try:
             incarnation, number = pw.decode_init_payload(payload)
@@ -205,8 +210,14 @@ class Peer:
         assert send.key is not None and recv.key is not None
         if self.next_keypair is not None:
             self.ctx.release_index(self.next_keypair.local_index)
-        self.next_keypair = Keypair(TransportKeys(send.key, recv.key, now), index, init.sender_index,
-                                    initiator=False, confirmed=False, incarnation=incarnation)
+        self.next_keypair = Keypair(
+            TransportKeys(send.key, recv.key, now),
+            index,
+            init.sender_index,
+            initiator=False,
+            confirmed=False,
+            incarnation=incarnation,
+        )
         self.ctx.send(pw.encode_handshake_resp(index, init.sender_index, noise), source)
         self.last_sent = now
         if self.state in (PUNCHING, UNREACHABLE, FAILED):
@@ -226,7 +237,7 @@ class Peer:
             send, recv = self._hs.split()
         except NoiseError:
             self.ctx.counters["handshake_auth_failed"] += 1
-            self._hs = None   # this attempt is dead; retry until the limit (it may be forged)
+            self._hs = None  # this attempt is dead; retry until the limit (it may be forged)
             self._auth_failures += 1
             if self._auth_failures >= HANDSHAKE_UNCONFIRMED_LIMIT:
                 self._fail("authentication failed (a different room passphrase?)")
@@ -237,24 +248,33 @@ class Peer:
             self.ctx.counters["bad_handshake_payload"] += 1
             return
         assert self._hs_index is not None and send.key is not None and recv.key is not None
-        keypair = Keypair(TransportKeys(send.key, recv.key, now), self._hs_index, resp.sender_index,
-                          initiator=True, confirmed=True, incarnation=incarnation)
+        keypair = Keypair(
+            TransportKeys(send.key, recv.key, now),
+            self._hs_index,
+            resp.sender_index,
+            initiator=True,
+            confirmed=True,
+            incarnation=incarnation,
+        )
         self._hs, self._hs_index, self._hs_next = None, None, None
         self._move_path(source)
         self._install(keypair, now)
-        self._send_frame(pw.KEEPALIVE_FRAME, now)   # confirms the session to the responder at once
+        self._send_frame(pw.KEEPALIVE_FRAME, now)  # confirms the session to the responder at once
 
     def _move_path(self, endpoint: Endpoint) -> None:
         """The path is where authenticated packets come from; a change on a live session
         (a NAT rebinding, a restarted peer on a new port) is reported."""
         if self.state is CONNECTED and self.path is not None and endpoint != self.path:
-            self.ctx.event(ev.PathChanged(self.name, self.fingerprint, self.path_kind, format_endpoint(endpoint),
-                                          format_endpoint(self.path)))
+            self.ctx.event(
+                ev.PathChanged(
+                    self.name, self.fingerprint, self.path_kind, format_endpoint(endpoint), format_endpoint(self.path)
+                )
+            )
         self.path = endpoint
 
     def _install(self, keypair: Keypair, now: float) -> None:
         if self.remote_incarnation is not None and keypair.incarnation != self.remote_incarnation:
-            self.receiver = reliable.ReliableReceiver()   # the peer restarted: its sequence restarts
+            self.receiver = reliable.ReliableReceiver()  # the peer restarted: its sequence restarts
         self.remote_incarnation = keypair.incarnation
         if self.previous is not None:
             self.ctx.release_index(self.previous.local_index)
@@ -268,7 +288,7 @@ class Peer:
             self.state = CONNECTED
             assert self.path is not None
             self.ctx.event(ev.PeerConnected(self.name, self.fingerprint, self.path_kind, format_endpoint(self.path)))
-        self._flush(now)   # messages typed while the session was coming up
+        self._flush(now)  # messages typed while the session was coming up
 
     def _fail(self, reason: str) -> None:
         self.state = FAILED
@@ -278,7 +298,7 @@ class Peer:
 
     # --- transport --------------------------------------------------------------------
 
-    def keypair_for(self, index: int) -> Optional[Keypair]:
+    def keypair_for(self, index: int) -> Keypair | None:
         for kp in (self.current, self.next_keypair, self.previous):
             if kp is not None and kp.local_index == index:
                 return kp
@@ -294,13 +314,13 @@ class Peer:
         except TransportError as exc:
             self.ctx.counters[exc.reason] += 1
             return
-        if kp is self.next_keypair:   # the initiator's first packet: the handshake is confirmed
+        if kp is self.next_keypair:  # the initiator's first packet: the handshake is confirmed
             self.next_keypair = None
             kp.confirmed = True
             self._move_path(source)
             self._install(kp, now)
         elif source != self.path:
-            self._move_path(source)   # authenticated and fresh: the peer roamed (a NAT rebinding)
+            self._move_path(source)  # authenticated and fresh: the peer roamed (a NAT rebinding)
         self.last_received = now
         self._on_frame(plaintext, now)
 
@@ -316,7 +336,7 @@ class Peer:
                     self.ctx.event(ev.MessageReceived(self.name, self.fingerprint, message.decode("utf-8", "replace")))
             elif kind == pw.FrameType.ACK:
                 self.sender.on_ack(*reliable.parse_ack(frame), now)
-                self._flush(now)   # fragments the ACK showed lost go again at once
+                self._flush(now)  # fragments the ACK showed lost go again at once
             elif frame == pw.BYE_FRAME:
                 self.leave("quit")
             else:
@@ -324,7 +344,7 @@ class Peer:
         except reliable.FrameError:
             self.ctx.counters["bad_frame"] += 1
 
-    def _usable_keypair(self) -> Optional[Keypair]:
+    def _usable_keypair(self) -> Keypair | None:
         for kp in (self.current, self.previous):
             if kp is not None and kp.confirmed:
                 return kp
@@ -334,7 +354,7 @@ class Peer:
         kp = self._usable_keypair()
         if kp is None or self.path is None:
             return False
-        ad = pw.transport_ad(kp.remote_index, kp.keys.send_counter)   # the counter encrypt() uses next
+        ad = pw.transport_ad(kp.remote_index, kp.keys.send_counter)  # the counter encrypt() uses next
         try:
             _, ciphertext = kp.keys.encrypt(frame, ad, now)
         except TransportError:
@@ -365,7 +385,7 @@ class Peer:
             self._undelivered(text)
 
     def _undelivered(self, text: bytes) -> None:
-        self.ctx.event(ev.Undelivered(self.name, self.fingerprint, text.decode("utf-8")))   # we encoded it
+        self.ctx.event(ev.Undelivered(self.name, self.fingerprint, text.decode("utf-8")))  # we encoded it
 
     def bye(self, now: float) -> None:
         """Tell the peer we leave (twice: it is not acknowledged)."""
@@ -402,7 +422,7 @@ class Peer:
 
     # --- timers -------------------------------------------------------------------------
 
-    def _timers(self) -> Tuple[Tuple[Callable[[], Optional[float]], Callable[[float], None]], ...]:
+    def _timers(self) -> tuple[tuple[Callable[[], float | None], Callable[[float], None]], ...]:
         """Every deadline (None: not armed in this state) with its handler, in the order
         handle_timer runs them; each deadline is read after the handlers before it ran."""
         return (
@@ -417,7 +437,7 @@ class Peer:
             (self._keepalive_at, self._on_keepalive),
         )
 
-    def get_timer(self) -> Optional[float]:
+    def get_timer(self) -> float | None:
         return min((t for when, _ in self._timers() if (t := when()) is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -426,35 +446,38 @@ class Peer:
             if t is not None and now >= t:
                 handler(now)
 
-    def _punch_deadline_at(self) -> Optional[float]:
+    def _punch_deadline_at(self) -> float | None:
         return self.punching.deadline if self.state is PUNCHING else None
 
     def _on_punch_deadline(self, now: float) -> None:
-        if self.reconnecting:   # silent, and no path back either: it is gone
+        if self.reconnecting:  # silent, and no path back either: it is gone
             self.leave("timed_out")
             return
         self.state = UNREACHABLE
-        self.ctx.event(ev.PeerUnreachable(self.name, self.fingerprint,
-                                          f"no direct path to {self.name}: both sides' NATs may be symmetric"))
+        self.ctx.event(
+            ev.PeerUnreachable(
+                self.name, self.fingerprint, f"no direct path to {self.name}: both sides' NATs may be symmetric"
+            )
+        )
         self._give_up_pending()
 
-    def _punch_round_at(self) -> Optional[float]:
+    def _punch_round_at(self) -> float | None:
         return self.punching.next_round if self.state is PUNCHING else None
 
     def _on_punch_round(self, now: float) -> None:
         self._send_all(self.punching.run_round(now))
 
-    def _handshake_deadline_at(self) -> Optional[float]:
+    def _handshake_deadline_at(self) -> float | None:
         return self._hs_deadline if self.state in (HANDSHAKING, CONNECTED) else None
 
     def _on_handshake_deadline(self, now: float) -> None:
         self._hs_deadline = None
         if self.state is HANDSHAKING:
-            self._fail("no handshake completed within %g s" % HANDSHAKE_DEADLINE_s)
-        else:   # a rekey that did not complete: the old keys stay until they expire
+            self._fail(f"no handshake completed within {HANDSHAKE_DEADLINE_s:g} s")
+        else:  # a rekey that did not complete: the old keys stay until they expire
             self._hs, self._hs_next = None, None
 
-    def _handshake_retry_at(self) -> Optional[float]:
+    def _handshake_retry_at(self) -> float | None:
         return self._hs_next if self.state in (HANDSHAKING, CONNECTED) else None
 
     def _on_handshake_retry(self, now: float) -> None:
@@ -464,7 +487,7 @@ class Peer:
         for _, text in self.sender.expired(now):
             self._undelivered(text)
 
-    def _silence_at(self) -> Optional[float]:
+    def _silence_at(self) -> float | None:
         return self.last_received + self.ctx.silence_s if self.state is CONNECTED else None
 
     def _on_silence(self, now: float) -> None:
@@ -479,9 +502,9 @@ class Peer:
             self.ctx.release_index(self._hs_index)
         self._hs, self._hs_index, self._hs_next, self._hs_deadline = None, None, None, None
         self._start_punching(now)
-        self._on_punch_round(now)   # the first round now
+        self._on_punch_round(now)  # the first round now
 
-    def _rekey_at(self) -> Optional[float]:
+    def _rekey_at(self) -> float | None:
         if self.state is not CONNECTED or not self.initiator or self._hs is not None or self.current is None:
             return None
         keys = self.current.keys
@@ -490,10 +513,10 @@ class Peer:
     def _on_rekey(self, now: float) -> None:
         self._send_initiation(now)
 
-    def _retransmit_at(self) -> Optional[float]:
+    def _retransmit_at(self) -> float | None:
         return self.sender.retransmit_timer() if self.state is CONNECTED else None
 
-    def _keepalive_at(self) -> Optional[float]:
+    def _keepalive_at(self) -> float | None:
         return self.last_sent + self.ctx.keepalive_s if self.state is CONNECTED else None
 
     def _on_keepalive(self, now: float) -> None:
@@ -504,8 +527,12 @@ class Peer:
     def snapshot(self) -> ev.PeerStatus:
         srtt = self.sender.rtt.srtt
         return ev.PeerStatus(
-            name=self.name, fingerprint=self.fingerprint, state=self.state.value,
+            name=self.name,
+            fingerprint=self.fingerprint,
+            state=self.state.value,
             path=self.path_kind if self.state is CONNECTED else None,
             endpoint=format_endpoint(self.path) if self.path else None,
             rtt_ms=round(srtt * 1000, 1) if srtt is not None else None,
-            unacknowledged=self.sender.unacknowledged, retransmissions=self.sender.retransmissions)
+            unacknowledged=self.sender.unacknowledged,
+            retransmissions=self.sender.retransmissions,
+        )

@@ -14,36 +14,37 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from typing import Callable, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 from gochat.constants import PUNCH_DEADLINE_s, PUNCH_INTERVAL_s, PUNCH_SCHEDULE_s
 from gochat.wire import data as pw
 from gochat.wire.control import Endpoint
 
-MAX_TXIDS = 64   # requests awaiting a reply; older ones are forgotten
+MAX_TXIDS = 64  # requests awaiting a reply; older ones are forgotten
 
-Datagram = Tuple[bytes, Endpoint]
+Datagram = tuple[bytes, Endpoint]
 
 
 class Verdict(enum.Enum):
     """What an incoming PUNCH means."""
 
-    BAD_MAC = "bad_punch_mac"                       # not from the peer: dropped
-    UNEXPECTED_REPLY = "unexpected_punch_reply"     # a reply to no request of ours: dropped
-    PATH_FOUND = "path_found"                       # a reply to our request: a two-way path
-    REQUEST = "request"                             # the peer checks us: answer it
+    BAD_MAC = "bad_punch_mac"  # not from the peer: dropped
+    UNEXPECTED_REPLY = "unexpected_punch_reply"  # a reply to no request of ours: dropped
+    PATH_FOUND = "path_found"  # a reply to our request: a two-way path
+    REQUEST = "request"  # the peer checks us: answer it
 
 
 class Punching:
     """The candidates of one peer and the checks towards them."""
 
-    def __init__(self, punch_key: bytes, own_key: bytes, random_bytes: Callable[[int], bytes],
-                 endpoints: Sequence[Endpoint]) -> None:
+    def __init__(
+        self, punch_key: bytes, own_key: bytes, random_bytes: Callable[[int], bytes], endpoints: Sequence[Endpoint]
+    ) -> None:
         self._key = punch_key
         self._own_key = own_key
         self._random = random_bytes
         self._txids: OrderedDict[bytes, None] = OrderedDict()
-        self.candidates: List[Endpoint] = []
+        self.candidates: list[Endpoint] = []
         self.set_endpoints(endpoints)
         self.started = 0.0
         self.next_round = 0.0
@@ -75,7 +76,7 @@ class Punching:
     def deadline(self) -> float:
         return self.started + PUNCH_DEADLINE_s
 
-    def run_round(self, now: float) -> List[Datagram]:
+    def run_round(self, now: float) -> list[Datagram]:
         """A request to every candidate; the schedule moves to the next round."""
         out = [self.request(endpoint) for endpoint in self.candidates]
         self._round += 1

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from gochat.wire.data import FrameType
 
 MAX_MESSAGE_bytes = 64 * 1024
-FRAGMENT_bytes = 1000            # payload per fragment: fits a 1200-byte datagram with headers
-WINDOW_FRAGMENTS = 256           # in flight (sender) and buffered ahead (receiver)
+FRAGMENT_bytes = 1000  # payload per fragment: fits a 1200-byte datagram with headers
+WINDOW_FRAGMENTS = 256  # in flight (sender) and buffered ahead (receiver)
 GIVE_UP_AFTER_s = 30.0
-RTO_INITIAL_s = 1.0              # RFC 6298 2.1
-RTO_MIN_s = 0.2                  # below RFC 6298's 1 s, as Linux TCP: chat wants quick repair
+RTO_INITIAL_s = 1.0  # RFC 6298 2.1
+RTO_MIN_s = 0.2  # below RFC 6298's 1 s, as Linux TCP: chat wants quick repair
 RTO_MAX_s = 10.0
 _ALPHA, _BETA, _K, _G = 1 / 8, 1 / 4, 4, 0.01
 
@@ -60,14 +59,14 @@ class RttEstimator:
     could ever bring the timeout down again."""
 
     def __init__(self) -> None:
-        self.srtt: Optional[float] = None
+        self.srtt: float | None = None
         self.rttvar = 0.0
         self._base = RTO_INITIAL_s
         self._backoffs = 0
 
     @property
     def rto(self) -> float:
-        return min(RTO_MAX_s, self._base * 2 ** self._backoffs)
+        return min(RTO_MAX_s, self._base * 2.0**self._backoffs)
 
     def sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -92,16 +91,16 @@ class _Fragment:
     index: int
     count: int
     payload: bytes
-    first_sent: float = 0.0    # both set when the fragment first goes out
+    first_sent: float = 0.0  # both set when the fragment first goes out
     last_sent: float = 0.0
     retransmitted: bool = False
-    lost: bool = False   # a fragment sent after it was acknowledged: resend now (RACK)
+    lost: bool = False  # a fragment sent after it was acknowledged: resend now (RACK)
 
 
 @dataclass
 class _Outgoing:
     text: bytes
-    seqs: List[int]
+    seqs: list[int]
     created: float
     acked: set = field(default_factory=set)
 
@@ -111,9 +110,9 @@ class ReliableSender:
         self.rtt = RttEstimator()
         self.next_seq = 0
         self.next_msg_id = 0
-        self._queue: List[_Fragment] = []          # not yet sent (beyond the window)
-        self._in_flight: Dict[int, _Fragment] = {}
-        self._messages: Dict[int, _Outgoing] = {}
+        self._queue: list[_Fragment] = []  # not yet sent (beyond the window)
+        self._in_flight: dict[int, _Fragment] = {}
+        self._messages: dict[int, _Outgoing] = {}
         self.retransmissions = 0
 
     @property
@@ -135,7 +134,7 @@ class ReliableSender:
         self._messages[msg_id] = _Outgoing(message, seqs, now)
         return msg_id
 
-    def datagrams_to_send(self, now: float) -> List[bytes]:
+    def datagrams_to_send(self, now: float) -> list[bytes]:
         """DATA frames due now: new fragments within the window, then retransmissions."""
         out = []
         timed_out = False
@@ -158,21 +157,21 @@ class ReliableSender:
         base = self.base
         return [_DATA.pack(T_DATA, f.seq, base, f.msg_id, f.index, f.count) + f.payload for f in out]
 
-    def get_timer(self) -> Optional[float]:
+    def get_timer(self) -> float | None:
         """The next retransmission or give-up, whichever comes first."""
         times = [t for t in (self.retransmit_timer(), self.give_up_timer()) if t is not None]
         return min(times, default=None)
 
-    def retransmit_timer(self) -> Optional[float]:
+    def retransmit_timer(self) -> float | None:
         """When a fragment in flight is due again (at once for one found lost)."""
         rto = self.rtt.rto
         return min((f.last_sent if f.lost else f.last_sent + rto for f in self._in_flight.values()), default=None)
 
-    def give_up_timer(self) -> Optional[float]:
+    def give_up_timer(self) -> float | None:
         """The next give-up deadline alone: all that matters while nothing can be sent."""
         return min((m.created + GIVE_UP_AFTER_s for m in self._messages.values()), default=None)
 
-    def on_ack(self, next_expected: int, sack: int, now: float) -> List[int]:
+    def on_ack(self, next_expected: int, sack: int, now: float) -> list[int]:
         """Process an ACK; returns the ids of messages now fully delivered."""
         acked = [s for s in self._in_flight if _seq_lt(s, next_expected)]
         acked += [(next_expected + 1 + i) & 0xFFFFFFFF for i in range(64) if sack >> i & 1]
@@ -201,7 +200,7 @@ class ReliableSender:
                     f.lost = True
         return done
 
-    def expired(self, now: float) -> List[Tuple[int, bytes]]:
+    def expired(self, now: float) -> list[tuple[int, bytes]]:
         """Messages given up on (deadline passed): (id, text). Their fragments are dropped,
         and ``base`` moves past them so the receiver stops waiting."""
         gone = [(mid, m) for mid, m in self._messages.items() if now >= m.created + GIVE_UP_AFTER_s]
@@ -212,7 +211,7 @@ class ReliableSender:
             self._queue = [f for f in self._queue if f.msg_id != mid]
         return [(mid, m.text) for mid, m in gone]
 
-    def abandon(self) -> List[bytes]:
+    def abandon(self) -> list[bytes]:
         """Give up on everything still unacknowledged (the peer is gone); returns the
         messages. ``base`` moves past them, so a receiver met again skips them."""
         texts = [m.text for m in self._messages.values()]
@@ -233,12 +232,12 @@ class ReliableSender:
 class ReliableReceiver:
     def __init__(self) -> None:
         self.next_expected = 0
-        self._buffer: Dict[int, Tuple[int, int, int, bytes]] = {}  # seq -> (msg_id, index, count, payload)
-        self._partial: List[bytes] = []
+        self._buffer: dict[int, tuple[int, int, int, bytes]] = {}  # seq -> (msg_id, index, count, payload)
+        self._partial: list[bytes] = []
         self.duplicates = 0
         self.out_of_window = 0
 
-    def on_data(self, frame: bytes) -> Tuple[List[bytes], bytes]:
+    def on_data(self, frame: bytes) -> tuple[list[bytes], bytes]:
         """Take a DATA frame; returns (messages now deliverable in order, ACK frame)."""
         if len(frame) < _DATA.size or frame[0] != T_DATA:
             raise FrameError("not a DATA frame")
@@ -247,7 +246,7 @@ class ReliableReceiver:
             raise FrameError("bad fragment numbering")
         if len(frame) - _DATA.size > FRAGMENT_bytes:
             raise FrameError("fragment too long")
-        delivered: List[bytes] = []
+        delivered: list[bytes] = []
         if _seq_lt(self.next_expected, base):  # the sender gave up on what we miss: skip it
             for s in list(self._buffer):
                 if _seq_lt(s, base):
@@ -283,7 +282,7 @@ class ReliableReceiver:
         return _ACK.pack(T_ACK, self.next_expected, sack)
 
 
-def parse_ack(frame: bytes) -> Tuple[int, int]:
+def parse_ack(frame: bytes) -> tuple[int, int]:
     if len(frame) != _ACK.size or frame[0] != T_ACK:
         raise FrameError("not an ACK frame")
     _, next_expected, sack = _ACK.unpack(frame)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
-from gochat.wire import data as pw
-from gochat.wire import control as wire
-from gochat.wire.endpoints import canonical_endpoint, format_endpoint
+from gochat import events as ev
+from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
+from gochat.client.peer import GONE, Peer
+from gochat.client.reliable import check_length
 from gochat.constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
     HANDSHAKE_INIT_RATE_PER_IP,
@@ -28,11 +29,10 @@ from gochat.constants import (
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import HandshakeState, NoiseError, dh, public_key
 from gochat.ratelimit import TokenBuckets
-from gochat import events as ev
-from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
-from gochat.client.reliable import check_length
-from gochat.client.peer import GONE, Peer
+from gochat.wire import control as wire
+from gochat.wire import data as pw
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint
 
 
 def prologue_for(room_id: bytes) -> bytes:
@@ -43,9 +43,19 @@ def prologue_for(room_id: bytes) -> bytes:
 class RoomClient:
     """The client's machine for one room: the bootnode link and a Peer per member."""
 
-    def __init__(self, *, static_private: bytes, name: str, room: str, psk: bytes, bootnode: Endpoint,
-                 now: float, local_endpoints: Sequence[Endpoint] = (), peer_timeout: float = 15.0,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        *,
+        static_private: bytes,
+        name: str,
+        room: str,
+        psk: bytes,
+        bootnode: Endpoint,
+        now: float,
+        local_endpoints: Sequence[Endpoint] = (),
+        peer_timeout: float = 15.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.static_private = static_private
         self.public_key = public_key(static_private)
         self.fingerprint = fingerprint(self.public_key)
@@ -61,18 +71,19 @@ class RoomClient:
         self.keepalive_s = min(PEER_KEEPALIVE_MAX_s, peer_timeout / 5)
         self.silence_s = peer_timeout
         self.counters: Counter = Counter()
-        self.outbox: List[Tuple[bytes, Endpoint]] = []
-        self.events: List[ev.Event] = []
-        self.peers: Dict[bytes, Peer] = {}
-        self._indexes: Dict[int, Peer] = {}
-        self._secrets: Dict[bytes, bytes] = {}
-        self._initiations = TokenBuckets(HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP,
-                                         HANDSHAKE_INIT_SOURCES)
+        self.outbox: list[tuple[bytes, Endpoint]] = []
+        self.events: list[ev.Event] = []
+        self.peers: dict[bytes, Peer] = {}
+        self._indexes: dict[int, Peer] = {}
+        self._secrets: dict[bytes, bytes] = {}
+        self._initiations = TokenBuckets(
+            HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP, HANDSHAKE_INIT_SOURCES
+        )
         self.bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
         self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes)
         self.quitting = False
-        self._failure: Optional[str] = None
+        self._failure: str | None = None
         self._drain_link()
 
     # --- PeerContext ----------------------------------------------------------------
@@ -139,7 +150,7 @@ class RoomClient:
 
     def _introduce(self, entry: wire.PeerEntry, now: float) -> None:
         if entry.public_key == self.public_key:
-            return   # a coalesced PEER_JOINED may list ourselves
+            return  # a coalesced PEER_JOINED may list ourselves
         peer = self.peers.get(entry.public_key)
         if peer is not None:
             peer.reintroduced(entry.name, entry.endpoints, now)
@@ -149,12 +160,12 @@ class RoomClient:
             return
         try:
             peer = Peer(self, entry.public_key, entry.name, entry.endpoints, now)
-        except NoiseError:   # a key that is not a usable X25519 point
+        except NoiseError:  # a key that is not a usable X25519 point
             self.counters["bad_peer_key"] += 1
             return
         self.peers[entry.public_key] = peer
         self.event(ev.PeerJoined(peer.name, peer.fingerprint, peer.key.hex()))
-        peer.handle_timer(now)   # the first punch round goes out at once
+        peer.handle_timer(now)  # the first punch round goes out at once
 
     def _forget(self, peer: Peer) -> None:
         peer.release()
@@ -168,11 +179,12 @@ class RoomClient:
                 return
             peer.on_punch(msg, source, now)
         elif isinstance(msg, pw.HandshakeInit):
-            if not self._initiations.allow(source[0], now)[0]:   # before any X25519 work
+            if not self._initiations.allow(source[0], now)[0]:  # before any X25519 work
                 self.counters["handshake_rate_limited"] += 1
                 return
-            hs = HandshakeState(initiator=False, static_private=self.static_private, psk=self.psk,
-                                prologue=self.prologue)
+            hs = HandshakeState(
+                initiator=False, static_private=self.static_private, psk=self.psk, prologue=self.prologue
+            )
             try:
                 payload = hs.read_message(msg.noise)
             except NoiseError:
@@ -202,13 +214,13 @@ class RoomClient:
         """Send ``text`` to every peer of the room that can still get it; returns how
         many. Messages to peers still connecting wait for the session (and may end
         undelivered). Raises MessageTooLong over 64 KiB."""
-        check_length(text.encode("utf-8"))   # before anyone gets it, so all or nobody do
+        check_length(text.encode("utf-8"))  # before anyone gets it, so all or nobody do
         recipients = [p for p in self.peers.values() if p.accepts_messages]
         for peer in recipients:
             peer.send_message(text, now)
         return len(recipients)
 
-    def peer_snapshot(self) -> List[ev.PeerStatus]:
+    def peer_snapshot(self) -> list[ev.PeerStatus]:
         return [p.snapshot() for p in self.peers.values()]
 
     def quit(self, now: float) -> None:
@@ -227,13 +239,13 @@ class RoomClient:
         return self.link.closed and (self.quitting or self.link.state == FAILED)
 
     @property
-    def failure(self) -> Optional[str]:
+    def failure(self) -> str | None:
         """Why the client cannot go on (the first registration failed), or None."""
         return self._failure
 
     # --- timers ---------------------------------------------------------------------
 
-    def get_timer(self) -> Optional[float]:
+    def get_timer(self) -> float | None:
         times = [t for t in [self.link.get_timer()] if t is not None]
         if not self.quitting:
             times += [t for t in (p.get_timer() for p in self.peers.values()) if t is not None]
@@ -263,6 +275,6 @@ class RoomClient:
     def bootnode_status(self) -> ev.BootnodeStatus:
         link = self.link
         state = "connected" if link.state is REGISTERED else ("lost" if link.lost else link.state.value)
-        return ev.BootnodeStatus(state, format_endpoint(self.bootnode),
-                                 round(link.rtt * 1000, 1) if link.rtt is not None else None)
-
+        return ev.BootnodeStatus(
+            state, format_endpoint(self.bootnode), round(link.rtt * 1000, 1) if link.rtt is not None else None
+        )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Callable, Dict, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from gochat import events as ev
 from gochat.client.driver import ClientConfig, ClientDriver
@@ -19,9 +20,11 @@ from gochat.client.reliable import MessageTooLong
 from gochat.crypto.identity import Identity, safety_number
 
 COMMANDS = "/help, /quit, /peers, /verify NAME, /clear"
-HELP = (f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
-        "channel and marks NAME verified; /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
-        "what you typed, Ctrl-C quits.")
+HELP = (
+    f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
+    "channel and marks NAME verified; /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
+    "what you typed, Ctrl-C quits."
+)
 NOBODY_HERE = "nobody else is in the room yet: message not sent"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -43,7 +46,7 @@ class ChatController:
     def __init__(self, config: ClientConfig, identity: Identity, front_end: FrontEnd) -> None:
         self.front_end = front_end
         self.driver = ClientDriver(config, identity, front_end.show)
-        self._commands: Dict[str, Callable[[str], None]] = {
+        self._commands: dict[str, Callable[[str], None]] = {
             "/help": lambda _: front_end.show(ev.Notice(HELP)),
             "/quit": lambda _: self.quit(),
             "/peers": lambda _: front_end.show(self.driver.status()),
@@ -61,7 +64,7 @@ class ChatController:
 
     # --- input --------------------------------------------------------------------------
 
-    def submit(self, line: Optional[str]) -> None:
+    def submit(self, line: str | None) -> None:
         """One line the user typed; None is the end of input (a graceful quit)."""
         if self.driver.finished.is_set():
             return

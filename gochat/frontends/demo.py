@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gochat import events as ev
 from gochat.bootnode.driver import Bootnode, BootnodeConfig
+from gochat.bootnode.rendezvous import Limits
 from gochat.client.driver import ClientConfig, ClientDriver
 from gochat.constants import DEFAULT_HEARTBEAT_INTERVAL_s, DEFAULT_PEER_TIMEOUT_s
 from gochat.crypto.identity import Identity, load_or_create
-from gochat.bootnode.rendezvous import Limits
 
 ROOM = "lobby"
 BOT_NAME = "echo"
 
 log = logging.getLogger("gochat.demo")
+
+
+FrontEndRunner = Callable[[ClientConfig, Identity], Awaitable[int]]
+"""Runs a front end (the UI, or line mode) for a client until it quits; returns the exit code."""
 
 
 class EchoBot:
@@ -37,16 +42,23 @@ class EchoBot:
 
 
 def client_config(port: int, name: str) -> ClientConfig:
-    return ClientConfig(bootnode=("127.0.0.1", port), room=ROOM, name=name, port=0, passphrase=None,
-                        peer_timeout=DEFAULT_PEER_TIMEOUT_s)
+    return ClientConfig(
+        bootnode=("127.0.0.1", port), room=ROOM, name=name, port=0, passphrase=None, peer_timeout=DEFAULT_PEER_TIMEOUT_s
+    )
 
 
-async def run_demo(identity: Identity, name: str, front_end) -> int:
+async def run_demo(identity: Identity, name: str, front_end: FrontEndRunner) -> int:
     """Bootnode and bot in this process, then ``front_end(config, identity)`` (a coroutine
     returning the exit code: the UI, or line mode) until it quits."""
-    node = Bootnode(BootnodeConfig(listen=("127.0.0.1", 0), heartbeat_interval_s=DEFAULT_HEARTBEAT_INTERVAL_s,
-                                   peer_timeout_s=DEFAULT_PEER_TIMEOUT_s, limits=Limits(1000, 100, 100.0, 100),
-                                   recv_buffer_bytes=1 << 20))
+    node = Bootnode(
+        BootnodeConfig(
+            listen=("127.0.0.1", 0),
+            heartbeat_interval_s=DEFAULT_HEARTBEAT_INTERVAL_s,
+            peer_timeout_s=DEFAULT_PEER_TIMEOUT_s,
+            limits=Limits(1000, 100, 100.0, 100),
+            recv_buffer_bytes=1 << 20,
+        )
+    )
     node.start()
     port = node.address[1]
     with tempfile.TemporaryDirectory(prefix="gochat-demo-") as tmp:

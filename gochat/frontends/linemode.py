@@ -2,13 +2,15 @@
 
 stdin: one chat message per line; lines starting with ``/`` are commands, the same
 as in the terminal UI (controller.py); end of input is a graceful quit. stdout: one
-JSON object per line per event (schema in README.md, values in gochat/events.py). SIGINT and SIGTERM quit gracefully too. Exit code 0 after
-a graceful quit, 1 when the client could not start or register.
+JSON object per line per event (schema in README.md, values in gochat/events.py).
+SIGINT and SIGTERM quit gracefully too. Exit code 0 after a graceful quit, 1 when the
+client could not start or register.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -37,7 +39,7 @@ class LineMode:
         try:
             self.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
             self.stdout.flush()
-        except (BrokenPipeError, ValueError):   # nobody reads our output any more
+        except (BrokenPipeError, ValueError):  # nobody reads our output any more
             pass
 
     def sent(self, text: str) -> None:
@@ -81,7 +83,5 @@ class LineMode:
                 loop.call_soon_threadsafe(submit, pending.decode("utf-8", "replace").rstrip("\r"))
         except (OSError, RuntimeError):
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
             loop.call_soon_threadsafe(submit, None)
-        except RuntimeError:   # the loop is already closed
-            pass

@@ -13,7 +13,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import urwid
 
@@ -24,8 +25,18 @@ from gochat.frontends.controller import ChatController
 
 log = logging.getLogger("gochat.ui")
 
-PEER_COLOURS = ["light cyan", "light magenta", "yellow", "light green", "light blue", "light red",
-                "dark cyan", "brown", "dark magenta", "dark green"]
+PEER_COLOURS = [
+    "light cyan",
+    "light magenta",
+    "yellow",
+    "light green",
+    "light blue",
+    "light red",
+    "dark cyan",
+    "brown",
+    "dark magenta",
+    "dark green",
+]
 PALETTE = [
     ("header", "white,bold", "dark blue"),
     ("time", "dark gray", ""),
@@ -42,7 +53,7 @@ PALETTE = [
 
 TRUST_NOTES = {"verified": " (verified)", "known": "", "new": " (new: compare fingerprints with /verify)"}
 SIDEBAR_WIDTH = 30
-NARROW = 60          # below this many columns the sidebar is hidden
+NARROW = 60  # below this many columns the sidebar is hidden
 HISTORY_LIMIT = 500
 SCROLLBACK_LIMIT = 5000
 
@@ -58,8 +69,8 @@ class InputLine(urwid.Edit):
     def __init__(self, on_submit: Callable[[str], None]) -> None:
         super().__init__(("prompt", "> "))
         self.on_submit = on_submit
-        self.history: List[str] = []
-        self._recall: Optional[int] = None
+        self.history: list[str] = []
+        self._recall: int | None = None
 
     def keypress(self, size, key):
         if key == "enter":
@@ -92,7 +103,7 @@ class MessagePane(urwid.ListBox):
         super().__init__(self.walker)
         self.following = True
         self.unseen = 0
-        self._size: Optional[Tuple[int, int]] = None
+        self._size: tuple[int, int] | None = None
 
     def render(self, size, focus=False):
         self._size = size
@@ -126,8 +137,7 @@ class Body(urwid.WidgetWrap):
 
     def __init__(self, messages: urwid.Widget, sidebar: urwid.Widget) -> None:
         self._messages = messages
-        self._wide = urwid.Columns([messages, (SIDEBAR_WIDTH, urwid.LineBox(sidebar, title="peers"))],
-                                   dividechars=1)
+        self._wide = urwid.Columns([messages, (SIDEBAR_WIDTH, urwid.LineBox(sidebar, title="peers"))], dividechars=1)
         super().__init__(self._wide)
 
     def render(self, size, focus=False):
@@ -148,13 +158,17 @@ class ChatScreen(urwid.WidgetWrap):
         self.sidebar_text = urwid.Text("")
         self.more = urwid.Text("", wrap="clip")
         self.input = InputLine(on_input)
-        self.peers: Dict[str, dict] = {}     # name -> latest snapshot or event fields
+        self.peers: dict[str, dict] = {}  # name -> latest snapshot or event fields
         self.bootnode_state = "registering"
-        self.bootnode_rtt_ms: Optional[float] = None
-        self._own: List[Tuple[str, urwid.Text, list]] = []   # (text, widget, markup) of our messages
+        self.bootnode_rtt_ms: float | None = None
+        self._own: list[tuple[str, urwid.Text, list]] = []  # (text, widget, markup) of our messages
         sidebar = urwid.ListBox(urwid.SimpleFocusListWalker([self.sidebar_text]))
-        frame = urwid.Frame(Body(self.messages, sidebar), header=urwid.AttrMap(self.header, "header"),
-                            footer=urwid.Pile([self.more, self.input]), focus_part="footer")
+        frame = urwid.Frame(
+            Body(self.messages, sidebar),
+            header=urwid.AttrMap(self.header, "header"),
+            footer=urwid.Pile([self.more, self.input]),
+            focus_part="footer",
+        )
         super().__init__(frame)
         self.refresh()
 
@@ -163,20 +177,22 @@ class ChatScreen(urwid.WidgetWrap):
     def refresh(self) -> None:
         state = {"registered": "connected"}.get(self.bootnode_state, self.bootnode_state)
         rtt = f" {self.bootnode_rtt_ms:g} ms" if self.bootnode_rtt_ms is not None and state == "connected" else ""
-        self.header.set_text(f" gochat · room {self.room} · {self.name} ({short_fingerprint(self.fingerprint)})"
-                             f" · bootnode {state}{rtt}")
+        self.header.set_text(
+            f" gochat · room {self.room} · {self.name} ({short_fingerprint(self.fingerprint)}) · bootnode {state}{rtt}"
+        )
         lines: list = []
         for name, peer in sorted(self.peers.items()):
             rtt_ms = peer.get("rtt_ms")
-            lines += [(peer_colour(peer["fingerprint"]), name), f" {short_fingerprint(peer['fingerprint'])}\n",
-                      ("sidebar", f"  {peer.get('state', '?')}"
-                                  + (f" {rtt_ms:g} ms" if rtt_ms is not None else "") + "\n")]
+            lines += [
+                (peer_colour(peer["fingerprint"]), name),
+                f" {short_fingerprint(peer['fingerprint'])}\n",
+                ("sidebar", f"  {peer.get('state', '?')}" + (f" {rtt_ms:g} ms" if rtt_ms is not None else "") + "\n"),
+            ]
         self.sidebar_text.set_text(lines or ("sidebar", "nobody yet"))
         m = self.messages
-        self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen
-                           else "")
+        self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen else "")
 
-    def line(self, markup) -> Tuple[urwid.Text, list]:
+    def line(self, markup: Any) -> tuple[urwid.Text, list[Any]]:
         """Add a line stamped with the time; returns the widget and its whole markup."""
         full = [("time", time.strftime("%H:%M "))] + (markup if isinstance(markup, list) else [markup])
         widget = urwid.Text(full)
@@ -213,8 +229,10 @@ class ChatScreen(urwid.WidgetWrap):
         match event:
             case ev.Registered(public_endpoint=endpoint, again=again):
                 self.bootnode_state = "registered"
-                self.system(("re-registered" if again else "registered") +
-                            f" with the bootnode; your public endpoint is {endpoint}")
+                self.system(
+                    ("re-registered" if again else "registered")
+                    + f" with the bootnode; your public endpoint is {endpoint}"
+                )
             case ev.PeerJoined(name=name, fingerprint=fp, trust=trust):
                 self.peers[name] = {"fingerprint": fp, "state": "punching"}
                 self.system(f"{name} joined · {fp}{TRUST_NOTES.get(trust or '', '')}")
@@ -253,12 +271,15 @@ class ChatScreen(urwid.WidgetWrap):
                     self.system("no peers")
                 for p in peers:
                     rtt = f", {p.rtt_ms:g} ms" if p.rtt_ms is not None else ""
-                    self.system(f"{p.name} · {p.fingerprint} · {p.path or p.state}"
-                                f"{' ' + p.endpoint if p.endpoint else ''}{rtt}")
+                    self.system(
+                        f"{p.name} · {p.fingerprint} · {p.path or p.state}{' ' + p.endpoint if p.endpoint else ''}{rtt}"
+                    )
             case ev.Verified(name=name, safety_number=number):
                 self.system(f"safety number with {name}: {number}")
-                self.system(f"read it to {name} over another channel (phone, in person); if it matches on both "
-                            f"screens, the session is not intercepted. {name} is now marked verified.")
+                self.system(
+                    f"read it to {name} over another channel (phone, in person); if it matches on both "
+                    f"screens, the session is not intercepted. {name} is now marked verified."
+                )
             case ev.Notice(message=message):
                 self.system(message)
             case ev.Error(message=message):
@@ -284,16 +305,16 @@ class ChatApp:
         self.screen = ChatScreen(config.room, config.name, identity.fingerprint, self.submit)
         self.controller = ChatController(config, identity, self)
         self.driver = self.controller.driver
-        self._status_timer: Optional[asyncio.TimerHandle] = None
+        self._status_timer: asyncio.TimerHandle | None = None
         self._redraw_pending = False
-        self.loop: Optional[urwid.MainLoop] = None
+        self.loop: urwid.MainLoop | None = None
 
     # --- FrontEnd ---------------------------------------------------------------------
 
     def show(self, event: ev.Event) -> None:
         try:
             self.screen.handle_event(event)
-        except Exception:   # a bug must show as a line, never take the terminal down
+        except Exception:  # a bug must show as a line, never take the terminal down
             log.exception("while showing %r", event)
             self.screen.system(f"internal error showing a {event.kind} event (details in the log)", "error")
         self._request_redraw()
@@ -320,7 +341,7 @@ class ChatApp:
     def submit(self, text: str) -> None:
         try:
             self.controller.submit(text)
-        except Exception:   # a bug must show as a line, never take the terminal down
+        except Exception:  # a bug must show as a line, never take the terminal down
             log.exception("while handling %r", text)
             self.screen.system("internal error (details in the log)", "error")
 
@@ -339,8 +360,9 @@ class ChatApp:
         aloop = asyncio.get_running_loop()
         terminal = urwid.display.raw.Screen()
         terminal.set_terminal_properties(colors=256)
-        self.loop = urwid.MainLoop(self.screen, PALETTE, screen=terminal,
-                                   event_loop=urwid.AsyncioEventLoop(loop=aloop), handle_mouse=False)
+        self.loop = urwid.MainLoop(
+            self.screen, PALETTE, screen=terminal, event_loop=urwid.AsyncioEventLoop(loop=aloop), handle_mouse=False
+        )
         try:
             with self.loop.start():
                 self._refresh_status()
@@ -348,4 +370,4 @@ class ChatApp:
         finally:
             if self._status_timer is not None:
                 self._status_timer.cancel()
-        return self.controller.exit_code()   # the screen is gone: the reason stays visible
+        return self.controller.exit_code()  # the screen is gone: the reason stays visible

@@ -13,9 +13,8 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
-from typing import Union
 
-from gochat.constants import HEADER_SIZE_bytes, MAGIC, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes, VERSION
+from gochat.constants import MAGIC, VERSION, HEADER_SIZE_bytes, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes
 from gochat.wire.control import DecodeError
 
 _HEADER = struct.Struct("!BBBB")
@@ -26,7 +25,7 @@ TXID_SIZE_bytes = 8
 PUNCH_MAC_SIZE_bytes = 16
 TAG_SIZE_bytes = 16
 INDEX_SIZE_bytes = 4
-TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size   # header + receiver index + counter = 16
+TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size  # header + receiver index + counter = 16
 
 FLAG_REPLY = 0x01  # PUNCH: this is the answer to a punch whose txid it echoes
 
@@ -94,7 +93,7 @@ class Transport:
     ad: bytes  # the 16 bytes before the ciphertext, authenticated with it
 
 
-PeerMessage = Union[Punch, HandshakeInit, HandshakeResp, Transport]
+PeerMessage = Punch | HandshakeInit | HandshakeResp | Transport
 
 
 def is_peer_datagram(data: bytes) -> bool:
@@ -163,8 +162,12 @@ def encode_handshake_init(sender_index: int, noise: bytes) -> bytes:
 
 
 def encode_handshake_resp(sender_index: int, receiver_index: int, noise: bytes) -> bytes:
-    return (_HEADER.pack(MAGIC, VERSION, PeerType.HANDSHAKE_RESP, 0) + _INDEX.pack(sender_index)
-            + _INDEX.pack(receiver_index) + noise)
+    return (
+        _HEADER.pack(MAGIC, VERSION, PeerType.HANDSHAKE_RESP, 0)
+        + _INDEX.pack(sender_index)
+        + _INDEX.pack(receiver_index)
+        + noise
+    )
 
 
 def transport_ad(receiver_index: int, counter: int) -> bytes:
@@ -201,8 +204,12 @@ def decode(data: bytes) -> PeerMessage:
     if msg_type == PeerType.PUNCH:
         _exact(data, _PUNCH_SIZE)
         key_end = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes
-        return Punch(data[HEADER_SIZE_bytes:key_end], data[key_end : key_end + TXID_SIZE_bytes],
-                     data[key_end + TXID_SIZE_bytes :], bool(flags & FLAG_REPLY))
+        return Punch(
+            data[HEADER_SIZE_bytes:key_end],
+            data[key_end : key_end + TXID_SIZE_bytes],
+            data[key_end + TXID_SIZE_bytes :],
+            bool(flags & FLAG_REPLY),
+        )
     if msg_type == PeerType.HANDSHAKE_INIT:
         _exact(data, _INIT_SIZE)
         (index,) = _INDEX.unpack_from(data, HEADER_SIZE_bytes)
