@@ -1,4 +1,5 @@
-# Entry points: make (set up), make run, make test, make bench, make system-deps (root).
+# Entry points: make (set up), make run, make test, make test-fast, make lint, make bench,
+# make system-deps (root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

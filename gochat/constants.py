@@ -7,25 +7,6 @@ names: ``_s`` seconds, ``_ms`` milliseconds, ``_bytes`` bytes.
 
 from __future__ import annotations
 
-from gochat.wire.constants import (
-    MAGIC as MAGIC,
-)
-from gochat.wire.constants import (
-    VERSION as VERSION,
-)
-
-# The wire protocol's own constants are in gochat/wire/constants.py. These few are
-# re-exported for modules that still import them from here.
-from gochat.wire.constants import (
-    HEADER_SIZE_bytes as HEADER_SIZE_bytes,
-)
-from gochat.wire.constants import (
-    MAX_DATAGRAM_bytes as MAX_DATAGRAM_bytes,
-)
-from gochat.wire.constants import (
-    PUBLIC_KEY_SIZE_bytes as PUBLIC_KEY_SIZE_bytes,
-)
-
 # --- defaults of the seed (GoChat) ------------------------------------------------
 DEFAULT_BOOTNODE_UDP_PORT = 9595
 DEFAULT_LOCAL_UDP_PORT = 4545

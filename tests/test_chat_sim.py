@@ -191,7 +191,7 @@ def test_bootnode_death_leaves_conversations_alone_and_restart_reregisters():
     assert len(w.kinds("alice", ev.PeerConnected)) == 1  # the session was never torn down
 
 
-def test_quick_bootnode_restart_answers_unknown_session_with_reregistration():
+def test_quick_bootnode_restart_answers_unknown_token_with_reregistration():
     w, a, _b = _established()
     w.stop_bootnode()
     w.start_bootnode()  # lost its table; the next heartbeat gets UNKNOWN_SESSION

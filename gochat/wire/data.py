@@ -14,7 +14,7 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from gochat.constants import MAGIC, VERSION, HEADER_SIZE_bytes, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes
+from gochat.wire.constants import MAGIC, VERSION, HEADER_SIZE_bytes, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes
 from gochat.wire.control import DecodeError
 
 _HEADER = struct.Struct("!BBBB")
