@@ -444,8 +444,9 @@ def _check_len(value: bytes, n: int, what: str) -> bytes:
 # --- decoding -------------------------------------------------------------------------
 
 
-def decode_header(data: bytes) -> tuple[MsgType, int]:
-    """Validate the 4-byte header; returns (type, flags)."""
+def check_header(data: bytes) -> tuple[int, int]:
+    """Validate what every v1 datagram shares, of either plane: its size, magic and
+    version. Returns the raw (type, flags)."""
     if len(data) > MAX_DATAGRAM_bytes:
         raise DecodeError("oversized", f"{len(data)} bytes")
     if len(data) < HEADER_SIZE_bytes:
@@ -455,6 +456,12 @@ def decode_header(data: bytes) -> tuple[MsgType, int]:
         raise DecodeError("bad_magic", f"0x{magic:02x}")
     if version != VERSION:
         raise DecodeError("bad_version", str(version))
+    return msg_type, flags
+
+
+def decode_header(data: bytes) -> tuple[MsgType, int]:
+    """Validate the 4-byte header of a control-plane message; returns (type, flags)."""
+    msg_type, flags = check_header(data)
     try:
         return MsgType(msg_type), flags
     except ValueError:

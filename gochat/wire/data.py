@@ -14,8 +14,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from gochat.wire.constants import MAGIC, VERSION, HEADER_SIZE_bytes, MAX_DATAGRAM_bytes, PUBLIC_KEY_SIZE_bytes
-from gochat.wire.control import DecodeError
+from gochat.wire.constants import MAGIC, VERSION, HEADER_SIZE_bytes, PUBLIC_KEY_SIZE_bytes
+from gochat.wire.control import DecodeError, check_header
 
 _HEADER = struct.Struct("!BBBB")
 _INDEX = struct.Struct("!I")
@@ -192,15 +192,7 @@ def _exact(data: bytes, size: int) -> None:
 def decode(data: bytes) -> PeerMessage:
     """Decode one data-plane datagram. Raises DecodeError (and nothing else)."""
     data = bytes(data)
-    if len(data) > MAX_DATAGRAM_bytes:
-        raise DecodeError("oversized", f"{len(data)} bytes")
-    if len(data) < HEADER_SIZE_bytes:
-        raise DecodeError("truncated", f"{len(data)} bytes")
-    magic, version, msg_type, flags = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise DecodeError("bad_magic", f"0x{magic:02x}")
-    if version != VERSION:
-        raise DecodeError("bad_version", str(version))
+    msg_type, flags = check_header(data)
     if msg_type == PeerType.PUNCH:
         _exact(data, _PUNCH_SIZE)
         key_end = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes
