@@ -113,10 +113,6 @@ class Peer:
         self.last_received = now
         self.last_sent = now
 
-    @property
-    def candidates(self) -> list:
-        return self.punching.candidates
-
     # --- punching -------------------------------------------------------------------
 
     def _start_punching(self, now: float) -> None:
