@@ -166,12 +166,14 @@ class RegistrationTable:
             bucket = self._wheel.get(b)
             if not bucket:
                 continue
-            for i, s in list(bucket.items()):
+            due = []  # the bucket is sorted by deadline: walk it only as far as what is due
+            for i, s in bucket.items():
                 if not _after_or_equal(now_ms, (s.last_ms + self._timeout_ms) & _U32):
                     break
-                del bucket[i]
-                s.expiring = True
-                out.append(i)
+                due.append(i)
+            for i in due:
+                bucket.pop(i).expiring = True
+            out += due
             if not bucket:
                 del self._wheel[b]
         self._cursor = target
