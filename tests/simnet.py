@@ -19,8 +19,9 @@ from gochat import events as ev
 from gochat.bootnode import fastpath
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.client.bootnode_link import BootnodeLink
 from gochat.client.room import RoomClient
-from gochat.crypto.noise import generate_private_key, room_psk
+from gochat.crypto.noise import generate_private_key, public_key, room_psk
 from gochat.wire import control as wire
 
 Endpoint = tuple[str, int]
@@ -81,13 +82,13 @@ class SimWorld:
 
     # --- topology ---------------------------------------------------------------------
 
-    def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0) -> Rendezvous:
+    def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0, room_size: int = 100) -> Rendezvous:
         table = fastpath.RegistrationTable(1000, timeout, self.now)
         self.bootnode = Rendezvous(
             table,
             heartbeat_interval_s=interval,
             peer_timeout_s=timeout,
-            limits=Limits(1000, 100, 1000.0, 1000),
+            limits=Limits(1000, room_size, 1000.0, 1000),
             cookies=CookieJar(b"k" * 32),
         )
         self.nodes[self.bootnode_addr] = self.bootnode
@@ -132,6 +133,16 @@ class SimWorld:
         self.event_times[name] = []
         self._drain(client, (ip, port))
         return client
+
+    def add_silent_member(self, name: str, endpoint: Endpoint, room: str = "lobby") -> SilentMember:
+        """A registered member that never answers a peer: only its bootnode link runs
+        (how throwaway keys that flood a room look to everyone else)."""
+        member = SilentMember(name, room, self.bootnode_addr, self.now, self.rng.randbytes)
+        self.nodes[endpoint] = member
+        self.events[name] = []
+        self.event_times[name] = []
+        self._drain(member, endpoint)
+        return member
 
     def remove(self, endpoint: Endpoint) -> None:
         self.nodes.pop(endpoint, None)
@@ -242,3 +253,42 @@ class SimWorld:
         me = next(ep for ep, node in self.nodes.items() if node is client)
         self._drain(client, me)
         return n
+
+
+class SilentMember:
+    """A node with a bootnode link and nothing else: it registers and heartbeats, and
+    drops every peer datagram (the node interface of RoomClient that SimWorld uses)."""
+
+    def __init__(
+        self, name: str, room: str, bootnode: Endpoint, now: float, random_bytes: Callable[[int], bytes]
+    ) -> None:
+        self.name = name
+        self.bootnode = bootnode
+        key = generate_private_key()
+        card = wire.encode_card(public_key(key), name, [])
+        self.link = BootnodeLink(bootnode, room, card, now, random_bytes)
+        self.outbox: list[tuple[bytes, Endpoint]] = []
+        self.events: list[ev.Event] = []
+        self._take()
+
+    def _take(self) -> None:
+        self.outbox += [(data, self.bootnode) for data in self.link.outbox]
+        self.link.outbox.clear()
+        self.link.events.clear()
+
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        if addr == self.bootnode:
+            try:
+                msg = wire.decode(data)
+            except wire.DecodeError:
+                return
+            if not isinstance(msg, (wire.PeerList, wire.PeerJoined, wire.PeerLeft)):
+                self.link.receive(msg, now)
+        self._take()
+
+    def get_timer(self) -> float | None:
+        return self.link.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.link.handle_timer(now)
+        self._take()

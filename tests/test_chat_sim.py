@@ -11,6 +11,7 @@ from gochat import events as ev
 from gochat.client.reliable import MessageTooLong
 from gochat.constants import PUNCH_DEADLINE_s
 from gochat.crypto.transport import REKEY_AFTER_TIME_s
+from gochat.wire import control as wire
 from gochat.wire import data as pw
 
 from .simnet import FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, SimWorld
@@ -396,3 +397,76 @@ def test_a_message_typed_while_the_peer_connects_goes_out_when_the_session_is_up
     ]
     w.run_until(lambda: texts(w, "bob") == ["early bird"], limit=5)
     assert w.now - connected_at < 0.1  # with the session, not at the next keepalive
+
+
+def test_a_live_session_outlasts_the_bootnode_saying_the_peer_left():
+    """B's link to the bootnode fails while the direct path works: the bootnode expires B
+    and tells the room, but A keeps the authenticated session, and nothing is lost."""
+    w, a, _b = _established()
+    bob_addr = ("198.51.100.20", 4545)
+    w.filter = lambda src, dst, data: not (bob_addr in (src, dst) and w.bootnode_addr in (src, dst))
+    w.run_for(20)  # the bootnode times bob out and announces it
+    assert a.counters["peer_left_but_alive"] >= 1
+    assert not w.kinds("alice", ev.PeerLeft)
+    w.filter = None
+    w.run_until(lambda: len(w.kinds("bob", ev.Registered)) == 2, limit=30)
+    for i in range(30):
+        w.send(a, f"after {i}")
+    w.run_until(lambda: len(texts(w, "bob", "alice")) == 30, limit=10)
+    assert texts(w, "bob", "alice") == [f"after {i}" for i in range(30)]
+    assert not w.kinds("alice", ev.Undelivered)
+
+
+def test_a_forged_peer_left_does_not_drop_a_connected_peer_but_silence_does():
+    w, a, _b = _established()
+    (peer,) = a.peers.values()
+    tag = a.link.room_tag
+    forged = wire.encode(wire.PeerLeft(tag, ((peer.key, wire.LeaveReason.DISCONNECTED),)))
+    a.receive_datagram(forged, w.bootnode_addr, w.now)
+    assert peer.key in a.peers and not w.kinds("alice", ev.PeerLeft)
+    w.remove(("198.51.100.20", 4545))  # now bob really vanishes
+    w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=40)
+    assert w.kinds("alice", ev.PeerLeft)[0].reason in ("timed_out", "disconnected")
+
+
+def test_a_peer_list_that_overtakes_the_registered_reply_is_kept():
+    w = SimWorld(delay=0.01)
+    w.start_bootnode()
+    w.add_client("alice", "198.51.100.10")
+    w.run_for(1)
+    b = w.add_client("bob", "198.51.100.20")
+    # Hold bob's REGISTERED back so that the peer list arrives first.
+    held = []
+
+    def hold_registered(src, dst, data):
+        if dst[0] == "198.51.100.20" and src == w.bootnode_addr and len(data) > 2 and data[2] == 0x03 and not held:
+            held.append((src, dst, data))
+            return False
+        return True
+
+    w.filter = hold_registered
+    w.run_until(lambda: held, limit=5)
+    w.filter = None
+    w.run_for(0.05)  # the peer list arrives without its REGISTERED
+    src, _dst, data = held[0]
+    b.receive_datagram(data, src, w.now)
+    w.run_until(lambda: connected(w, "bob", "alice") and connected(w, "alice", "bob"), limit=5)
+    assert b.counters["bad_room_tag"] == 0
+
+
+def test_fake_members_that_never_answer_make_room_for_a_real_newcomer():
+    from gochat.constants import MAX_PEERS_PER_CLIENT
+
+    w = SimWorld()
+    w.start_bootnode(timeout=60.0, interval=10.0, room_size=MAX_PEERS_PER_CLIENT + 10)
+    a = w.add_client("alice", "198.51.100.10")
+    w.run_for(1)
+    for i in range(MAX_PEERS_PER_CLIENT):  # throwaway keys from addresses that never answer
+        w.add_silent_member(f"fake{i}", (f"198.18.{i // 200}.{i % 200 + 1}", 4545))
+    w.run_for(2)
+    assert len(a.peers) == MAX_PEERS_PER_CLIENT
+    w.send(a, "hello room")
+    w.add_client("bob", "198.51.100.20")
+    w.run_until(lambda: connected(w, "alice", "bob"), limit=20)  # long before the fakes expire
+    w.send(a, "hello bob")
+    w.run_until(lambda: "hello bob" in texts(w, "bob", "alice"), limit=5)

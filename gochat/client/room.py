@@ -11,13 +11,16 @@ drain ``outbox`` (datagram, endpoint) and ``events`` (gochat.events values).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 
 from gochat import events as ev
 from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
-from gochat.client.peer import GONE, Peer
+from gochat.client.peer import CONNECTED, GONE, UNREACHABLE, Peer
+from gochat.client.peer import FAILED as PEER_FAILED
 from gochat.client.reliable import check_length
 from gochat.constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
@@ -33,6 +36,12 @@ from gochat.wire import control as wire
 from gochat.wire import data as pw
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint
+
+# Announcements that arrive before our REGISTERED (UDP reorders the reply and the peer
+# list) are kept, this many at most, and read once the room tag is known.
+MAX_EARLY_ANNOUNCEMENTS = 16
+# Introductions refused while the peer table was full, kept to retry when room frees.
+MAX_WAITING_INTRODUCTIONS = 1024
 
 
 def prologue_for(room_id: bytes) -> bytes:
@@ -74,6 +83,13 @@ class RoomClient:
         self.outbox: list[tuple[bytes, Endpoint]] = []
         self.events: list[ev.Event] = []
         self.peers: dict[bytes, Peer] = {}
+        # Each peer's next deadline, and a heap of them (stale entries are skipped), so
+        # that finding the next timer does not visit every peer after every event.
+        self._deadlines: dict[bytes, float] = {}
+        self._heap: list[tuple[float, int, bytes]] = []
+        self._heap_order = itertools.count()
+        self._early: list[wire.PeerList | wire.PeerJoined | wire.PeerLeft] = []
+        self._waiting: OrderedDict[bytes, wire.PeerEntry] = OrderedDict()  # refused while full
         self._indexes: dict[int, Peer] = {}
         self._secrets: dict[bytes, bytes] = {}
         self._initiations = TokenBuckets(
@@ -84,7 +100,7 @@ class RoomClient:
         self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes)
         self.quitting = False
         self._failure: str | None = None
-        self._drain_link()
+        self._drain_link(now)
 
     # --- PeerContext ----------------------------------------------------------------
 
@@ -128,25 +144,46 @@ class RoomClient:
                 self.counters["not_from_bootnode"] += 1
         except DecodeError as exc:
             self.counters[exc.reason] += 1
-        self._drain_link()
+        self._drain_link(now)
 
     def _bootnode_message(self, msg: wire.Message, now: float) -> None:
         if isinstance(msg, (wire.PeerList, wire.PeerJoined, wire.PeerLeft)):
-            if msg.room_tag != self.link.room_tag or self.link.room_tag is None:
-                self.counters["bad_room_tag"] += 1
-                return
-            self.link.last_answer = now
-            if isinstance(msg, wire.PeerLeft):
-                for key, reason in msg.left:
-                    peer = self.peers.get(key)
-                    if peer is not None:
-                        peer.leave(LeaveReason(reason).name.lower())
-                        self._forget(peer)
-            else:
-                for entry in msg.peers:
-                    self._introduce(entry, now)
+            self._announcement(msg, now)
         elif not self.link.receive(msg, now):
             self.counters["unexpected"] += 1
+
+    def _announcement(self, msg: wire.PeerList | wire.PeerJoined | wire.PeerLeft, now: float) -> None:
+        if self.link.room_tag is None:
+            # Before our REGISTERED: keep it (bounded) until the room tag can be checked.
+            if len(self._early) < MAX_EARLY_ANNOUNCEMENTS:
+                self._early.append(msg)
+            else:
+                self.counters["early_announcement_dropped"] += 1
+            return
+        if msg.room_tag != self.link.room_tag:
+            self.counters["bad_room_tag"] += 1
+            return
+        self.link.last_answer = now
+        if isinstance(msg, wire.PeerLeft):
+            for key, reason in msg.left:
+                self._announced_left(key, LeaveReason(reason).name.lower(), now)
+        else:
+            for entry in msg.peers:
+                self._introduce(entry, now)
+
+    def _announced_left(self, key: bytes, reason: str, now: float) -> None:
+        """The bootnode's word alone does not end a live, authenticated session: a peer
+        whose authenticated packets still arrive stays (its bootnode link may be what
+        failed); if it is really gone, its silence ends it (or its bye)."""
+        self._waiting.pop(key, None)
+        peer = self.peers.get(key)
+        if peer is None:
+            return
+        if peer.state is CONNECTED and now < peer.last_received + self.silence_s:
+            self.counters["peer_left_but_alive"] += 1
+            return
+        peer.leave(reason)
+        self._forget(peer, now)
 
     def _introduce(self, entry: wire.PeerEntry, now: float) -> None:
         if entry.public_key == self.public_key:
@@ -154,10 +191,16 @@ class RoomClient:
         peer = self.peers.get(entry.public_key)
         if peer is not None:
             peer.reintroduced(entry.name, entry.endpoints, now)
+            self._schedule(peer)
             return
-        if len(self.peers) >= MAX_PEERS_PER_CLIENT:
+        if len(self.peers) >= MAX_PEERS_PER_CLIENT and not self._evict_one_unanswered():
             self.counters["too_many_peers"] += 1
+            self._waiting[entry.public_key] = entry  # retried when room frees
+            self._waiting.move_to_end(entry.public_key)
+            while len(self._waiting) > MAX_WAITING_INTRODUCTIONS:
+                self._waiting.popitem(last=False)
             return
+        self._waiting.pop(entry.public_key, None)
         try:
             peer = Peer(self, entry.public_key, entry.name, entry.endpoints, now)
         except NoiseError:  # a key that is not a usable X25519 point
@@ -166,10 +209,32 @@ class RoomClient:
         self.peers[entry.public_key] = peer
         self.event(ev.PeerJoined(peer.name, peer.fingerprint, peer.key.hex()))
         peer.handle_timer(now)  # the first punch round goes out at once
+        self._schedule(peer)
 
-    def _forget(self, peer: Peer) -> None:
+    def _evict_one_unanswered(self) -> bool:
+        """Make room by dropping a peer that never answered (unreachable or failed, never
+        connected): the oldest such one. Fake members that flood a room end up here."""
+        for peer in self.peers.values():
+            if peer.state in (UNREACHABLE, PEER_FAILED) and peer.current is None and peer.previous is None:
+                self.counters["evicted_unanswered"] += 1
+                peer.leave("evicted")
+                self._forget(peer, None)
+                return True
+        return False
+
+    def _forget(self, peer: Peer, now: float | None) -> None:
         peer.release()
         self.peers.pop(peer.key, None)
+        self._deadlines.pop(peer.key, None)
+        if now is not None:
+            self._admit_waiting(now)
+
+    def _admit_waiting(self, now: float) -> None:
+        """Introductions refused while the table was full get their turn as soon as a
+        place is free or a peer that never answered can make one."""
+        while self._waiting and (len(self.peers) < MAX_PEERS_PER_CLIENT or self._evict_one_unanswered()):
+            _, entry = self._waiting.popitem(last=False)
+            self._introduce(entry, now)
 
     def _peer_datagram(self, msg: pw.PeerMessage, source: Endpoint, now: float) -> None:
         if isinstance(msg, pw.Punch):
@@ -205,8 +270,13 @@ class RoomClient:
                 peer.on_handshake_resp(msg, source, now)
             else:
                 peer.on_transport(msg, source, now)
-        if peer.state == GONE:
-            self._forget(peer)
+        self._after_peer_input(peer, now)
+
+    def _after_peer_input(self, peer: Peer, now: float) -> None:
+        if peer.state is GONE:
+            self._forget(peer, now)
+        else:
+            self._schedule(peer)
 
     # --- user actions ---------------------------------------------------------------
 
@@ -218,6 +288,7 @@ class RoomClient:
         recipients = [p for p in self.peers.values() if p.accepts_messages]
         for peer in recipients:
             peer.send_message(text, now)
+            self._schedule(peer)
         return len(recipients)
 
     def peer_snapshot(self) -> list[ev.PeerStatus]:
@@ -231,7 +302,7 @@ class RoomClient:
         for peer in self.peers.values():
             peer.bye(now)
         self.link.disconnect(now)
-        self._drain_link()
+        self._drain_link(now)
 
     @property
     def finished(self) -> bool:
@@ -245,32 +316,60 @@ class RoomClient:
 
     # --- timers ---------------------------------------------------------------------
 
+    def _schedule(self, peer: Peer) -> None:
+        """Record the peer's next deadline (after anything that may have changed it)."""
+        t = peer.get_timer()
+        if t is None:
+            self._deadlines.pop(peer.key, None)
+        elif self._deadlines.get(peer.key) != t:
+            self._deadlines[peer.key] = t
+            heapq.heappush(self._heap, (t, next(self._heap_order), peer.key))
+
+    def _next_peer_deadline(self) -> float | None:
+        heap, deadlines = self._heap, self._deadlines
+        while heap and deadlines.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # superseded, or the peer is gone
+        return heap[0][0] if heap else None
+
     def get_timer(self) -> float | None:
-        times = [t for t in [self.link.get_timer()] if t is not None]
+        times = [t for t in (self.link.get_timer(),) if t is not None]
         if not self.quitting:
-            times += [t for t in (p.get_timer() for p in self.peers.values()) if t is not None]
-        return min(times) if times else None
+            t = self._next_peer_deadline()
+            if t is not None:
+                times.append(t)
+        return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
         self.link.handle_timer(now)
         if not self.quitting:
-            for peer in list(self.peers.values()):
-                t = peer.get_timer()
-                if t is not None and now >= t:
+            due = []
+            while (t := self._next_peer_deadline()) is not None and t <= now:
+                _, _, key = heapq.heappop(self._heap)
+                del self._deadlines[key]
+                due.append(key)
+            for key in due:
+                peer = self.peers.get(key)
+                if peer is not None:
                     peer.handle_timer(now)
-                if peer.state == GONE:
-                    self._forget(peer)
-        self._drain_link()
+                    self._after_peer_input(peer, now)
+            self._admit_waiting(now)
+        self._drain_link(now)
 
-    def _drain_link(self) -> None:
+    def _drain_link(self, now: float) -> None:
         for data in self.link.outbox:
             self.outbox.append((data, self.bootnode))
         self.link.outbox.clear()
+        registered = False
         for event in self.link.events:
             if isinstance(event, ev.Error) and event.fatal:
                 self._failure = event.message
+            registered |= isinstance(event, ev.Registered)
             self.events.append(event)
         self.link.events.clear()
+        if registered and self._early:
+            early, self._early = self._early, []
+            for msg in early:
+                self._announcement(msg, now)
 
     def bootnode_status(self) -> ev.BootnodeStatus:
         link = self.link
