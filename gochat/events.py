@@ -253,13 +253,15 @@ class PeersStatus(Event):
 
 @dataclass(frozen=True, slots=True)
 class Verified(Event):
-    """Answer to /verify NAME: the safety number to compare out of band; NAME's key is
-    now marked verified in the known peers."""
+    """Answer to /verify NAME: the safety number to compare out of band. ``confirmed``:
+    the user said it matched (/verify NAME confirm), so NAME's key is now marked verified
+    in the known peers; until then nothing is marked."""
 
     kind: ClassVar[str] = "verified"
     name: str
     fingerprint: str
     safety_number: str
+    confirmed: bool
 
 
 LINE_MODE_EVENTS: tuple[type, ...] = (

@@ -145,7 +145,11 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             verified = await alice.wait_for(lambda e: isinstance(e, ev.Verified))
             bob_key = bob.machine.public_key
             assert verified.safety_number == safety_number(alice_id.public_key, bob_key)
-            assert KnownPeers(alice_id.path.parent / "known_peers.json").get("bob")["verified"] is True
+            known = alice_id.path.parent / "known_peers.json"
+            assert not verified.confirmed and KnownPeers(known).get("bob")["verified"] is False  # nobody compared yet
+            c.submit("/verify bob confirm")
+            await alice.wait_for(lambda e: isinstance(e, ev.Verified) and e.confirmed)
+            assert KnownPeers(known).get("bob")["verified"] is True
 
             c.submit("/quit")
             await alice.wait_for(lambda e: isinstance(e, ev.Notice) and e.message == "leaving…")
@@ -169,6 +173,7 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             )
         else:
             assert "alice: hello bob" in out and f"safety number with bob: {verified.safety_number}" in out
+            assert "type /verify bob confirm" in out and "is now marked verified" in out
             assert "unknown command /frobnicate: try /help" in out and NOBODY_HERE in out
             assert "bob · " in out and "direct 127.0.0.1:" in out  # the /peers listing
 

@@ -128,8 +128,11 @@ def test_demo_echo_verify_resize_and_quit(term):
     assert "me: hello tmux 漢字" in screen
     term.type(pane, "/verify echo")
     term.wait_for(pane, r"safety number with echo: (\d{5} ){5}\d{5}")
-    known = json.loads((term.tmp / "me" / "gochat" / "known_peers.json").read_text())["peers"]
-    assert known["echo"]["verified"] is True
+    known_file = term.tmp / "me" / "gochat" / "known_peers.json"
+    assert json.loads(known_file.read_text())["peers"]["echo"]["verified"] is False  # not compared yet
+    term.type(pane, "/verify echo confirm")
+    term.wait_for(pane, r"echo is now marked verified")
+    assert json.loads(known_file.read_text())["peers"]["echo"]["verified"] is True
     term.type(pane, "/nonsense")
     term.wait_for(pane, r"unknown command /nonsense: try /help")
 

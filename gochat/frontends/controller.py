@@ -19,7 +19,7 @@ from gochat.client.driver import ClientConfig, ClientDriver
 from gochat.client.reliable import MessageTooLong
 from gochat.crypto.identity import Identity, safety_number
 
-COMMANDS = "/help, /quit, /peers, /verify NAME, /clear"
+COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /clear"
 HELP = (
     f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
     "channel and marks NAME verified; /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
@@ -95,14 +95,20 @@ class ChatController:
             return
         self.front_end.sent(text)
 
-    def verify(self, name: str) -> None:
+    def verify(self, arg: str) -> None:
+        """/verify NAME shows the safety number; /verify NAME confirm, typed after both
+        sides compared it over another channel, marks NAME's key verified."""
+        name, _, word = arg.rpartition(" ") if arg.endswith(" confirm") else (arg, "", "")
+        confirmed = word == "confirm"
         machine = self.driver.machine
         peer = next((p for p in machine.peers.values() if p.name == name), None)
         if peer is None:
             self.front_end.show(ev.Error(f"/verify NAME: no peer called {name!r} here" if name else "/verify NAME"))
             return
-        self.driver.known.verify(name, peer.key)
-        self.front_end.show(ev.Verified(name, peer.fingerprint, safety_number(machine.public_key, peer.key)))
+        if confirmed:
+            self.driver.known.verify(name, peer.key)
+        number = safety_number(machine.public_key, peer.key)
+        self.front_end.show(ev.Verified(name, peer.fingerprint, number, confirmed))
 
     def quit(self) -> None:
         """Leave gracefully: a bye to every peer, a disconnect to the bootnode."""

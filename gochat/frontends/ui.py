@@ -274,12 +274,14 @@ class ChatScreen(urwid.WidgetWrap):
                     self.system(
                         f"{p.name} · {p.fingerprint} · {p.path or p.state}{' ' + p.endpoint if p.endpoint else ''}{rtt}"
                     )
-            case ev.Verified(name=name, safety_number=number):
+            case ev.Verified(name=name, safety_number=number, confirmed=False):
                 self.system(f"safety number with {name}: {number}")
                 self.system(
                     f"read it to {name} over another channel (phone, in person); if it matches on both "
-                    f"screens, the session is not intercepted. {name} is now marked verified."
+                    f"screens, the session is not intercepted: then type /verify {name} confirm"
                 )
+            case ev.Verified(name=name):
+                self.system(f"{name} is now marked verified in your known peers")
             case ev.Notice(message=message):
                 self.system(message)
             case ev.Error(message=message):
