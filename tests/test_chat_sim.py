@@ -10,6 +10,7 @@ import pytest
 from gochat import events as ev
 from gochat.client.reliable import MessageTooLong
 from gochat.constants import PUNCH_DEADLINE_s
+from gochat.crypto.noise import generate_private_key, public_key
 from gochat.crypto.transport import REKEY_AFTER_TIME_s
 from gochat.wire import control as wire
 from gochat.wire import data as pw
@@ -470,3 +471,28 @@ def test_fake_members_that_never_answer_make_room_for_a_real_newcomer():
     w.run_until(lambda: connected(w, "alice", "bob"), limit=20)  # long before the fakes expire
     w.send(a, "hello bob")
     w.run_until(lambda: "hello bob" in texts(w, "bob", "alice"), limit=5)
+
+
+def test_a_lost_introduction_is_made_by_the_newcomers_punch():
+    """The bootnode's PEER_JOINED to alice is lost; bob got alice in his peer list and
+    punches her: his authenticated punch introduces him, and they connect."""
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10")
+    w.run_for(1)
+    alice = ("198.51.100.10", 4545)
+    w.filter = lambda src, dst, data: not (src == w.bootnode_addr and dst == alice and data[2] == 0x0B)
+    w.add_client("bob", "198.51.100.20")
+    w.run_until(lambda: w.kinds("alice", ev.PeerConnected) and connected(w, "bob", "alice"), limit=5)
+    assert a.counters["introduced_by_punch"] == 1
+    w.filter = None
+    w.send(a, "found you")
+    w.run_until(lambda: texts(w, "bob", "alice") == ["found you"], limit=5)
+
+
+def test_a_punch_from_a_stranger_key_with_a_bad_mac_introduces_nobody():
+    w, a, _ = _established()
+    stranger = generate_private_key()
+    forged = pw.encode_punch(b"\x00" * 32, public_key(stranger), b"\x01" * 8)  # MAC under a wrong key
+    a.receive_datagram(forged, ("203.0.113.66", 5000), w.now)
+    assert public_key(stranger) not in a.peers and a.counters["introduced_by_punch"] == 0

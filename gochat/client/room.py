@@ -211,6 +211,37 @@ class RoomClient:
         peer.handle_timer(now)  # the first punch round goes out at once
         self._schedule(peer)
 
+    def _introduced_by_punch(self, punch: pw.Punch, source: Endpoint, now: float) -> Peer | None:
+        """A valid punch from a key we were never told about: its announcement was lost
+        (UDP), so the punch itself introduces the peer. Only the key's holder can make
+        the MAC; the handshake that follows proves it is a member of this room (the PSK
+        and the prologue bind the room) and gives its name. Rate-limited per source IP,
+        like initiations, before the X25519 that checking the MAC costs."""
+        if punch.reply or self.link.room_tag is None or punch.sender_key == self.public_key:
+            self.counters["unknown_peer"] += 1
+            return None
+        if not self._initiations.allow(source[0], now)[0]:
+            self.counters["punch_rate_limited"] += 1
+            return None
+        try:
+            key = pw.punch_key(dh(self.static_private, punch.sender_key))  # not cached: a stranger
+        except NoiseError:
+            self.counters["bad_peer_key"] += 1
+            return None
+        if not pw.verify_punch(key, punch):
+            self.counters["unknown_peer"] += 1
+            return None
+        announced = self._waiting.get(punch.sender_key)  # told of, but refused while full
+        if announced is not None:
+            entry = wire.PeerEntry(announced.public_key, announced.name, (*announced.endpoints, source))
+        else:  # named "peer <fingerprint>" until its handshake names it
+            entry = wire.PeerEntry(punch.sender_key, "peer " + fingerprint(punch.sender_key)[:9], (source,))
+        self._introduce(entry, now)
+        peer = self.peers.get(punch.sender_key)
+        if peer is not None and announced is None:
+            self.counters["introduced_by_punch"] += 1
+        return peer
+
     def _evict_one_unanswered(self) -> bool:
         """Make room by dropping a peer that never answered (unreachable or failed, never
         connected): the oldest such one. Fake members that flood a room end up here."""
@@ -225,6 +256,7 @@ class RoomClient:
     def _forget(self, peer: Peer, now: float | None) -> None:
         peer.release()
         self.peers.pop(peer.key, None)
+        self._secrets.pop(peer.key, None)
         self._deadlines.pop(peer.key, None)
         if now is not None:
             self._admit_waiting(now)
@@ -238,9 +270,8 @@ class RoomClient:
 
     def _peer_datagram(self, msg: pw.PeerMessage, source: Endpoint, now: float) -> None:
         if isinstance(msg, pw.Punch):
-            peer = self.peers.get(msg.sender_key)
+            peer = self.peers.get(msg.sender_key) or self._introduced_by_punch(msg, source, now)
             if peer is None:
-                self.counters["unknown_peer"] += 1
                 return
             peer.on_punch(msg, source, now)
         elif isinstance(msg, pw.HandshakeInit):
