@@ -79,6 +79,7 @@ class SimWorld:
         self.sent_times: list[float] = []
         self.event_times: dict[str, list[float]] = {}
         self.filter: Callable[[Endpoint, Endpoint, bytes], bool] | None = None
+        self.cut_from_bootnode: set[Endpoint] = set()  # nodes whose bootnode path is down (both ways)
 
     # --- topology ---------------------------------------------------------------------
 
@@ -147,12 +148,24 @@ class SimWorld:
     def remove(self, endpoint: Endpoint) -> None:
         self.nodes.pop(endpoint, None)
 
+    def cut_bootnode_path(self, node: object) -> None:
+        """The node's path to the bootnode fails, both ways; its direct paths still work."""
+        self.cut_from_bootnode.add(self.endpoint_of(node))
+
+    def restore_bootnode_path(self, node: object) -> None:
+        self.cut_from_bootnode.discard(self.endpoint_of(node))
+
+    def endpoint_of(self, node: object) -> Endpoint:
+        return next(ep for ep, n in self.nodes.items() if n is node)
+
     # --- packets ----------------------------------------------------------------------
 
     def _transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         self.sent.append((src, dst, data))
         self.sent_times.append(self.now)
         if self.filter is not None and not self.filter(src, dst, data):
+            return
+        if dst == self.bootnode_addr and src in self.cut_from_bootnode:
             return
         nat = self.nat_of.get(src[0])
         if nat is not None and dst[0] not in nat.inside:
@@ -171,6 +184,8 @@ class SimWorld:
             if inner is None:
                 return
             dst = inner
+        if src == self.bootnode_addr and dst in self.cut_from_bootnode:
+            return
         node = self.nodes.get(dst)
         if node is None:
             return

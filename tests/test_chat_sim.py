@@ -496,3 +496,56 @@ def test_a_punch_from_a_stranger_key_with_a_bad_mac_introduces_nobody():
     forged = pw.encode_punch(b"\x00" * 32, public_key(stranger), b"\x01" * 8)  # MAC under a wrong key
     a.receive_datagram(forged, ("203.0.113.66", 5000), w.now)
     assert public_key(stranger) not in a.peers and a.counters["introduced_by_punch"] == 0
+
+
+def _keys_with(alice_initiates: bool) -> tuple[bytes, bytes]:
+    """Two private keys ordered so that alice initiates, or bob does (the lower public key)."""
+    x, y = generate_private_key(), generate_private_key()
+    lower, higher = (x, y) if public_key(x) < public_key(y) else (y, x)
+    return (lower, higher) if alice_initiates else (higher, lower)
+
+
+def _drop_peer(client, key, now):
+    """What a room that takes the bootnode's PEER_LEFT at its word does: it drops the Peer
+    (and builds a new one when the peer is announced again)."""
+    peer = client.peers[key]
+    peer.leave("disconnected")
+    client._forget(peer, now)
+
+
+@pytest.mark.parametrize("alice_initiates", [True, False])
+def test_a_peer_dropped_and_met_again_gets_every_message_or_a_report(alice_initiates):
+    """B's path to the bootnode fails for 20 s while the direct path works; the bootnode
+    expires B and tells the room, and A drops its Peer for B. When B re-registers, A
+    builds a new Peer, whose sequence numbers and handshake numbers start over while B
+    remembers the old ones: the new epoch in the handshake makes B start over too."""
+    ka, kb = _keys_with(alice_initiates)
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    for i in range(5):
+        w.send(a, f"before {i}")
+        w.send(b, f"before {i}")
+    w.run_until(lambda: len(texts(w, "bob")) == 5 and len(texts(w, "alice")) == 5, limit=5)
+    w.cut_bootnode_path(b)
+    w.run_for(20)  # the bootnode times bob out and announces it
+    _drop_peer(a, b.public_key, w.now)
+    w.restore_bootnode_path(b)
+    w.run_until(lambda: len(w.kinds("bob", ev.Registered)) == 2 and b.public_key in a.peers, limit=30)
+    w.run_until(lambda: len(w.kinds("alice", ev.PeerConnected)) == 2, limit=10)
+    for i in range(30):
+        w.send(a, f"after {i}")
+        w.send(b, f"after {i}")
+    w.run_for(40)  # past the give-up: whatever did not arrive is reported by now
+    got_bob = texts(w, "bob", "alice")[5:]
+    got_alice = texts(w, "alice", "bob")[5:]
+    assert got_bob == [f"after {i}" for i in range(30)]
+    assert got_alice == [f"after {i}" for i in range(30)]
+    assert not w.kinds("alice", ev.Undelivered) and not w.kinds("bob", ev.Undelivered)
+    if alice_initiates:  # bob retired alice's old epoch: its initiations are replays now
+        old = next(d for (s, _, d) in w.sent if pw.is_peer_datagram(d) and d[2] == pw.PeerType.HANDSHAKE_INIT)
+        before = b.counters["replayed_initiation"]
+        b.receive_datagram(old, ("198.51.100.10", 4545), w.now)
+        assert b.counters["replayed_initiation"] == before + 1

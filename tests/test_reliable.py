@@ -9,6 +9,7 @@ import random
 import pytest
 
 from gochat.client.reliable import (
+    BadAck,
     FrameError,
     GIVE_UP_AFTER_s,
     MAX_MESSAGE_bytes,
@@ -141,3 +142,22 @@ def test_receiver_memory_is_bounded_and_bad_frames_refused():
         rx.on_data(b"\x01" + bytes(5))
     with pytest.raises(FrameError):
         rx.on_data(b"\x01" + bytes(12) + b"\x00\x05\x00\x02")  # index 5 of 2
+
+
+def test_an_ack_of_what_was_never_sent_is_refused_and_changes_nothing():
+    """A receiver still in an old sequence space acknowledges far beyond what a new
+    sender sent: taking it at its word would report undelivered messages as delivered."""
+    tx = ReliableSender(0.0)
+    for n in range(3):
+        tx.send(b"m%d" % n, 0.0)
+    assert len(tx.datagrams_to_send(0.0)) == 3  # seq 0, 1, 2
+    with pytest.raises(BadAck):
+        tx.on_ack(40, 0, 0.1)  # next expected beyond the next sequence number (3)
+    with pytest.raises(BadAck):
+        tx.on_ack(1, 0b10, 0.1)  # bit 1: seq 3, never sent
+    with pytest.raises(BadAck):
+        tx.on_ack(3, 0b1, 0.1)  # bit 0: seq 4
+    assert tx.unacknowledged == 3
+    assert tx.on_ack(1, 0b1, 0.1) == [0, 2]  # seq 0 and seq 2: what was sent
+    assert tx.on_ack(3, 0, 0.2) == [1]
+    assert tx.idle

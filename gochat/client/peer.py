@@ -57,7 +57,6 @@ class PeerContext(Protocol):
     static_private: bytes
     psk: bytes
     prologue: bytes
-    incarnation: int
     keepalive_s: float
     silence_s: float
     counters: Counter
@@ -77,7 +76,7 @@ class Keypair:
     remote_index: int
     initiator: bool
     confirmed: bool
-    incarnation: int  # the remote's, as its handshake payload said
+    epoch: int  # the remote's, as its handshake payload said
 
 
 class Peer:
@@ -87,6 +86,10 @@ class Peer:
         self.name = name
         self.fingerprint = fingerprint(key)
         self.initiator = ctx.public_key < key
+        # Random per Peer object, that is per sequence space of our reliable delivery to
+        # this peer: a new Peer (or a new process) is a new epoch, and the other side
+        # starts its receiving side over when a confirmed handshake shows one.
+        self.epoch = int.from_bytes(ctx.random_bytes(8), "big")
         self.punching = Punching(pw.punch_key(ctx.shared_secret(key)), ctx.public_key, ctx.random_bytes, endpoints)
         self.state = PUNCHING
         self.path: Endpoint | None = None
@@ -101,12 +104,13 @@ class Peer:
         self._hs_number = 0
         self._auth_failures = 0
         # responder side
-        self._last_init: tuple[int, int] | None = None  # (incarnation, number) of the newest initiation
+        self._last_init: tuple[int, int] | None = None  # (epoch, number) of the newest initiation
+        self._retired_epochs: list[int] = []  # the remote's epochs a newer one replaced: never again
         self._unconfirmed_inits = 0
         self.next_keypair: Keypair | None = None  # responder: answered, awaiting confirmation
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
-        self.remote_incarnation: int | None = None
+        self.remote_epoch: int | None = None
         # delivery
         self.sender = reliable.ReliableSender(now)
         self.receiver = reliable.ReliableReceiver()
@@ -172,7 +176,7 @@ class Peer:
         )
         self._hs_index = self.ctx.new_index(self)
         self._hs_number += 1
-        noise = self._hs.write_message(pw.encode_init_payload(self.ctx.incarnation, self._hs_number))
+        noise = self._hs.write_message(pw.encode_init_payload(self.epoch, self._hs_number))
         self._hs_next = now + HANDSHAKE_RETRY_s
         if self._hs_deadline is None:
             self._hs_deadline = now + HANDSHAKE_DEADLINE_s
@@ -187,17 +191,19 @@ class Peer:
             self.ctx.counters["init_from_responder"] += 1  # the tie-break says we initiate
             return
         try:
-            incarnation, number = pw.decode_init_payload(payload)
+            epoch, number = pw.decode_init_payload(payload)
         except DecodeError:
             self.ctx.counters["bad_handshake_payload"] += 1
             return
-        if self._last_init is not None and self._last_init[0] == incarnation and number <= self._last_init[1]:
+        if epoch in self._retired_epochs or (
+            self._last_init is not None and self._last_init[0] == epoch and number <= self._last_init[1]
+        ):
             self.ctx.counters["replayed_initiation"] += 1
             return
-        self._last_init = (incarnation, number)
+        self._last_init = (epoch, number)
         index = self.ctx.new_index(self)
         try:
-            noise = hs.write_message(pw.encode_resp_payload(self.ctx.incarnation))
+            noise = hs.write_message(pw.encode_resp_payload(self.epoch))
             send, recv = hs.split()
         except NoiseError:
             self.ctx.release_index(index)
@@ -212,7 +218,7 @@ class Peer:
             init.sender_index,
             initiator=False,
             confirmed=False,
-            incarnation=incarnation,
+            epoch=epoch,
         )
         self.ctx.send(pw.encode_handshake_resp(index, init.sender_index, noise), source)
         self.last_sent = now
@@ -239,7 +245,7 @@ class Peer:
                 self._fail("authentication failed (a different room passphrase?)")
             return
         try:
-            incarnation = pw.decode_resp_payload(payload)
+            epoch = pw.decode_resp_payload(payload)
         except DecodeError:
             self.ctx.counters["bad_handshake_payload"] += 1
             return
@@ -250,7 +256,7 @@ class Peer:
             resp.sender_index,
             initiator=True,
             confirmed=True,
-            incarnation=incarnation,
+            epoch=epoch,
         )
         self._hs, self._hs_index, self._hs_next = None, None, None
         self._move_path(source)
@@ -269,9 +275,9 @@ class Peer:
         self.path = endpoint
 
     def _install(self, keypair: Keypair, now: float) -> None:
-        if self.remote_incarnation is not None and keypair.incarnation != self.remote_incarnation:
-            self.receiver = reliable.ReliableReceiver()  # the peer restarted: its sequence restarts
-        self.remote_incarnation = keypair.incarnation
+        if self.remote_epoch is not None and keypair.epoch != self.remote_epoch:
+            self._remote_started_over(self.remote_epoch)
+        self.remote_epoch = keypair.epoch
         if self.previous is not None:
             self.ctx.release_index(self.previous.local_index)
         self.previous, self.current = self.current, keypair
@@ -285,6 +291,15 @@ class Peer:
             assert self.path is not None
             self.ctx.event(ev.PeerConnected(self.name, self.fingerprint, self.path_kind, format_endpoint(self.path)))
         self._flush(now)  # messages typed while the session was coming up
+
+    def _remote_started_over(self, old_epoch: int) -> None:
+        """The peer has a new sequence space towards us (it restarted, or dropped its
+        record of us and made a new one): our receiving side starts over. Our sending
+        side goes on: the peer's new receiver skips to the ``base`` of our next DATA, and
+        what is unacknowledged is sent again (an old receiver that delivered a message
+        whose every ACK was lost is the one case where it is shown twice)."""
+        self._retired_epochs = [*self._retired_epochs[-7:], old_epoch]
+        self.receiver = reliable.ReliableReceiver()
 
     def _fail(self, reason: str) -> None:
         self.state = FAILED
@@ -337,6 +352,8 @@ class Peer:
                 self.leave("quit")
             else:
                 self.ctx.counters["bad_frame"] += 1
+        except reliable.BadAck:
+            self.ctx.counters["bad_ack"] += 1
         except reliable.FrameError:
             self.ctx.counters["bad_frame"] += 1
 

@@ -38,6 +38,11 @@ class FrameError(ValueError):
     """A frame that does not parse; dropped and counted by the caller."""
 
 
+class BadAck(FrameError):
+    """An ACK of a sequence number this sender never sent: it cannot be about our
+    messages (a receiver still in an old sequence space); ignored and counted."""
+
+
 class MessageTooLong(ValueError):
     """A message over MAX_MESSAGE_bytes: refused before anything is sent."""
 
@@ -172,7 +177,14 @@ class ReliableSender:
         return min((m.created + GIVE_UP_AFTER_s for m in self._messages.values()), default=None)
 
     def on_ack(self, next_expected: int, sack: int, now: float) -> list[int]:
-        """Process an ACK; returns the ids of messages now fully delivered."""
+        """Process an ACK; returns the ids of messages now fully delivered. Raises BadAck,
+        changing nothing, for an ACK of a sequence number never sent (``next_expected``
+        beyond ``next_seq``, or a sack bit at or beyond it)."""
+        unsent_from = (self.next_seq - next_expected) & 0xFFFFFFFF  # sack bit of next_seq, +1
+        if unsent_from > 0x7FFFFFFF:
+            raise BadAck(f"acknowledges up to {next_expected}, next sequence is {self.next_seq}")
+        if unsent_from <= 64 and sack >> max(unsent_from - 1, 0):
+            raise BadAck(f"selective ack beyond {self.next_seq}")
         acked = [s for s in self._in_flight if _seq_lt(s, next_expected)]
         acked += [(next_expected + 1 + i) & 0xFFFFFFFF for i in range(64) if sack >> i & 1]
         done = []

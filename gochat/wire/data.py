@@ -30,7 +30,8 @@ TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size  # header + receiver index + co
 FLAG_REPLY = 0x01  # PUNCH: this is the answer to a punch whose txid it echoes
 
 # Handshake payloads (docs/PROTOCOL.md 7.3): the initiation carries the sender's
-# incarnation and handshake number, the response the responder's incarnation.
+# epoch and handshake number, the response the responder's epoch. An epoch is random
+# per sequence space (a peer's record of the other): a new one means a new start.
 _INIT_PAYLOAD = struct.Struct("!QQ")
 _RESP_PAYLOAD = struct.Struct("!Q")
 INIT_PAYLOAD_bytes = _INIT_PAYLOAD.size
@@ -123,28 +124,28 @@ def verify_punch(key: bytes, punch: Punch) -> bool:
 # --- handshake payloads -------------------------------------------------------------
 
 
-def encode_init_payload(incarnation: int, number: int) -> bytes:
-    return _INIT_PAYLOAD.pack(incarnation, number)
+def encode_init_payload(epoch: int, number: int) -> bytes:
+    return _INIT_PAYLOAD.pack(epoch, number)
 
 
 def decode_init_payload(payload: bytes) -> tuple[int, int]:
-    """(incarnation, handshake number); DecodeError('bad_field') for any other size."""
+    """(epoch, handshake number); DecodeError('bad_field') for any other size."""
     if len(payload) != _INIT_PAYLOAD.size:
         raise DecodeError("bad_field", f"initiation payload of {len(payload)} bytes")
-    incarnation, number = _INIT_PAYLOAD.unpack(payload)
-    return incarnation, number
+    epoch, number = _INIT_PAYLOAD.unpack(payload)
+    return epoch, number
 
 
-def encode_resp_payload(incarnation: int) -> bytes:
-    return _RESP_PAYLOAD.pack(incarnation)
+def encode_resp_payload(epoch: int) -> bytes:
+    return _RESP_PAYLOAD.pack(epoch)
 
 
 def decode_resp_payload(payload: bytes) -> int:
-    """The responder's incarnation; DecodeError('bad_field') for any other size."""
+    """The responder's epoch; DecodeError('bad_field') for any other size."""
     if len(payload) != _RESP_PAYLOAD.size:
         raise DecodeError("bad_field", f"response payload of {len(payload)} bytes")
-    (incarnation,) = _RESP_PAYLOAD.unpack(payload)
-    return int(incarnation)
+    (epoch,) = _RESP_PAYLOAD.unpack(payload)
+    return int(epoch)
 
 
 # --- encoding ------------------------------------------------------------------------
