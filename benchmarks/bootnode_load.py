@@ -3,7 +3,9 @@
     python -m benchmarks.bootnode_load --peers 100000 --seconds 5 --json out.json
 
 For each implementation it starts `gochat --mode bootnode` on 127.0.0.1, registers
-N peers across rooms (cookie exchange included), floods heartbeats for S seconds from
+N peers across rooms (cookie exchange and proof of each peer's key included: the
+X25519 of each peer's proof key is computed before the clock starts, in parallel, so
+the generator's own cryptography does not slow the registrations down), floods heartbeats for S seconds from
 several source sockets with a sendmmsg load generator, lets 1% of the peers fall silent
 to measure one expiry tick, and times one join announced to a room of 1,000 peers.
 Every rate is read from the bootnode's own counters (its metrics endpoint), and CPU
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -27,12 +30,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
 from gochat.bootnode import fastpath
 from gochat.bootnode.metrics import parse_exposition
+from gochat.crypto.noise import dh, public_key
 from gochat.wire import control as wire
 
 HB = struct.Struct("!BBBB")
@@ -57,6 +62,7 @@ class Bootnode:
 
     def __init__(self, pure: bool, peers: int, timeout_s: float) -> None:
         env = {**os.environ, "GOCHAT_PURE_PYTHON": "1" if pure else "0"}
+        self._key_dir = tempfile.TemporaryDirectory(prefix="gochat-load-")
         args = [
             sys.executable,
             "-m",
@@ -83,6 +89,8 @@ class Bootnode:
             f"{timeout_s / 3}s",
             "--recv-buffer",
             str(32 * 1024 * 1024),
+            "--bootnode-key",
+            os.path.join(self._key_dir.name, "bootnode.key"),
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))
@@ -114,6 +122,43 @@ class Bootnode:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._key_dir.cleanup()
+
+
+def _private(i: int) -> bytes:
+    return hashlib.sha256(b"gochat load peer\0" + i.to_bytes(8, "big")).digest()
+
+
+def _keys_of(args: tuple[int, int, bytes]) -> tuple[bytes, bytes]:
+    first, count, bootnode_key = args
+    pubs, proof_keys = bytearray(), bytearray()
+    for i in range(first, first + count):
+        private = _private(i)
+        pubs += public_key(private)
+        proof_keys += wire.register_proof_key(dh(private, bootnode_key))
+    return bytes(pubs), bytes(proof_keys)
+
+
+class PeerKeys:
+    """Public keys and REGISTER proof keys of peers first..first+count-1, computed once
+    (two X25519 per peer) by ``processes`` forked workers, kept in two flat buffers."""
+
+    def __init__(self, first: int, count: int, bootnode_key: bytes, processes: int) -> None:
+        self.first = first
+        chunk = 5000
+        jobs = [(k, min(chunk, first + count - k), bootnode_key) for k in range(first, first + count, chunk)]
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            parts = pool.map(_keys_of, jobs)
+        self.pubs = b"".join(p for p, _ in parts)
+        self.proof_keys = b"".join(k for _, k in parts)
+
+    def public(self, i: int) -> bytes:
+        k = (i - self.first) * 32
+        return self.pubs[k : k + 32]
+
+    def proof_key(self, i: int) -> bytes:
+        k = (i - self.first) * 32
+        return self.proof_keys[k : k + 32]
 
 
 @dataclass
@@ -124,6 +169,7 @@ class Generator:
     n_sockets: int
     socks: list[socket.socket] = field(default_factory=list)
     cookies: list[bytes] = field(default_factory=list)
+    bootnode_key: bytes = b""  # the bootnode's static key, from its COOKIE
 
     def open(self) -> None:
         for _ in range(self.n_sockets):
@@ -144,6 +190,7 @@ class Generator:
                 for data, _ in fastpath.recv_batch(s, 64):
                     if data[2] == wire.MsgType.COOKIE:
                         cookie = data[8:24]
+                        self.bootnode_key = data[24:56]
                 if cookie:
                     break
             if cookie is None:
@@ -187,6 +234,7 @@ def wait_until_idle(node: Bootnode, gen: Generator) -> None:
 
 def register_peers(
     gen: Generator,
+    keys: PeerKeys,
     first: int,
     count: int,
     room_size: int,
@@ -219,13 +267,13 @@ def register_peers(
             + gen.cookies[k]
             + i.to_bytes(4, "big")
             + rid
-            + i.to_bytes(32, "big")
+            + keys.public(i)
             + bytes([len(name)])
             + name
             + local
         )
         with contextlib.suppress(BlockingIOError):
-            gen.socks[k].sendto(msg, gen.bootnode)
+            gen.socks[k].sendto(msg + wire.register_proof(keys.proof_key(i), msg), gen.bootnode)
         pending[i] = time.perf_counter()
 
     while todo or pending:
@@ -324,8 +372,13 @@ def run_one(pure: bool, args) -> dict[str, float]:
                 Heartbeats(gen, tokens, list(tokens)).sweep()
                 last_sweep[0] = time.perf_counter()
 
+        base = 10_000_000  # the peers of the fan-out room
+        t_keys = time.perf_counter()
+        keys = PeerKeys(0, n_main, gen.bootnode_key, args.generators)
+        fanout_keys = PeerKeys(base, FANOUT_ROOM_SIZE + 1, gen.bootnode_key, args.generators)
+        log(f"[{label}] proof keys of {n_main} peers computed in {time.perf_counter() - t_keys:.1f}s")
         log(f"[{label}] registering {n_main} peers in rooms of {args.room_size}")
-        t_reg = register_peers(gen, 0, n_main, args.room_size, tokens, keepalive, deadline_s=600)
+        t_reg = register_peers(gen, keys, 0, n_main, args.room_size, tokens, keepalive, deadline_s=600)
         m1 = node.metrics()
         accepted = m1["gochat_register_accepted_total"] - m0.get("gochat_register_accepted_total", 0)
         registrations_per_s = accepted / t_reg
@@ -390,11 +443,14 @@ def run_one(pure: bool, args) -> dict[str, float]:
         )
 
         log(f"[{label}] fan-out: building a room of {FANOUT_ROOM_SIZE} peers")
-        base = 10_000_000
-        register_peers(gen, base, FANOUT_ROOM_SIZE, FANOUT_ROOM_SIZE, tokens, lambda: None, 120, fixed_room=0)
+        register_peers(
+            gen, fanout_keys, base, FANOUT_ROOM_SIZE, FANOUT_ROOM_SIZE, tokens, lambda: None, 120, fixed_room=0
+        )
         Heartbeats(gen, tokens, list(range(base, base + FANOUT_ROOM_SIZE))).sweep()  # none expired meanwhile
         wait_until_idle(node, gen)  # so that the measured join is alone in its batch
-        register_peers(gen, base + FANOUT_ROOM_SIZE, 1, FANOUT_ROOM_SIZE, tokens, lambda: None, 30, fixed_room=0)
+        register_peers(
+            gen, fanout_keys, base + FANOUT_ROOM_SIZE, 1, FANOUT_ROOM_SIZE, tokens, lambda: None, 30, fixed_room=0
+        )
         m5 = node.metrics()
         fanout_ms = m5["gochat_tick_last_join_ms"]
         log(f"[{label}] join announced to a room of {m5['gochat_tick_last_join_room_size']:.0f} in {fanout_ms:.2f} ms")

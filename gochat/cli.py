@@ -112,6 +112,7 @@ def run_client(settings: Settings) -> int:
                 port=settings.port,
                 passphrase=settings.passphrase or None,
                 peer_timeout=settings.peer_timeout,
+                bootnode_public_key=settings.bootnode_public_key,
             ),
             identity,
         )
@@ -139,8 +140,17 @@ def _log_to_file(path: Path, level: str) -> None:
 
 def run_bootnode(settings: Settings) -> int:
     from gochat.bootnode.driver import BootnodeConfig, serve
+    from gochat.bootnode.keys import BootnodeKeyError, default_key_path, load_or_create
     from gochat.bootnode.rendezvous import Limits
 
+    key_file = settings.bootnode_key or default_key_path(os.environ)
+    try:  # refused up front, before the socket is bound
+        key, created = load_or_create(key_file)
+    except BootnodeKeyError as exc:
+        click.echo(f"Error: invalid {settings.sources['bootnode_key']}: {exc}", err=True)
+        return 2
+    if created:
+        logging.getLogger("gochat.bootnode").info("created a new bootnode key in %s", key_file)
     config = BootnodeConfig(
         listen=settings.listen,
         heartbeat_interval_s=settings.heartbeat_interval,
@@ -152,6 +162,7 @@ def run_bootnode(settings: Settings) -> int:
             register_burst_per_ip=settings.register_burst,
         ),
         recv_buffer_bytes=settings.recv_buffer,
+        key=key,
     )
     try:
         return asyncio.run(serve(config, settings.metrics_listen))

@@ -165,6 +165,20 @@ def parse_path(text: str) -> Path | None:
     return Path(text).expanduser() if text.strip() else None
 
 
+def parse_public_key(text: str) -> bytes | None:
+    """A 32-byte X25519 public key written as 64 hex digits; empty: none."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("expected 64 hex digits (the key the bootnode logs at start)") from None
+    if len(key) != 32:
+        raise ValueError(f"expected 64 hex digits (32 bytes), got {len(key)} bytes")
+    return key
+
+
 def default_name(environ: Mapping[str, str]) -> str:
     """The login name, made a valid display name."""
     login = environ.get("USER") or environ.get("LOGNAME") or "user"
@@ -213,6 +227,14 @@ SPECS: tuple[Spec, ...] = (
         "client: bootnode port used when BOOTNODE has none",
     ),
     Spec("bootnode", "BOOTNODE", "--bootnode", None, parse_text, "client: bootnode address, HOST[:PORT]"),
+    Spec(
+        "bootnode_public_key",
+        "BOOTNODE_PUBLIC_KEY",
+        "--bootnode-public-key",
+        "",
+        parse_public_key,
+        "client: the bootnode's public key (hex, as it logs it at start) to pin instead of trusting the first one seen",
+    ),
     Spec("room", "ROOM", "--room", None, parse_text, "client: room to join"),
     Spec(
         "port",
@@ -289,6 +311,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: burst of registrations allowed from one source IP",
     ),
     Spec(
+        "bootnode_key",
+        "BOOTNODE_KEY_FILE",
+        "--bootnode-key",
+        "",
+        parse_path,
+        "bootnode: its static key file, created on first start (default: $XDG_DATA_HOME/gochat/bootnode.key)",
+    ),
+    Spec(
         "recv_buffer",
         "RECV_BUFFER_BYTES",
         "--recv-buffer",
@@ -323,6 +353,7 @@ class Settings:
     listen: HostPort
     bootnode_udp_port: int
     bootnode: HostPort | None
+    bootnode_public_key: bytes | None
     room: str | None
     port: int
     name: str  # the login name when none was set
@@ -335,6 +366,7 @@ class Settings:
     max_peers_per_room: int
     register_rate: float
     register_burst: int
+    bootnode_key: Path | None
     recv_buffer: int
     metrics_listen: HostPort | None
     log_level: str

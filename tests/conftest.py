@@ -4,13 +4,30 @@ loopback in a thread of its own, and a small synchronous test peer."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 
 from gochat.bootnode import _purepath
 from gochat.bootnode.driver import Bootnode, BootnodeConfig
+from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_home(tmp_path_factory):
+    """What the code under test keeps by default under $XDG_DATA_HOME (a bootnode's key,
+    identities, pins) goes to a directory of the test session, never to the home
+    directory of whoever runs the tests; processes the tests start inherit it."""
+    path = tmp_path_factory.mktemp("xdg-data")
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
 
 
 class _Impl:
@@ -61,6 +78,7 @@ class ThreadedBootnode:
             peer_timeout_s=overrides.pop("peer_timeout_s", 2.0),
             limits=limits,
             recv_buffer_bytes=4 * 1024 * 1024,
+            key=overrides.pop("key", None) or BootnodeKey.generate(),
         )
         assert not overrides, overrides
         self.impl = impl

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from gochat.client.room import room_id_for
+from gochat.crypto.noise import dh, generate_private_key, public_key
 from gochat.wire import control as wire
 from gochat.wire.control import MsgType
 
@@ -15,11 +16,18 @@ room_id = room_id_for  # the client's own derivation
 
 
 class SimPeer:
-    def __init__(self, bootnode, room="lobby", name="alice", key=None, local_endpoints=(), bind="127.0.0.1"):
+    """``key`` is the public key registered; it is ``private``'s unless given (a peer that
+    claims a key it does not hold, whose proofs cannot check)."""
+
+    def __init__(
+        self, bootnode, room="lobby", name="alice", key=None, local_endpoints=(), bind="127.0.0.1", private=None
+    ):
         self.bootnode = bootnode
         self.room_id = room_id(room) if isinstance(room, str) else room
         self.name = name
-        self.key = key or os.urandom(32)
+        self.private = private or generate_private_key()
+        self.key = key or public_key(self.private)
+        self.bootnode_key: bytes | None = None
         self.local_endpoints = tuple(local_endpoints)
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -72,11 +80,18 @@ class SimPeer:
     def register_message(self, cookie: bytes = bytes(16)) -> wire.Register:
         return wire.Register(cookie, self.request_id, self.room_id, self.key, self.name, self.local_endpoints)
 
+    def signed_register(self, cookie: bytes) -> bytes:
+        """A REGISTER with its proof, under the bootnode key its COOKIE gave."""
+        assert self.bootnode_key is not None, "no COOKIE seen yet"
+        proof_key = wire.register_proof_key(dh(self.private, self.bootnode_key))
+        return wire.encode_signed_register(self.register_message(cookie), proof_key)
+
     def register(self, timeout: float = 5.0):
         """Cookie round trip then register; returns Registered or Refused."""
         self.send(wire.encode(self.register_message()))
         cookie = self.wait_for(lambda m: isinstance(m, wire.Cookie), timeout, keep_others=False)
-        self.send(wire.encode(self.register_message(cookie.cookie)))
+        self.bootnode_key = cookie.bootnode_key
+        self.send(self.signed_register(cookie.cookie))
         reply = self.wait_for(lambda m: isinstance(m, (wire.Registered, wire.Refused)), timeout)
         if isinstance(reply, wire.Registered):
             self.registered = reply

@@ -18,6 +18,7 @@ from typing import TypeVar
 from gochat import events as ev
 from gochat.bootnode import fastpath
 from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
 from gochat.client.bootnode_link import BootnodeLink
 from gochat.client.room import RoomClient
@@ -91,6 +92,7 @@ class SimWorld:
             peer_timeout_s=timeout,
             limits=Limits(1000, room_size, 1000.0, 1000),
             cookies=CookieJar(b"k" * 32),
+            key=BootnodeKey(b"b" * 32),  # kept across restarts, as a real bootnode keeps its key file
         )
         self.nodes[self.bootnode_addr] = self.bootnode
         return self.bootnode
@@ -281,7 +283,7 @@ class SilentMember:
         self.bootnode = bootnode
         key = generate_private_key()
         card = wire.encode_card(public_key(key), name, [])
-        self.link = BootnodeLink(bootnode, room, card, now, random_bytes)
+        self.link = BootnodeLink(bootnode, room, card, now, random_bytes, static_private=key)
         self.outbox: list[tuple[bytes, Endpoint]] = []
         self.events: list[ev.Event] = []
         self._take()

@@ -3,6 +3,7 @@ simulated clients, the anti-amplification guarantee, and the real `gochat` proce
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -19,6 +20,7 @@ from gochat.bootnode.metrics import parse_exposition
 from gochat.wire import control as wire
 from gochat.wire.control import LeaveReason, MsgType
 
+from . import procs
 from .peer import SimPeer, room_id
 
 
@@ -188,16 +190,22 @@ class Process:
 @pytest.mark.slow
 @pytest.mark.parametrize("pure", [False, True], ids=["cython", "pure"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_real_bootnode_process(pure, sig):
+def test_real_bootnode_process(pure, sig, tmp_path):
     env = {"GOCHAT_PURE_PYTHON": "1"} if pure else {"GOCHAT_PURE_PYTHON": "0"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
     p = Process("--mode", "bootnode", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", env=env)
     try:
+        created = p.wait_for_line(r"created a new bootnode key in (\S+)").group(1)
+        assert created == str(tmp_path / "data" / "gochat" / "bootnode.key")  # the default place
+        assert os.stat(created).st_mode & 0o777 == 0o600
         m = p.wait_for_line(r"listening on udp 127\.0\.0\.1:(\d+) \(fast path: ([\w-]+)")
         assert m.group(2) == ("pure-python" if pure else "cython")
         addr = ("127.0.0.1", int(m.group(1)))
+        logged_key = bytes.fromhex(p.wait_for_line(r"bootnode public key ([0-9a-f]{64})").group(1))
         metrics = p.wait_for_line(r"metrics on http://([\d.]+:\d+)/metrics").group(1)
         a, b = SimPeer(addr, name="a"), SimPeer(addr, name="b")
         assert isinstance(a.register(), wire.Registered) and isinstance(b.register(), wire.Registered)
+        assert a.bootnode_key == logged_key  # the COOKIE carries the key the operator sees
         assert [e.name for e in b.peer_list()] == ["a"]
         b.heartbeat(ack=True)
         b.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.HEARTBEAT_ACK)
@@ -250,3 +258,93 @@ def test_listen_port_in_use_is_a_clear_error():
         assert r.returncode == 1 and "cannot serve on 127.0.0.1" in r.stderr and "in use" in r.stderr
     finally:
         s.close()
+
+
+# --- the bootnode's key, and real clients with it ------------------------------------------
+
+
+def _key_line(node: procs.Bootnode) -> bytes:
+    line = node.wait_for_line(r"bootnode public key [0-9a-f]{64}")
+    return bytes.fromhex(re.search(r"bootnode public key ([0-9a-f]{64})", line).group(1))
+
+
+@pytest.mark.slow
+def test_bootnode_key_file_is_kept_and_one_readable_by_others_is_refused(tmp_path):
+    key_file = tmp_path / "keys" / "bootnode.key"
+    first = procs.Bootnode(extra=[*procs.FAST_TIMERS, "--bootnode-key", str(key_file)])
+    try:
+        key = _key_line(first)
+    finally:
+        assert first.stop() == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = procs.Bootnode(extra=[*procs.FAST_TIMERS, "--bootnode-key", str(key_file)])
+    try:
+        assert _key_line(again) == key  # a restart keeps the key its clients pinned
+    finally:
+        assert again.stop() == 0
+    key_file.chmod(0o644)
+    r = subprocess.run(
+        procs.gochat_command("--mode", "bootnode", "--listen", "127.0.0.1:0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "BOOTNODE_KEY_FILE": str(key_file)},
+    )
+    assert r.returncode == 2
+    assert f"invalid BOOTNODE_KEY_FILE (environment): {key_file} is readable by others (mode 644)" in r.stderr
+    assert "listening" not in r.stderr  # refused before anything started
+
+
+@pytest.mark.slow
+def test_real_clients_prove_their_keys_pin_the_bootnode_and_chat(tmp_path):
+    node = procs.Bootnode(extra=[*procs.FAST_TIMERS, "--bootnode-key", str(tmp_path / "bootnode.key")])
+    clients = []
+    try:
+        key = _key_line(node)
+        alice = procs.Client(node.address, "alice", tmp_path)
+        bob = procs.Client(node.address, "bob", tmp_path)
+        clients += [alice, bob]
+        alice.wait_event("peer_connected", name="bob")
+        alice.say("proved and pinned")
+        bob.wait_for(lambda e: e.get("text") == "proved and pinned", what="alice's message")
+        pins = json.loads((tmp_path / "alice" / "known_bootnodes.json").read_text())
+        assert pins["bootnodes"][node.address]["key"] == key.hex()
+        assert (tmp_path / "alice" / "known_bootnodes.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        for c in clients:
+            c.stop()
+        node.stop()
+
+
+@pytest.mark.slow
+def test_a_bootnode_with_another_key_than_the_pinned_one_is_refused_loudly(tmp_path):
+    node = procs.Bootnode(extra=[*procs.FAST_TIMERS, "--bootnode-key", str(tmp_path / "bootnode.key")])
+    clients = []
+    try:
+        key = _key_line(node)
+        wrong = bytes(31) + b"\x09"
+        pins = tmp_path / "alice" / "known_bootnodes.json"
+        pins.parent.mkdir()
+        pins.write_text(json.dumps({"version": 1, "bootnodes": {node.address: {"key": wrong.hex(), "first_seen": 0}}}))
+        alice = procs.Client(node.address, "alice", tmp_path)
+        bob = procs.Client(node.address, "bob", tmp_path, env={"BOOTNODE_PUBLIC_KEY": wrong.hex()})
+        clients += [alice, bob]
+        error = alice.wait_event("error", fatal=True)
+        assert error["message"] == (
+            f"bootnode {node.address} presented the key {key.hex()}, but this client expects {wrong.hex()} "
+            f"(pinned in {pins}). Someone may be impersonating the bootnode: not registering. If its operator "
+            f'really replaced its key, delete the "{node.address}" entry from {pins} and start again.'
+        )
+        assert "set by BOOTNODE_PUBLIC_KEY" in bob.wait_event("error", fatal=True)["message"]
+        assert alice.proc.wait(15) == 1 and bob.proc.wait(15) == 1
+        assert alice.kinds("registered") == [] and bob.kinds("registered") == []
+        # the user removes the pin: the next start trusts the bootnode's key again
+        pins.write_text(json.dumps({"version": 1, "bootnodes": {}}))
+        again = procs.Client(node.address, "alice", tmp_path)
+        clients.append(again)
+        again.wait_event("registered")
+        assert json.loads(pins.read_text())["bootnodes"][node.address]["key"] == key.hex()
+    finally:
+        for c in clients:
+            c.kill()
+        node.stop()

@@ -118,3 +118,17 @@ def test_client_settings_name_identity_passphrase_line_mode(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         resolve(base, {"NO_UI": "maybe"}, None)
     assert "NO_UI (environment)" in str(info.value)
+
+
+def test_bootnode_key_settings(tmp_path: Path):
+    s = resolve(BOOT, {}, None)
+    assert s.bootnode_key is None and s.bootnode_public_key is None  # the default key file; trust on first use
+    s = resolve({**BOOT, "bootnode_key": str(tmp_path / "k")}, {}, None)
+    assert s.bootnode_key == tmp_path / "k" and s.sources["bootnode_key"] == "--bootnode-key (command line)"
+    base = {"mode": "client", "room": "x", "bootnode": "127.0.0.1"}
+    s = resolve(base, {"BOOTNODE_PUBLIC_KEY": "ab" * 32}, None)
+    assert s.bootnode_public_key == bytes([0xAB]) * 32
+    for bad, needle in (("ab" * 31, "got 31 bytes"), ("zz" * 32, "64 hex digits")):
+        with pytest.raises(ConfigError) as info:
+            resolve(base, {"BOOTNODE_PUBLIC_KEY": bad}, None)
+        assert "BOOTNODE_PUBLIC_KEY (environment)" in str(info.value) and needle in str(info.value)

@@ -6,13 +6,25 @@ from __future__ import annotations
 import pytest
 
 from gochat import events as ev
-from gochat.client.bootnode_link import CLOSED, REGISTERED, BootnodeLink
+from gochat.bootnode import fastpath
+from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.keys import BootnodeKey
+from gochat.bootnode.rendezvous import Limits, Rendezvous, Send
+from gochat.client.bootnode_link import CLOSED, FAILED, REGISTERED, REGISTERING, BootnodeLink
 from gochat.constants import DISCONNECT_WAIT_s, REGISTER_TIMEOUTS_s
+from gochat.crypto.noise import public_key
 from gochat.wire import control as wire
 from gochat.wire.control import MsgType, RefuseReason
 
 BOOTNODE = ("192.0.2.1", 9595)
-CARD = wire.encode_card(b"k" * 32, "alice", [])
+PRIVATE = bytes(range(1, 33))
+CARD = wire.encode_card(public_key(PRIVATE), "alice", [])
+BOOT_KEY = BootnodeKey(b"b" * 32)
+OTHER_KEY = BootnodeKey(b"o" * 32)
+
+
+def new_link(now=0.0):
+    return BootnodeLink(BOOTNODE, "lobby", CARD, now=now, static_private=PRIVATE)
 
 
 def sent_types(link):
@@ -29,7 +41,7 @@ def run_timers(link, until):
 
 
 def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
-    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    link = new_link()
     tries = [0.0]
     link.outbox.clear()
     while not link.closed:
@@ -53,14 +65,14 @@ def _registered(link, now, token=b"t" * 12, tag=b"g" * 8, hb=1000, timeout=3000)
 
 
 def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
-    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    link = new_link()
     first = link.outbox.pop()
     rid = int.from_bytes(first[20:24], "big")
     assert first[4:20] == bytes(16)
-    assert link.receive(wire.Cookie(rid, b"c" * 16), 0.01)
+    assert link.receive(wire.Cookie(rid, b"c" * 16, BOOT_KEY.public), 0.01)
     again = link.outbox.pop()
     assert again[4:20] == b"c" * 16 and again[20:24] == first[20:24]
-    assert not link.receive(wire.Cookie(rid + 1, b"x" * 16), 0.01)  # not our request
+    assert not link.receive(wire.Cookie(rid + 1, b"x" * 16, BOOT_KEY.public), 0.01)  # not our request
     _registered(link, 0.02)
     assert link.state == REGISTERED and link.public_endpoint == ("203.0.113.5", 4545)
     assert isinstance(link.events[-1], ev.Registered) and link.events[-1].public_endpoint == "203.0.113.5:4545"
@@ -72,7 +84,7 @@ def test_cookie_round_then_registered_and_heartbeats_ask_for_acks():
 
 
 def test_refused_first_registration_is_fatal_with_the_reason():
-    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    link = new_link()
     rid = int.from_bytes(link.outbox[0][20:24], "big")
     link.receive(wire.Refused(rid, RefuseReason.ROOM_FULL, 5000), 0.1)
     assert link.closed
@@ -80,7 +92,7 @@ def test_refused_first_registration_is_fatal_with_the_reason():
 
 
 def test_lost_then_restored_and_never_gives_up():
-    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    link = new_link()
     _registered(link, 0.0)
     link.events.clear()
     run_timers(link, 2.99)
@@ -97,7 +109,7 @@ def test_lost_then_restored_and_never_gives_up():
 
 
 def test_disconnect_waits_for_the_ack_but_not_forever():
-    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    link = new_link()
     _registered(link, 0.0)
     link.outbox.clear()
     link.disconnect(0.5)
@@ -105,7 +117,7 @@ def test_disconnect_waits_for_the_ack_but_not_forever():
     link.receive(wire.TokenMessage(MsgType.DISCONNECT_ACK, b"t" * 12), 0.6)
     assert link.state == CLOSED
 
-    silent = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0)
+    silent = new_link()
     _registered(silent, 0.0)
     silent.outbox.clear()
     silent.disconnect(0.5)
@@ -114,3 +126,82 @@ def test_disconnect_waits_for_the_ack_but_not_forever():
     assert 2 <= len(silent.outbox) <= 6  # retransmitted a few times within the wait
     assert all(d[2] == MsgType.DISCONNECT for d in silent.outbox)
     assert DISCONNECT_WAIT_s <= 1.0
+
+
+# --- the bootnode's key: proofs and pinning ---------------------------------------------------
+
+
+def _cookie(link, key=BOOT_KEY, cookie=b"c" * 16):
+    rid = int.from_bytes(link._register_bytes()[20:24], "big")
+    return wire.Cookie(rid, cookie, key.public)
+
+
+def test_register_proves_the_key_with_the_bootnode_key_from_the_cookie():
+    link = new_link()
+    first = link.outbox.pop()
+    assert first[-16:] == bytes(16)  # no bootnode key known yet: a zero proof earns a COOKIE
+    assert link.receive(_cookie(link), 0.01)
+    signed = link.outbox.pop()
+    assert BOOT_KEY.check_proof(wire.decode_register(signed))
+    assert not OTHER_KEY.check_proof(wire.decode_register(signed))
+    assert link.learned_key == BOOT_KEY.public == link.bootnode_key  # for the driver to remember
+
+
+def test_link_registers_with_the_real_machine():
+    machine = Rendezvous(
+        fastpath.RegistrationTable(10, 15.0, 0.0),
+        heartbeat_interval_s=10.0,
+        peer_timeout_s=15.0,
+        limits=Limits(10, 10, 100.0, 100),
+        cookies=CookieJar(b"k" * 32),
+        key=BOOT_KEY,
+    )
+    link = new_link()
+    addr = ("203.0.113.5", 4545)
+    for _ in range(3):
+        for data in link.outbox:
+            for action in machine.receive_datagram(data, addr, 0.1):
+                assert isinstance(action, Send)
+                msg = wire.decode(action.data)
+                if not isinstance(msg, wire.PeerList):
+                    link.receive(msg, 0.1)
+        link.outbox.clear()
+    assert link.state == REGISTERED and machine.stats["register.accepted"] == 1
+
+
+def test_a_cookie_with_another_key_than_the_pinned_one_is_fatal_at_first():
+    link = new_link()
+    link.pin_bootnode_key(BOOT_KEY.public, "pinned in /x/known_bootnodes.json", "delete its entry")
+    link.outbox.clear()
+    assert link.receive(_cookie(link, OTHER_KEY), 0.01)
+    assert link.state == FAILED and link.closed and link.outbox == []  # nothing proved to the impostor
+    (error,) = link.events
+    assert error.fatal
+    assert error.message == (
+        f"bootnode 192.0.2.1:9595 presented the key {OTHER_KEY.public.hex()}, but this client expects "
+        f"{BOOT_KEY.public.hex()} (pinned in /x/known_bootnodes.json). Someone may be impersonating the "
+        "bootnode: not registering. If its operator really replaced its key, delete its entry."
+    )
+    assert link.learned_key is None
+
+
+def test_a_changed_key_after_registering_is_an_error_once_and_registration_waits():
+    link = new_link()
+    link.receive(_cookie(link), 0.01)  # learned on first use
+    _registered(link, 0.02)
+    link.events.clear()
+    link.receive(wire.TokenMessage(MsgType.UNKNOWN_TOKEN, b"t" * 12), 5.0)  # the bootnode restarted...
+    link.outbox.clear()
+    link.events.clear()
+    assert link.receive(_cookie(link, OTHER_KEY), 5.01)  # ...with another key
+    assert link.state == REGISTERING and link.outbox == []
+    (error,) = link.events
+    assert not error.fatal and OTHER_KEY.public.hex() in error.message
+    assert "the key it presented earlier" in error.message
+    link.receive(_cookie(link, OTHER_KEY), 6.0)
+    assert len(link.events) == 1  # said once, not at every retry
+    run_timers(link, 30.0)  # it keeps trying, with the key it knows
+    assert link.outbox and not link.closed
+    link.outbox.clear()
+    assert link.receive(_cookie(link), 30.1)  # the right bootnode again
+    assert BOOT_KEY.check_proof(wire.decode_register(link.outbox.pop()))

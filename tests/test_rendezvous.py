@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass, field
 
 from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
+from gochat.crypto.noise import dh, generate_private_key, public_key
 from gochat.wire import control as wire
 from gochat.wire.control import LeaveReason, MsgType, RefuseReason
 
@@ -57,34 +59,38 @@ def make(impl, now=1000.0, **limits):
         register_burst_per_ip=limits.pop("burst", 1000),
     )
     machine = Rendezvous(
-        table, heartbeat_interval_s=10.0, peer_timeout_s=15.0, limits=lim, cookies=CookieJar(b"k" * 32)
+        table,
+        heartbeat_interval_s=10.0,
+        peer_timeout_s=15.0,
+        limits=lim,
+        cookies=CookieJar(b"k" * 32),
+        key=BootnodeKey(b"b" * 32),
     )
     return Net(machine)
 
 
 class Client:
-    def __init__(self, net, addr, name, room="lobby", key=None, locals_=()):
+    def __init__(self, net, addr, name, room="lobby", private=None, locals_=()):
         self.net, self.addr, self.name = net, addr, name
-        self.key = key or os.urandom(32)
+        self.private = private or generate_private_key()
+        self.key = public_key(self.private)
         self.room = room_id(room)
         self.locals = tuple(locals_)
         self.token = None
 
+    def message(self, cookie=bytes(16), request_id=7, name=None):
+        return wire.Register(cookie, request_id, self.room, self.key, name or self.name, self.locals)
+
+    def signed(self, cookie, request_id=7, name=None):
+        """The REGISTER with its proof, as the real client makes it."""
+        proof_key = wire.register_proof_key(dh(self.private, self.net.machine.key.public))
+        return wire.encode_signed_register(self.message(cookie, request_id, name), proof_key)
+
     def register(self, now, request_id=7):
-        reg = wire.Register(bytes(16), request_id, self.room, self.key, self.name, self.locals)
-        self.net.send(wire.encode(reg), self.addr, now)
+        self.net.send(wire.encode(self.message(request_id=request_id)), self.addr, now)
         (cookie,) = self.net.take(self.addr, wire.Cookie)
-        self.net.send(
-            wire.encode(
-                wire.Register(
-                    cookie.cookie,
-                    request_id,
-                    *[getattr(reg, f) for f in ("room_id", "public_key", "name", "local_endpoints")],
-                )
-            ),
-            self.addr,
-            now,
-        )
+        assert cookie.bootnode_key == self.net.machine.key.public
+        self.net.send(self.signed(cookie.cookie, request_id), self.addr, now)
         msgs = self.net.take(self.addr)
         first = msgs[0]
         if isinstance(first, wire.Registered):
@@ -103,6 +109,15 @@ def test_register_needs_a_cookie_and_replies_small(impl):
     assert len(actions[0].data) <= len(reg)
     assert isinstance(wire.decode(actions[0].data), wire.Cookie)
     assert len(net.machine.table) == 0  # no state for an unvalidated address
+
+
+def test_cookie_carries_the_bootnode_key_and_stays_smaller_than_any_register(impl):
+    net = make(impl)
+    smallest = wire.encode(wire.Register(bytes(16), 1, room_id("r"), os.urandom(32), "a"))
+    (action,) = net.machine.receive_datagram(smallest, ("203.0.113.5", 4000), 1000.0)
+    cookie = wire.decode(action.data)
+    assert cookie.bootnode_key == net.machine.key.public
+    assert len(action.data) == 56 < len(smallest) == 91
 
 
 def test_cookie_is_bound_to_address_and_expires(impl):
@@ -228,12 +243,12 @@ def test_restart_means_unknown_token_then_reregister(impl):
 
 def test_reregistering_replaces_the_old_registration(impl):
     net = make(impl)
-    key = os.urandom(32)
-    a1 = Client(net, ("203.0.113.5", 4000), "a", key=key)
+    key = generate_private_key()
+    a1 = Client(net, ("203.0.113.5", 4000), "a", private=key)
     b = Client(net, ("203.0.113.6", 4000), "b")
     a1.register(1000.0)
     b.register(1000.0)
-    a2 = Client(net, ("203.0.113.5", 4100), "a", key=key)
+    a2 = Client(net, ("203.0.113.5", 4100), "a", private=key)
     a2.register(1001.0)
     assert len(net.machine.table) == 2
     assert net.machine.table.lookup(a1.token) == -1
@@ -284,7 +299,10 @@ def test_malformed_counted_by_reason_and_nothing_sent(impl):
         s["malformed.unknown_type"],
     ) == (2, 1, 1, 1)
     # a message the bootnode only ever sends is ignored, not answered
-    assert net.machine.receive_datagram(wire.encode(wire.Cookie(1, bytes(16))), ("203.0.113.5", 1), 1000.0) == []
+    assert (
+        net.machine.receive_datagram(wire.encode(wire.Cookie(1, bytes(16), bytes(32))), ("203.0.113.5", 1), 1000.0)
+        == []
+    )
     assert s["unexpected.Cookie"] == 1
 
 
@@ -295,8 +313,7 @@ def test_joins_in_one_batch_are_coalesced_per_room(impl):
     newcomers = [Client(net, (f"203.0.113.{10 + n}", 4000), f"new{n}") for n in range(4)]
     jar = net.machine.cookies
     for c in newcomers:  # all arrive in one receive batch: no flush in between
-        reg = wire.Register(jar.make(c.addr, 1000.0), 1, c.room, c.key, c.name, ())
-        net.send(wire.encode(reg), c.addr, 1000.0, flush=False)
+        net.send(c.signed(jar.make(c.addr, 1000.0), 1), c.addr, 1000.0, flush=False)
         c.token = net.take(c.addr, wire.Registered)[0].token
     net.send(newcomers[1].token_msg(MsgType.DISCONNECT), newcomers[1].addr, 1000.0, flush=False)
     net.take(newcomers[1].addr)
@@ -312,8 +329,7 @@ def test_joins_in_one_batch_are_coalesced_per_room(impl):
 
 def test_retried_register_keeps_the_registration(impl):
     net = make(impl)
-    key = os.urandom(32)
-    a = Client(net, ("203.0.113.5", 4000), "a", key=key)
+    a = Client(net, ("203.0.113.5", 4000), "a")
     b = Client(net, ("203.0.113.6", 4000), "b")
     b.register(1000.0)
     reg1, _ = a.register(1000.0, request_id=5)
@@ -325,3 +341,81 @@ def test_retried_register_keeps_the_registration(impl):
     assert net.machine.stats["register.duplicate"] == 1
     net.tick(1023.999)  # the retry refreshed the registration: not expired at 1000 + 15
     assert net.machine.table.lookup(reg1.token) >= 0
+
+
+# --- proof of possession of the key --------------------------------------------------------
+
+
+def _nothing_announced(net, *clients):
+    for c in clients:
+        assert net.take(c.addr, wire.PeerJoined) == [] and net.take(c.addr, wire.PeerLeft) == []
+
+
+def test_register_with_another_members_key_is_refused(impl):
+    """Keys are public (every PEER_LIST has them): a valid cookie and alice's key, without
+    alice's private key, neither replaces nor disconnects her."""
+    net = make(impl)
+    alice = Client(net, ("203.0.113.5", 4000), "alice")
+    bob = Client(net, ("203.0.113.6", 4000), "bob")
+    alice.register(1000.0)
+    bob.register(1000.0)
+    net.take(alice.addr)
+    mallory = Client(net, ("198.51.100.66", 5000), "alice")
+    mallory.key = alice.key  # claims alice's key, proves with its own private key
+    reply, rest = mallory.register(1001.0)
+    assert reply == wire.Refused(7, RefuseReason.BAD_PROOF, 30_000) and rest == []
+    assert net.machine.stats["refused.bad_proof"] == 1
+    assert net.machine.table.lookup(alice.token) >= 0 and len(net.machine.table) == 2
+    _nothing_announced(net, alice, bob)
+    # and the zero proof of a client that never saw the bootnode's key is no proof either
+    cookie = net.machine.cookies.make(mallory.addr, 1001.0)
+    net.send(wire.encode(mallory.message(cookie)), mallory.addr, 1001.0)
+    assert net.take(mallory.addr) == [wire.Refused(7, RefuseReason.BAD_PROOF, 30_000)]
+    net.send(alice.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), alice.addr, 1002.0)
+    assert net.take(alice.addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, alice.token)]
+    _nothing_announced(net, alice, bob)
+
+
+def test_replayed_register_from_another_address_fails_the_cookie(impl):
+    net = make(impl)
+    alice = Client(net, ("203.0.113.5", 4000), "alice")
+    bob = Client(net, ("203.0.113.6", 4000), "bob")
+    bob.register(1000.0)
+    signed = alice.signed(net.machine.cookies.make(alice.addr, 1000.0))
+    net.send(signed, alice.addr, 1000.0)
+    alice.token = net.take(alice.addr, wire.Registered)[0].token
+    net.take(bob.addr)
+    mallory = ("198.51.100.66", 5000)
+    net.send(signed, mallory, 1001.0)  # alice's own bytes, proof and all, from elsewhere
+    (reply,) = net.take(mallory)
+    assert isinstance(reply, wire.Cookie)  # an unvalidated address: a cookie, nothing else
+    assert net.machine.table.endpoint(net.machine.table.lookup(alice.token)) == alice.addr
+    assert net.machine.stats["register.replaced"] == 0
+    _nothing_announced(net, alice, bob)
+
+
+def test_the_proof_covers_the_card(impl):
+    net = make(impl)
+    alice = Client(net, ("203.0.113.5", 4000), "alice", locals_=[("192.168.1.5", 4545)])
+    cookie = net.machine.cookies.make(alice.addr, 1000.0)
+    signed = alice.signed(cookie)
+    renamed = alice.signed(cookie, name="alicf")[:-16] + signed[-16:]  # same proof, another name
+    net.send(renamed, alice.addr, 1000.0)
+    assert net.take(alice.addr) == [wire.Refused(7, RefuseReason.BAD_PROOF, 30_000)]
+    for pos in (20, 30, 45, len(signed) - 5, len(signed) - 17):  # request id, room, key, endpoint, proof
+        tampered = bytearray(signed)
+        tampered[pos] ^= 1
+        net.send(bytes(tampered), alice.addr, 1000.0)
+        assert [type(m) for m in net.take(alice.addr)] == [wire.Refused]
+    assert net.machine.stats["refused.bad_proof"] == 6 and len(net.machine.table) == 0
+    net.send(signed, alice.addr, 1000.0)
+    assert isinstance(net.take(alice.addr)[0], wire.Registered)
+
+
+def test_a_key_nobody_can_hold_is_refused_without_error(impl):
+    net = make(impl)
+    addr = ("203.0.113.5", 4000)
+    for key in (bytes(32), (1).to_bytes(32, "little")):  # low-order points: no shared secret
+        reg = wire.Register(net.machine.cookies.make(addr, 1000.0), 1, room_id("r"), key, "x")
+        net.send(wire.encode(reg), addr, 1000.0)
+        assert net.take(addr) == [wire.Refused(1, RefuseReason.BAD_PROOF, 30_000)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +25,7 @@ def test_heartbeat_layout_is_header_plus_token():
 
 
 def test_register_layout():
-    msg = wire.Register(b"c" * 16, 0x01020304, b"r" * 16, KEY, "ann", (("192.168.1.2", 4545),))
+    msg = wire.Register(b"c" * 16, 0x01020304, b"r" * 16, KEY, "ann", (("192.168.1.2", 4545),), b"p" * 16)
     data = wire.encode(msg)
     assert data[:4] == b"\x47\x01\x01\x00"
     assert data[4:20] == b"c" * 16
@@ -31,14 +33,29 @@ def test_register_layout():
     assert data[24:40] == b"r" * 16
     assert data[40:72] == KEY
     assert data[72:76] == b"\x03ann"
-    assert data[76:] == b"\x01" + b"\x04\xc0\xa8\x01\x02\x11\xc1"
+    assert data[76:-16] == b"\x01" + b"\x04\xc0\xa8\x01\x02\x11\xc1"
+    assert data[-16:] == b"p" * 16
     assert wire.decode(data) == msg
+    head = wire.decode_register(data)
+    assert head.card == data[40:-16] == wire.encode_card(KEY, "ann", [("192.168.1.2", 4545)])
+    assert (head.proof, head.signed) == (b"p" * 16, data[:-16])
 
 
-def test_cookie_reply_is_smaller_than_smallest_register():
+def test_register_proof_is_an_hmac_of_everything_before_it():
+    shared = bytes(range(100, 132))
+    msg = wire.Register(b"c" * 16, 9, b"r" * 16, KEY, "ann")
+    proof_key = wire.register_proof_key(shared)
+    assert proof_key == hashlib.sha256(b"gochat register v1\0" + shared).digest()
+    data = wire.encode_signed_register(msg, proof_key)
+    assert data[:-16] == wire.encode(msg)[:-16]
+    assert data[-16:] == hmac.digest(proof_key, data[:-16], "sha256")[:16] == wire.register_proof(proof_key, data[:-16])
+
+
+def test_cookie_layout_and_no_amplification():
+    cookie = wire.encode(wire.Cookie(0x01020304, b"c" * 16, KEY))
+    assert cookie == b"\x47\x01\x02\x00\x01\x02\x03\x04" + b"c" * 16 + KEY
     smallest = wire.encode(wire.Register(bytes(16), 0, bytes(16), KEY, "a"))
-    cookie = wire.encode(wire.Cookie(0, bytes(16)))
-    assert len(cookie) < len(smallest)
+    assert len(cookie) == 56 < len(smallest) == 91
 
 
 def test_ipv6_and_mapped_endpoints():
@@ -70,10 +87,10 @@ def test_decode_error_reasons(data, reason):
 
 def test_name_rules():
     base = wire.encode(wire.Register(bytes(16), 0, bytes(16), KEY, "x"))
-    bad_utf8 = base[:72] + b"\x02\xff\xfe" + b"\x00"
+    bad_utf8 = base[:72] + b"\x02\xff\xfe" + b"\x00" + bytes(16)
     with pytest.raises(DecodeError, match="UTF-8"):
         wire.decode(bad_utf8)
-    control = base[:72] + b"\x02a\n" + b"\x00"
+    control = base[:72] + b"\x02a\n" + b"\x00" + bytes(16)
     with pytest.raises(DecodeError):
         wire.decode(control)
     with pytest.raises(ValueError):
@@ -121,8 +138,9 @@ messages = st.one_of(
         b(min_size=32, max_size=32),
         names,
         st.lists(endpoints, max_size=4).map(tuple),
+        b(min_size=16, max_size=16),
     ),
-    st.builds(wire.Cookie, st.integers(0, 2**32 - 1), b(min_size=16, max_size=16)),
+    st.builds(wire.Cookie, st.integers(0, 2**32 - 1), b(min_size=16, max_size=16), b(min_size=32, max_size=32)),
     st.builds(
         wire.Registered,
         st.integers(0, 2**32 - 1),
@@ -218,6 +236,7 @@ registers = st.builds(
     b(min_size=32, max_size=32),
     names,
     st.lists(endpoints, max_size=4).map(tuple),
+    b(min_size=16, max_size=16),
 )
 
 
@@ -244,3 +263,4 @@ def test_fast_register_decoder_agrees_with_reference(msg, flips, cut):
         ref.public_key,
     )
     assert wire.decode_card(head.card)[1:] == (ref.name, ref.local_endpoints)
+    assert head.proof == ref.proof and head.signed + head.proof == data

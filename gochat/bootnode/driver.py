@@ -17,9 +17,11 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from gochat.bootnode import fastpath as default_fastpath
+from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
 from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
 from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
 from gochat.wire.endpoints import format_endpoint
@@ -73,6 +75,10 @@ class BootnodeConfig:
     limits: Limits
     recv_buffer_bytes: int
     batch_size: int = BATCH_SIZE
+    # The static key: given, or kept in key_file (default: $XDG_DATA_HOME/gochat/bootnode.key,
+    # created on first start).
+    key: BootnodeKey | None = None
+    key_file: Path | None = None
 
 
 def _make_socket(listen: tuple[str, int], recv_buffer: int) -> socket.socket:
@@ -99,6 +105,13 @@ class Bootnode:
     def __init__(self, config: BootnodeConfig, fastpath: FastPathModule = default_fastpath) -> None:
         self.config = config
         self.fastpath_module = fastpath
+        self.key_created: Path | None = None
+        key = config.key
+        if key is None:
+            path = config.key_file or default_key_path()
+            key, created = load_or_create(path)
+            self.key_created = path if created else None
+        self.key = key
         self.sock = _make_socket(config.listen, config.recv_buffer_bytes)
         self.address = self.sock.getsockname()
         now = time.monotonic()
@@ -109,6 +122,7 @@ class Bootnode:
             heartbeat_interval_s=config.heartbeat_interval_s,
             peer_timeout_s=config.peer_timeout_s,
             limits=config.limits,
+            key=key,
         )
         self.ticks = TickStats()
         self.internal_errors = 0
@@ -128,6 +142,9 @@ class Bootnode:
             self.fastpath_module.IMPLEMENTATION,
             rcvbuf,
         )
+        if self.key_created is not None:
+            log.info("created a new bootnode key in %s", self.key_created)
+        log.info("bootnode public key %s", self.key.public.hex())
         lim = self.config.limits
         log.info(
             "limits: %d peers, %d per room, %g registrations/s per source IP (burst %d); "

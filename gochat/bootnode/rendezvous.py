@@ -22,6 +22,7 @@ from typing import NamedTuple, Protocol
 
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
 from gochat.bootnode.cookie import CookieJar
+from gochat.bootnode.keys import BootnodeKey
 from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
@@ -37,6 +38,7 @@ from gochat.wire.endpoints import endpoint_key, key_endpoint
 log = logging.getLogger("gochat.bootnode")
 
 TICK_s = WHEEL_TICK_ms / 1000.0
+BAD_PROOF_RETRY_s = 30.0  # a client whose proof fails has a bug or the wrong key: no hurry
 
 
 class Send(NamedTuple):
@@ -98,6 +100,7 @@ class Rendezvous:
         peer_timeout_s: float,
         limits: Limits,
         cookies: CookieJar | None = None,
+        key: BootnodeKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.table = table
@@ -105,6 +108,7 @@ class Rendezvous:
         self.peer_timeout_ms = int(peer_timeout_s * 1000)
         self.limits = limits
         self.cookies = cookies or CookieJar()
+        self.key = key or BootnodeKey.generate()
         self._random = random_bytes
         self._rate = TokenBuckets(limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES)
         self.stats: Counter = Counter()
@@ -165,12 +169,17 @@ class Rendezvous:
     def _on_register(self, msg: wire.RegisterHead, addr: tuple, now: float) -> list[Action]:
         self.stats["register.received"] += 1
         if not self.cookies.verify(msg.cookie, addr, now):
-            # Unvalidated address: answer with a cookie, smaller than the request.
+            # Unvalidated address: answer with a cookie and our key, smaller than the request.
             self.stats["register.cookie_sent"] += 1
-            return [Send(wire.encode(wire.Cookie(msg.request_id, self.cookies.make(addr, now))), addr)]
+            cookie = wire.Cookie(msg.request_id, self.cookies.make(addr, now), self.key.public)
+            return [Send(wire.encode(cookie), addr)]
         allowed, retry_after_s = self._rate.allow(addr[0], now)  # per source IP
         if not allowed:
             return self._refuse(msg, addr, RefuseReason.RATE_LIMITED, retry_after_s)
+        # Proof of possession of the key (one X25519, after the rate limit): nobody can
+        # register, and so replace or disconnect, someone else's key.
+        if not self.key.check_proof(msg):
+            return self._refuse(msg, addr, RefuseReason.BAD_PROOF, BAD_PROOF_RETRY_s)
         table = self.table
         previous = table.find_in_room(msg.room_id, msg.public_key)
         duplicate = (

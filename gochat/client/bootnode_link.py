@@ -6,6 +6,12 @@ itself until it answers again; an UNKNOWN_TOKEN reply (the bootnode restarted an
 forgot us) triggers a new registration at once. Only the very first registration can fail for good, after
 REGISTER_TIMEOUTS_s, with a message that says what to check. Time is an argument;
 datagrams for the bootnode accumulate in ``outbox`` and events in ``events``.
+
+Every REGISTER proves possession of the client's static key with an HMAC under a key
+shared with the bootnode's static key (X25519). The bootnode's public key comes in its
+COOKIE; the link trusts the first one it sees unless a key was pinned (pin_bootnode_key:
+the driver's pin file, or a setting), reports a newly learned key in ``learned_key`` for
+the driver to remember, and refuses a COOKIE with any other key.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from collections.abc import Callable
 from gochat import events as ev
 from gochat.constants import DISCONNECT_RETRY_s, DISCONNECT_WAIT_s, REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s
 from gochat.crypto.identity import fingerprint
+from gochat.crypto.noise import NoiseError, dh, public_key
 from gochat.wire import control as wire
+from gochat.wire.constants import PROOF_SIZE_bytes
 from gochat.wire.control import FLAG_ACK_REQUESTED, MsgType, RefuseReason
 from gochat.wire.endpoints import format_endpoint
 
@@ -56,13 +64,24 @@ class BootnodeLink:
         card: bytes,
         now: float,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        static_private: bytes | None = None,
     ) -> None:
         self.bootnode = bootnode
         self.room = room
         self.room_id = room_id_for(room)
         self.card = card
-        public_key, self.name, _ = wire.decode_card(card)
-        self.fingerprint = fingerprint(public_key)
+        card_key, self.name, _ = wire.decode_card(card)
+        if static_private is not None and public_key(static_private) != card_key:
+            raise ValueError("the card's public key is not the static private key's")
+        self._static_private = static_private
+        self.fingerprint = fingerprint(card_key)
+        # The bootnode's static public key: pinned, or learned from its first COOKIE.
+        self.bootnode_key: bytes | None = None
+        self.learned_key: bytes | None = None  # learned on first use: for the driver to remember
+        self._pinned_where = "the key it presented earlier"  # where the expected key came from
+        self._unpin = "restart the client"  # what to do when the bootnode's key really changed
+        self._proof_key: bytes | None = None
+        self._mismatch_reported: bytes | None = None
         self._random = random_bytes
         self.outbox: list[bytes] = []
         self.events: list[ev.Event] = []
@@ -101,7 +120,54 @@ class BootnodeLink:
 
     def _register_bytes(self) -> bytes:
         head = wire.header(MsgType.REGISTER) + self.cookie + self._request_id.to_bytes(4, "big") + self.room_id
-        return head + self.card
+        signed = head + self.card
+        if self._proof_key is None:  # the bootnode's key is not known yet: this only earns a COOKIE
+            return signed + bytes(PROOF_SIZE_bytes)
+        return signed + wire.register_proof(self._proof_key, signed)
+
+    # --- the bootnode's key ------------------------------------------------------
+
+    def pin_bootnode_key(self, key: bytes, where: str, unpin: str) -> None:
+        """Accept only ``key`` from this bootnode. If it presents another, the error says
+        ``where`` the pin came from and how to ``unpin`` it."""
+        self._pinned_where, self._unpin = where, unpin
+        self._use_key(key)
+
+    def _use_key(self, key: bytes) -> bool:
+        if self._static_private is None:
+            self.bootnode_key = key
+            return True
+        try:
+            shared = dh(self._static_private, key)
+        except NoiseError:
+            return False  # no bootnode holds such a key
+        self.bootnode_key = key
+        self._proof_key = wire.register_proof_key(shared)
+        return True
+
+    def _check_bootnode_key(self, key: bytes) -> bool:
+        """Whether a COOKIE's key may be used: the pinned one, or the first one seen."""
+        if self.bootnode_key is None:
+            if not self._use_key(key):
+                return False
+            self.learned_key = key
+            return True
+        if key == self.bootnode_key:
+            return True
+        if self._mismatch_reported != key:  # once per key: the retries would repeat it
+            self._mismatch_reported = key
+            text = (
+                f"bootnode {format_endpoint(self.bootnode)} presented the key {key.hex()}, "
+                f"but this client expects {self.bootnode_key.hex()} ({self._pinned_where}). "
+                "Someone may be impersonating the bootnode: not registering. If its operator "
+                f"really replaced its key, {self._unpin}."
+            )
+            if not self.ever_registered:
+                self.state = FAILED
+                self.events.append(ev.Error(text, fatal=True))
+            else:
+                self.events.append(ev.Error(text))
+        return False
 
     def _token_message(self, msg_type: MsgType, flags: int = 0) -> bytes:
         assert self.token is not None
@@ -115,6 +181,8 @@ class BootnodeLink:
         registering = self.state == REGISTERING
         if isinstance(msg, wire.Cookie):
             if registering and msg.request_id == self._request_id and self._cookie_rounds < 3:
+                if not self._check_bootnode_key(msg.bootnode_key):
+                    return True
                 self.last_answer = now
                 self.cookie = msg.cookie
                 self._cookie_rounds += 1

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gochat import events as ev
+from gochat.client.known_bootnodes import FILE_NAME as KNOWN_BOOTNODES_FILE
+from gochat.client.known_bootnodes import KnownBootnodes
 from gochat.client.room import RoomClient
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
@@ -40,6 +42,7 @@ class ClientConfig:
     port: int
     passphrase: str | None
     peer_timeout: float
+    bootnode_public_key: bytes | None = None  # pinned by a setting (else: known_bootnodes.json)
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -83,6 +86,7 @@ class ClientDriver:
         self.identity = identity
         self.sink = sink
         self.known = KnownPeers(identity.path.parent / "known_peers.json")
+        self.known_bootnodes = KnownBootnodes(identity.path.parent / KNOWN_BOOTNODES_FILE)
         self.loop = asyncio.get_running_loop()
         self.machine: RoomClient  # set by start()
         self.transport: asyncio.DatagramTransport | None = None
@@ -118,7 +122,37 @@ class ClientDriver:
             peer_timeout=self.config.peer_timeout,
         )
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
+        self._pin_bootnode_key()
         self._after_input()
+
+    def _pin_bootnode_key(self) -> None:
+        """The bootnode's key from the setting, or as remembered for its address."""
+        address = format_endpoint(self.config.bootnode)
+        if self.config.bootnode_public_key is not None:
+            self.machine.link.pin_bootnode_key(
+                self.config.bootnode_public_key, "set by BOOTNODE_PUBLIC_KEY", "change that setting"
+            )
+            return
+        key = self.known_bootnodes.get(address)
+        if key is not None:
+            self.machine.link.pin_bootnode_key(key, *self._pin_text(address))
+
+    def _pin_text(self, address: str) -> tuple[str, str]:
+        path = self.known_bootnodes.path
+        return f"pinned in {path}", f'delete the "{address}" entry from {path} and start again'
+
+    def _remember_bootnode_key(self, key: bytes) -> None:
+        """Trust on first use: the key the bootnode presented first is kept for its address."""
+        link = self.machine.link
+        link.learned_key = None
+        address = format_endpoint(self.config.bootnode)
+        try:
+            self.known_bootnodes.remember(address, key)
+        except OSError as exc:
+            log.warning("cannot remember the key of bootnode %s: %s", address, exc)
+            return
+        log.info("bootnode %s has the key %s (remembered in %s)", address, key.hex(), self.known_bootnodes.path)
+        link.pin_bootnode_key(key, *self._pin_text(address))
 
     # --- inputs ---------------------------------------------------------------------
 
@@ -144,6 +178,8 @@ class ClientDriver:
 
     def _after_input(self) -> None:
         machine = self.machine
+        if machine.link.learned_key is not None:
+            self._remember_bootnode_key(machine.link.learned_key)
         if machine.outbox and self.transport is not None:
             for data, endpoint in machine.outbox:
                 try:

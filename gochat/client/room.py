@@ -97,7 +97,7 @@ class RoomClient:
         )
         self.bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
-        self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes)
+        self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes, static_private=static_private)
         self.quitting = False
         self._failure: str | None = None
         self._drain_link(now)
@@ -109,6 +109,9 @@ class RoomClient:
 
     def event(self, event: ev.Event) -> None:
         self.events.append(event)
+
+    def undelivered(self, peer: Peer, ref: object, text: str, reason: str) -> None:
+        self.event(ev.Undelivered(peer.name, peer.fingerprint, text))  # one event per peer, for now
 
     def new_index(self, peer: Peer) -> int:
         while True:

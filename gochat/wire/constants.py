@@ -24,6 +24,8 @@ ROOM_ID_SIZE_bytes = 16
 ROOM_TAG_SIZE_bytes = 8
 PUBLIC_KEY_SIZE_bytes = 32
 REQUEST_ID_SIZE_bytes = 4
+# REGISTER ends with a proof of possession of the static key (HMAC-SHA256 truncated).
+PROOF_SIZE_bytes = 16
 
 MAX_NAME_bytes = 32
 MAX_LOCAL_ENDPOINTS = 4
@@ -32,6 +34,9 @@ MAX_LOCAL_ENDPOINTS = 4
 MAX_DATAGRAM_bytes = 1200
 
 HEARTBEAT_SIZE_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
+
+# The proof key of a REGISTER: SHA-256(label || X25519(client static, bootnode static)).
+REGISTER_PROOF_LABEL = b"gochat register v1\0"
 
 # Cookie validity: a cookie minted in bucket b is accepted during buckets b and b+1.
 COOKIE_BUCKET_s = 60.0

@@ -9,6 +9,8 @@ frames the hot messages (heartbeats) itself; tests check it against this module.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import re
 import socket
 import struct
@@ -23,11 +25,13 @@ from gochat.wire.constants import (
 from gochat.wire.constants import (
     MAGIC,
     MAX_LOCAL_ENDPOINTS,
+    REGISTER_PROOF_LABEL,
     VERSION,
     COOKIE_SIZE_bytes,
     HEADER_SIZE_bytes,
     MAX_DATAGRAM_bytes,
     MAX_NAME_bytes,
+    PROOF_SIZE_bytes,
     PUBLIC_KEY_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
@@ -69,6 +73,7 @@ class RefuseReason(enum.IntEnum):
     SERVER_FULL = 1
     ROOM_FULL = 2
     RATE_LIMITED = 3
+    BAD_PROOF = 4  # the REGISTER's proof of possession of its key does not check
 
 
 class LeaveReason(enum.IntEnum):
@@ -82,7 +87,7 @@ _U32 = struct.Struct("!I")
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 _REGISTER_HEAD = struct.Struct("!16sI16s32s")
 REGISTER_CARD_OFFSET = HEADER_SIZE_bytes + _REGISTER_HEAD.size - PUBLIC_KEY_SIZE_bytes
-"""A valid Register's bytes from here on are exactly the card the bootnode stores."""
+"""A valid Register's bytes from here up to the proof are exactly the card the bootnode stores."""
 _FAMILY_V4 = 4
 _FAMILY_V6 = 6
 
@@ -106,7 +111,9 @@ class PeerEntry:
 @dataclass(frozen=True, slots=True)
 class Register:
     """Fields: cookie (16 bytes, zero when the client has none yet), request_id,
-    room_id (16-byte opaque hash), public_key, name, local_endpoints."""
+    room_id (16-byte opaque hash), public_key, name, local_endpoints, proof (16 bytes:
+    HMAC of everything before it under the client's proof key, see register_proof; zero
+    when the client does not know the bootnode's key yet)."""
 
     cookie: bytes
     request_id: int
@@ -114,14 +121,17 @@ class Register:
     public_key: bytes
     name: str
     local_endpoints: tuple[Endpoint, ...] = ()
+    proof: bytes = bytes(PROOF_SIZE_bytes)
 
 
 @dataclass(frozen=True, slots=True)
 class Cookie:
-    """Fields: request_id (echoed), cookie (16 bytes to put in the next Register)."""
+    """Fields: request_id (echoed), cookie (16 bytes to put in the next Register),
+    bootnode_key (the bootnode's static X25519 public key, 32 bytes)."""
 
     request_id: int
     cookie: bytes
+    bootnode_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,18 +363,12 @@ def encode(msg: Message) -> bytes:
         _check_len(msg.token, TOKEN_SIZE_bytes, "token")
         return header(msg.type, msg.flags) + msg.token
     if isinstance(msg, Register):
-        _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
-        _check_len(msg.room_id, ROOM_ID_SIZE_bytes, "room_id")
-        return (
-            header(MsgType.REGISTER)
-            + msg.cookie
-            + _U32.pack(msg.request_id)
-            + msg.room_id
-            + encode_card(msg.public_key, msg.name, msg.local_endpoints)
-        )
+        _check_len(msg.proof, PROOF_SIZE_bytes, "proof")
+        return _register_body(msg) + msg.proof
     if isinstance(msg, Cookie):
         _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
-        return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie
+        _check_len(msg.bootnode_key, PUBLIC_KEY_SIZE_bytes, "bootnode key")
+        return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie + msg.bootnode_key
     if isinstance(msg, Registered):
         return encode_registered(
             msg.request_id,
@@ -388,6 +392,37 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, PeerLeft):
         return encode_peer_left(msg.room_tag, msg.left)
     raise TypeError(f"not a message: {msg!r}")
+
+
+def _register_body(msg: Register) -> bytes:
+    """A REGISTER's bytes before the proof: what the proof covers."""
+    _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
+    _check_len(msg.room_id, ROOM_ID_SIZE_bytes, "room_id")
+    return (
+        header(MsgType.REGISTER)
+        + msg.cookie
+        + _U32.pack(msg.request_id)
+        + msg.room_id
+        + encode_card(msg.public_key, msg.name, msg.local_endpoints)
+    )
+
+
+def register_proof_key(shared_secret: bytes) -> bytes:
+    """The key of a REGISTER's proof: SHA-256(label || X25519(client static private,
+    bootnode static public)). Only the holder of the client's private key (or of the
+    bootnode's) can compute it."""
+    return hashlib.sha256(REGISTER_PROOF_LABEL + shared_secret).digest()
+
+
+def register_proof(proof_key: bytes, signed: bytes) -> bytes:
+    """HMAC-SHA256(proof key, every byte of the REGISTER before the proof)[0:16]."""
+    return hmac.digest(proof_key, signed, "sha256")[:PROOF_SIZE_bytes]
+
+
+def encode_signed_register(msg: Register, proof_key: bytes) -> bytes:
+    """A REGISTER whose proof is computed here (msg.proof is ignored)."""
+    body = _register_body(msg)
+    return body + register_proof(proof_key, body)
 
 
 def encode_peer_list(room_tag: bytes, part: int, parts: int, entries: Sequence[bytes]) -> bytes:
@@ -481,9 +516,10 @@ def decode(data: bytes) -> Message:
         cookie, request_id, room_id, key = _REGISTER_HEAD.unpack_from(data, HEADER_SIZE_bytes)
         r.pos += _REGISTER_HEAD.size
         name = r.name()
-        msg = Register(cookie, request_id, room_id, key, name, r.endpoints(MAX_LOCAL_ENDPOINTS))
+        locals_ = r.endpoints(MAX_LOCAL_ENDPOINTS)
+        msg = Register(cookie, request_id, room_id, key, name, locals_, r.take(PROOF_SIZE_bytes))
     elif msg_type is MsgType.COOKIE:
-        msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes))
+        msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes), r.take(PUBLIC_KEY_SIZE_bytes))
     elif msg_type is MsgType.REGISTERED:
         msg = Registered(r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint())
     elif msg_type is MsgType.REFUSED:
@@ -522,19 +558,22 @@ def decode(data: bytes) -> Message:
 
 
 class RegisterHead(NamedTuple):
-    """A validated Register as the bootnode needs it: the card stays in wire form."""
+    """A validated Register as the bootnode needs it: the card stays in wire form;
+    ``signed`` is every byte before the proof (what the proof covers)."""
 
     cookie: bytes
     request_id: int
     room_id: bytes
     public_key: bytes
     card: bytes
+    proof: bytes
+    signed: bytes
 
 
 def decode_register(data: bytes) -> RegisterHead:
     """Validate a REGISTER exactly as decode() does, without building endpoint values.
     Raises DecodeError like decode()."""
-    if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size + 2 or data[2] != MsgType.REGISTER:
+    if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size + 2 + PROOF_SIZE_bytes or data[2] != MsgType.REGISTER:
         msg = decode(data)  # the general decoder gives the precise reason
         raise DecodeError("unknown_type", f"not a register: {type(msg).__name__}")
     if len(data) > MAX_DATAGRAM_bytes or data[0] != MAGIC or data[1] != VERSION:
@@ -552,8 +591,10 @@ def decode_register(data: bytes) -> RegisterHead:
         r.take(4 if family == _FAMILY_V4 else 16)
         if r.u16() == 0:
             raise DecodeError("bad_field", "port 0")
+    card_end = r.pos
+    proof = r.take(PROOF_SIZE_bytes)
     r.done()
-    return RegisterHead(cookie, request_id, room_id, key, data[REGISTER_CARD_OFFSET:])
+    return RegisterHead(cookie, request_id, room_id, key, data[REGISTER_CARD_OFFSET:card_end], proof, data[:card_end])
 
 
 def decode_card(card: bytes) -> tuple[bytes, str, tuple[Endpoint, ...]]:
