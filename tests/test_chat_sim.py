@@ -549,3 +549,54 @@ def test_a_peer_dropped_and_met_again_gets_every_message_or_a_report(alice_initi
         before = b.counters["replayed_initiation"]
         b.receive_datagram(old, ("198.51.100.10", 4545), w.now)
         assert b.counters["replayed_initiation"] == before + 1
+
+
+def _record_undelivered(client):
+    """Every give-up the client's peers report to it: (peer name, ref, text, reason)."""
+    reports = []
+    report = client.undelivered
+
+    def undelivered(peer, ref, text, reason):
+        reports.append((peer.name, ref, text, reason))
+        report(peer, ref, text, reason)
+
+    client.undelivered = undelivered
+    return reports
+
+
+def test_give_ups_are_reported_to_the_room_with_the_message_ref_and_why():
+    """A Peer does not report undelivered messages itself: it tells its room which of the
+    room's messages (by the room's reference) it gave up on and why, so that the room can
+    report each message once, naming every peer that did not get it."""
+    w, a, b = _established()
+    reports = _record_undelivered(a)
+    peer = a.peers[b.public_key]
+    w.filter = lambda src, dst, data: not (dst[0] == "198.51.100.20" and pw.is_peer_datagram(data))
+    peer.send_message("into the void", w.now, ref=("msg", 1))
+    w.run_until(lambda: reports, limit=40)
+    assert reports == [("bob", ("msg", 1), "into the void", "timeout")]  # bob may still have it
+    reports.clear()
+    peer.send_message("as bob leaves", w.now, ref=("msg", 2))
+    b.quit(w.now)
+    w.filter = None
+    w._drain(b, w.endpoint_of(b))
+    w.run_until(lambda: reports, limit=5)
+    assert reports == [("bob", ("msg", 2), "as bob leaves", "peer_gone")]
+
+
+@pytest.mark.parametrize(
+    "setup,reason", [("symmetric", "unreachable"), ("passphrase", "failed")], ids=["unreachable", "failed"]
+)
+def test_messages_for_a_peer_that_never_connects_are_reported_with_why(setup, reason):
+    if setup == "symmetric":
+        w, a, b = two_peers(PORT_RESTRICTED, SYMMETRIC)
+    else:
+        w = SimWorld()
+        w.start_bootnode()
+        a = w.add_client("alice", "198.51.100.10", passphrase="correct horse")
+        b = w.add_client("bob", "198.51.100.20", passphrase="battery staple")
+    reports = _record_undelivered(a)
+    w.run_until(lambda: b.public_key in a.peers, limit=5)
+    a.peers[b.public_key].send_message("waiting for bob", w.now, ref=7)
+    w.run_until(lambda: reports, limit=20)
+    assert reports == [("bob", 7, "waiting for bob", reason)]

@@ -23,7 +23,7 @@ import enum
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gochat import events as ev
 from gochat.client import reliable
@@ -49,6 +49,13 @@ class PeerState(enum.Enum):
 PUNCHING, HANDSHAKING, CONNECTED = PeerState.PUNCHING, PeerState.HANDSHAKING, PeerState.CONNECTED
 UNREACHABLE, FAILED, GONE = PeerState.UNREACHABLE, PeerState.FAILED, PeerState.GONE
 
+# Why a Peer gave up on a message (PeerContext.undelivered):
+#   timeout      not acknowledged 30 s after it was typed: the peer may still have it
+#   peer_gone    the peer left (bye, silence, or the room dropped it): it may have it
+#   failed       no authenticated session (handshake_failed): it does not have it
+#   unreachable  no path (peer_unreachable): it does not have it
+UndeliveredReason = Literal["timeout", "peer_gone", "failed", "unreachable"]
+
 
 class PeerContext(Protocol):
     """What a Peer needs from the client that owns it."""
@@ -64,6 +71,11 @@ class PeerContext(Protocol):
 
     def send(self, data: bytes, endpoint: Endpoint) -> None: ...
     def event(self, event: ev.Event) -> None: ...
+    def undelivered(self, peer: Peer, ref: object, text: str, reason: UndeliveredReason) -> None:
+        """``peer`` gave up on the message the room named ``ref`` (sent with
+        Peer.send_message); the room reports each message once, naming all its peers."""
+        ...
+
     def new_index(self, peer: Peer) -> int: ...
     def release_index(self, index: int) -> None: ...
     def shared_secret(self, remote_key: bytes) -> bytes: ...
@@ -305,7 +317,7 @@ class Peer:
         self.state = FAILED
         self._hs, self._hs_next, self._hs_deadline = None, None, None
         self.ctx.event(ev.HandshakeFailed(self.name, self.fingerprint, reason))
-        self._give_up_pending()
+        self._give_up_pending("failed")
 
     # --- transport --------------------------------------------------------------------
 
@@ -383,8 +395,10 @@ class Peer:
     def accepts_messages(self) -> bool:
         return self.state in (PUNCHING, HANDSHAKING, CONNECTED)
 
-    def send_message(self, text: str, now: float) -> None:
-        self.sender.send(text.encode("utf-8"), now)
+    def send_message(self, text: str, now: float, ref: object = None) -> None:
+        """Queue ``text`` for this peer. ``ref`` is the room's reference of the message:
+        a give-up is reported with it (PeerContext.undelivered), never as an event."""
+        self.sender.send(text.encode("utf-8"), now, ref)
         self._flush(now)
 
     def _flush(self, now: float) -> None:
@@ -393,12 +407,12 @@ class Peer:
             for frame in self.sender.datagrams_to_send(now):
                 self._send_frame(frame, now)
 
-    def _give_up_pending(self) -> None:
-        for text in self.sender.abandon():
-            self._undelivered(text)
+    def _give_up_pending(self, reason: UndeliveredReason) -> None:
+        for ref, text in self.sender.abandon():
+            self._undelivered(ref, text, reason)
 
-    def _undelivered(self, text: bytes) -> None:
-        self.ctx.event(ev.Undelivered(self.name, self.fingerprint, text.decode("utf-8")))  # we encoded it
+    def _undelivered(self, ref: object, text: bytes, reason: UndeliveredReason) -> None:
+        self.ctx.undelivered(self, ref, text.decode("utf-8"), reason)  # we encoded it
 
     def bye(self, now: float) -> None:
         """Tell the peer we leave (twice: it is not acknowledged)."""
@@ -411,7 +425,7 @@ class Peer:
             return
         self.state = GONE
         self.ctx.event(ev.PeerLeft(self.name, self.fingerprint, reason))
-        self._give_up_pending()
+        self._give_up_pending("peer_gone")
 
     def release(self) -> None:
         """Give the indexes back (the peer is being forgotten)."""
@@ -472,7 +486,7 @@ class Peer:
                 self.name, self.fingerprint, f"no direct path to {self.name}: both sides' NATs may be symmetric"
             )
         )
-        self._give_up_pending()
+        self._give_up_pending("unreachable")
 
     def _punch_round_at(self) -> float | None:
         return self.punching.next_round if self.state is PUNCHING else None
@@ -497,8 +511,8 @@ class Peer:
         self._send_initiation(now)
 
     def _on_give_up(self, now: float) -> None:
-        for _, text in self.sender.expired(now):
-            self._undelivered(text)
+        for ref, text in self.sender.expired(now):
+            self._undelivered(ref, text, "timeout")
 
     def _silence_at(self) -> float | None:
         return self.last_received + self.ctx.silence_s if self.state is CONNECTED else None

@@ -107,6 +107,7 @@ class _Outgoing:
     text: bytes
     seqs: list[int]
     created: float
+    ref: object  # what the caller named the message by (its id unless given)
     acked: set = field(default_factory=set)
 
 
@@ -125,8 +126,9 @@ class ReliableSender:
         pending = [f.seq for f in self._in_flight.values()] + [f.seq for f in self._queue]
         return min(pending, key=lambda s: (s - self.next_seq) & 0xFFFFFFFF) if pending else self.next_seq
 
-    def send(self, message: bytes, now: float) -> int:
-        """Queue a message; returns its id. Raises MessageTooLong over 64 KiB."""
+    def send(self, message: bytes, now: float, ref: object = None) -> int:
+        """Queue a message; returns its id. ``ref`` is what give-ups name it by (its id
+        when None). Raises MessageTooLong over 64 KiB."""
         check_length(message)
         msg_id = self.next_msg_id
         self.next_msg_id = (self.next_msg_id + 1) & 0xFFFFFFFF
@@ -136,7 +138,7 @@ class ReliableSender:
             self._queue.append(_Fragment(self.next_seq, msg_id, index, len(chunks), chunk))
             seqs.append(self.next_seq)
             self.next_seq = (self.next_seq + 1) & 0xFFFFFFFF
-        self._messages[msg_id] = _Outgoing(message, seqs, now)
+        self._messages[msg_id] = _Outgoing(message, seqs, now, msg_id if ref is None else ref)
         return msg_id
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -212,8 +214,8 @@ class ReliableSender:
                     f.lost = True
         return done
 
-    def expired(self, now: float) -> list[tuple[int, bytes]]:
-        """Messages given up on (deadline passed): (id, text). Their fragments are dropped,
+    def expired(self, now: float) -> list[tuple[object, bytes]]:
+        """Messages given up on (deadline passed): (ref, text). Their fragments are dropped,
         and ``base`` moves past them so the receiver stops waiting."""
         gone = [(mid, m) for mid, m in self._messages.items() if now >= m.created + GIVE_UP_AFTER_s]
         for mid, m in gone:
@@ -221,12 +223,12 @@ class ReliableSender:
             for seq in m.seqs:
                 self._in_flight.pop(seq, None)
             self._queue = [f for f in self._queue if f.msg_id != mid]
-        return [(mid, m.text) for mid, m in gone]
+        return [(m.ref, m.text) for _, m in gone]
 
-    def abandon(self) -> list[bytes]:
+    def abandon(self) -> list[tuple[object, bytes]]:
         """Give up on everything still unacknowledged (the peer is gone); returns the
-        messages. ``base`` moves past them, so a receiver met again skips them."""
-        texts = [m.text for m in self._messages.values()]
+        messages, (ref, text). ``base`` moves past them, so a receiver met again skips them."""
+        texts = [(m.ref, m.text) for m in self._messages.values()]
         self._messages.clear()
         self._in_flight.clear()
         self._queue.clear()
