@@ -79,6 +79,8 @@ class Bootnode:
             str(peers + FANOUT_ROOM_SIZE + 100),
             "--max-peers-per-room",
             str(FANOUT_ROOM_SIZE + 10),
+            "--max-peers-per-source",  # every peer of the load comes from 127.0.0.1
+            str(FANOUT_ROOM_SIZE + 10),
             "--register-rate",
             "1e9",
             "--register-burst",

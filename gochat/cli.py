@@ -158,6 +158,7 @@ def run_bootnode(settings: Settings) -> int:
         limits=Limits(
             max_peers=settings.max_peers,
             max_peers_per_room=settings.max_peers_per_room,
+            max_peers_per_source=settings.max_peers_per_source,
             register_rate_per_ip=settings.register_rate,
             register_burst_per_ip=settings.register_burst,
         ),

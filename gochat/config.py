@@ -295,6 +295,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: registrations per room",
     ),
     Spec(
+        "max_peers_per_source",
+        "MAX_PEERS_PER_SOURCE",
+        "--max-peers-per-source",
+        str(C.DEFAULT_MAX_PEERS_PER_SOURCE),
+        parse_positive_int,
+        "bootnode: registrations one source IP may hold in one room",
+    ),
+    Spec(
         "register_rate",
         "REGISTER_RATE_PER_IP",
         "--register-rate",
@@ -364,6 +372,7 @@ class Settings:
     peer_timeout: float
     max_peers: int
     max_peers_per_room: int
+    max_peers_per_source: int
     register_rate: float
     register_burst: int
     bootnode_key: Path | None

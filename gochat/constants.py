@@ -17,6 +17,9 @@ DEFAULT_PEER_TIMEOUT_s = 15.0
 # --- bootnode implementation limits -----------------------------------------------
 DEFAULT_MAX_PEERS = 1_000_000
 DEFAULT_MAX_PEERS_PER_ROOM = 1024
+# Registrations one source IP may hold in one room: a NAT with a household or an office
+# behind it fits; one address cannot fill a room with throwaway keys.
+DEFAULT_MAX_PEERS_PER_SOURCE = 16
 # Registrations a single source IP may make per second (token bucket), with a burst.
 # A NAT with a few dozen users behind one address stays well inside it.
 DEFAULT_REGISTER_RATE_PER_IP = 20.0

@@ -71,6 +71,7 @@ class ThreadedBootnode:
             max_peers_per_room=overrides.pop("max_peers_per_room", 1024),
             register_rate_per_ip=overrides.pop("register_rate", 100_000.0),
             register_burst_per_ip=overrides.pop("register_burst", 100_000),
+            max_peers_per_source=overrides.pop("max_peers_per_source", 16),
         )
         self.config = BootnodeConfig(
             listen=overrides.pop("listen", ("127.0.0.1", 0)),

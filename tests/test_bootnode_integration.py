@@ -133,6 +133,22 @@ def test_no_amplification_for_unvalidated_sources(bootnode_factory):
             s.close()
 
 
+def test_one_address_holds_at_most_max_peers_per_source_in_a_room(bootnode_factory):
+    node = bootnode_factory(max_peers_per_source=16)
+    peers = [SimPeer(node.address, room="full", name=f"p{n}") for n in range(17)]  # 17 ports of 127.0.0.1
+    other = SimPeer(node.address, room="other", name="other")
+    try:
+        replies = [p.register() for p in peers]
+        assert all(isinstance(r, wire.Registered) for r in replies[:16])
+        assert replies[16].reason is wire.RefuseReason.SOURCE_FULL and replies[16].retry_after_ms == 5000
+        assert isinstance(other.register(), wire.Registered)
+        snap = node.snapshot()
+        assert snap["refused.source_full"] == 1 and snap["peers"] == 17
+    finally:
+        for p in [*peers, other]:
+            p.close()
+
+
 def test_malformed_flood_never_stops_the_loop(bootnode_factory):
     node = bootnode_factory()
     rnd_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

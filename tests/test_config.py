@@ -132,3 +132,11 @@ def test_bootnode_key_settings(tmp_path: Path):
         with pytest.raises(ConfigError) as info:
             resolve(base, {"BOOTNODE_PUBLIC_KEY": bad}, None)
         assert "BOOTNODE_PUBLIC_KEY (environment)" in str(info.value) and needle in str(info.value)
+
+
+def test_max_peers_per_source():
+    assert resolve(BOOT, {}, None).max_peers_per_source == 16
+    assert resolve(BOOT, {"MAX_PEERS_PER_SOURCE": "4"}, None).max_peers_per_source == 4
+    with pytest.raises(ConfigError) as info:
+        resolve({**BOOT, "max_peers_per_source": "0"}, {}, None)
+    assert "--max-peers-per-source (command line)" in str(info.value)

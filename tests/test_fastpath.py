@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gochat.wire import control as wire
 from gochat.wire.control import MsgType
+from gochat.wire.endpoints import endpoint_key
 
 ROOM_A = b"A" * 16
 ROOM_B = b"B" * 16
@@ -129,6 +130,26 @@ def test_rooms_membership(impl):
     assert t.find_in_room(ROOM_B, (3).to_bytes(32, "big")) == -1
 
 
+def addr16(host: str) -> bytes:
+    return endpoint_key((host, 1))[0]
+
+
+def test_count_source_counts_a_rooms_members_from_one_address(impl):
+    t = impl.RegistrationTable(100, 15.0, 0.0)
+    same = [add(t, n, addr=("203.0.113.5", 1000 + n)) for n in range(3)]  # three ports, one address
+    add(t, 10, addr=("203.0.113.6", 1000))
+    add(t, 11, room=ROOM_B, addr=("203.0.113.5", 2000))
+    add(t, 12, addr=("2001:db8::5", 1000), long=True)
+    assert t.count_source(ROOM_A, addr16("203.0.113.5")) == 3
+    assert t.count_source(ROOM_A, addr16("::ffff:203.0.113.5")) == 3  # the mapped form is the same address
+    assert t.count_source(ROOM_B, addr16("203.0.113.5")) == 1
+    assert t.count_source(ROOM_A, addr16("2001:db8::5")) == 1
+    assert t.count_source(ROOM_A, addr16("198.51.100.1")) == 0
+    assert t.count_source(b"Z" * 16, addr16("203.0.113.5")) == 0 and t.count_source(ROOM_A, b"short") == 0
+    t.remove(same[0])
+    assert t.count_source(ROOM_A, addr16("203.0.113.5")) == 2
+
+
 def test_many_rooms_grow_and_shrink(impl):
     t = impl.RegistrationTable(5000, 15.0, 0.0)
     rooms = [n.to_bytes(16, "big") for n in range(1500)]
@@ -166,7 +187,9 @@ def test_differential_random_histories(both_impls, history):
             if op == "add":
                 try:
                     results.append(
-                        t.add(bytes([n % 3]) * 16, TAG, bytes([n + 1]) * 8, card(n), ("127.0.0.1", 1000 + n), now)
+                        t.add(
+                            bytes([n % 3]) * 16, TAG, bytes([n + 1]) * 8, card(n), (f"127.0.0.{n % 4}", 1000 + n), now
+                        )
                     )
                 except (cy.TableFull, py.TableFull):
                     results.append("full")
@@ -176,7 +199,7 @@ def test_differential_random_histories(both_impls, history):
                 results.append(s)
             elif op == "touch" and live:
                 s = live[n % len(live)]
-                results.append(t.touch(t.token(s), ("127.0.0.1", 2000 + n % 2), now))
+                results.append(t.touch(t.token(s), (f"127.0.0.{n % 4}", 2000 + n % 2), now))
             elif op == "badtouch":
                 results.append(t.touch(bytes([0, 0, 0, n]) + bytes(8), ("127.0.0.1", 1), now))
             elif op == "expire":
@@ -202,6 +225,9 @@ def test_differential_random_histories(both_impls, history):
         for room in range(3):
             rid = bytes([room]) * 16
             assert tables[0].room_members(rid) == tables[1].room_members(rid)
+            for host in range(4):
+                key = addr16(f"127.0.0.{host}")
+                assert tables[0].count_source(rid, key) == tables[1].count_source(rid, key)
 
 
 # --- the socket layer on real loopback sockets ---------------------------------------------

@@ -57,6 +57,7 @@ def make(impl, now=1000.0, **limits):
         max_peers_per_room=limits.pop("max_peers_per_room", 100),
         register_rate_per_ip=limits.pop("rate", 1000.0),
         register_burst_per_ip=limits.pop("burst", 1000),
+        max_peers_per_source=limits.pop("per_source", 16),
     )
     machine = Rendezvous(
         table,
@@ -419,3 +420,47 @@ def test_a_key_nobody_can_hold_is_refused_without_error(impl):
         reg = wire.Register(net.machine.cookies.make(addr, 1000.0), 1, room_id("r"), key, "x")
         net.send(wire.encode(reg), addr, 1000.0)
         assert net.take(addr) == [wire.Refused(1, RefuseReason.BAD_PROOF, 30_000)]
+
+
+# --- registrations per source address per room -------------------------------------------
+
+
+def test_one_address_cannot_fill_a_room(impl):
+    net = make(impl, per_source=3)
+    member = Client(net, ("198.51.100.7", 4000), "member")
+    member.register(1000.0)
+    flood = [Client(net, ("203.0.113.5", 5000 + n), f"throwaway{n}") for n in range(5)]
+    replies = [c.register(1000.0)[0] for c in flood]
+    assert [type(r) for r in replies] == [wire.Registered] * 3 + [wire.Refused] * 2
+    assert replies[3] == wire.Refused(7, RefuseReason.SOURCE_FULL, 5000)
+    assert net.machine.stats["refused.source_full"] == 2 and len(net.machine.table) == 4
+    joined = {e.name for m in net.take(member.addr, wire.PeerJoined) for e in m.peers}
+    assert joined == {"throwaway0", "throwaway1", "throwaway2"}  # the refused ones never announced
+    elsewhere = Client(net, ("203.0.113.5", 6000), "elsewhere", room="another room")
+    assert isinstance(elsewhere.register(1000.0)[0], wire.Registered)  # the cap is per room
+    neighbour = Client(net, ("203.0.113.6", 5000), "neighbour")
+    assert isinstance(neighbour.register(1000.0)[0], wire.Registered)  # and per address
+    net.send(flood[0].token_msg(MsgType.DISCONNECT), flood[0].addr, 1001.0)
+    assert isinstance(flood[3].register(1001.0)[0], wire.Registered)  # a place freed
+
+
+def test_a_reregistration_from_the_same_address_replaces_and_is_not_counted_twice(impl):
+    net = make(impl, per_source=2)
+    key_a, key_b = generate_private_key(), generate_private_key()
+    a = Client(net, ("203.0.113.5", 5000), "a", private=key_a)
+    b = Client(net, ("203.0.113.5", 5001), "b", private=key_b)
+    a.register(1000.0)
+    b.register(1000.0)
+    old_token = a.token
+    moved = Client(net, ("203.0.113.5", 5999), "a", private=key_a)  # a restarted on a new port
+    assert isinstance(moved.register(1001.0)[0], wire.Registered)
+    assert net.machine.table.lookup(old_token) == -1 and len(net.machine.table) == 2
+    assert isinstance(moved.register(1002.0)[0], wire.Registered)  # a retry at the cap: the duplicate stands
+    assert net.machine.stats["register.duplicate"] == 1
+    # a key registered from elsewhere makes no room for itself at a full address
+    c_key = generate_private_key()
+    c = Client(net, ("198.51.100.9", 4000), "c", private=c_key)
+    c.register(1003.0)
+    c_there = Client(net, ("203.0.113.5", 6000), "c", private=c_key)
+    assert c_there.register(1004.0)[0].reason is RefuseReason.SOURCE_FULL
+    assert net.machine.table.lookup(c.token) >= 0  # the refused one did not replace it

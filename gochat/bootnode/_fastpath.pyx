@@ -602,6 +602,21 @@ cdef class RegistrationTable:
             i = self.slots[i].rnext
         return out
 
+    def count_source(self, bytes room_id, bytes address16):
+        """How many members of the room have an endpoint with this 16-byte address (IPv4
+        as IPv4-mapped), whatever their port: the registrations one source holds there."""
+        if len(room_id) != ROOM_ID_SIZE or len(address16) != 16:
+            return 0
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        cdef int32_t i = NONE if r == NONE else self.rooms[r].head
+        cdef const char *a = PyBytes_AS_STRING(address16)
+        cdef int n = 0
+        while i != NONE:
+            if memcmp(self.slots[i].addr, a, 16) == 0:
+                n += 1
+            i = self.slots[i].rnext
+        return n
+
     def find_in_room(self, bytes room_id, bytes public_key):
         """Slot of the member with this public key (first 32 bytes of its card), or -1."""
         if len(room_id) != ROOM_ID_SIZE or len(public_key) != PUBLIC_KEY_SIZE:

@@ -296,6 +296,13 @@ class RegistrationTable:
         room = self._rooms.get(room_id)
         return list(reversed(room.members.items())) if room else []
 
+    def count_source(self, room_id: bytes, address16: bytes) -> int:
+        """How many members of the room have an endpoint with this 16-byte address."""
+        room = self._rooms.get(room_id)
+        if room is None or len(address16) != 16:
+            return 0
+        return sum(1 for s in room.members.values() if s.addr == address16)
+
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int:
         if len(public_key) != PUBLIC_KEY_SIZE_bytes:
             return -1

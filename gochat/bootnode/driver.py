@@ -147,10 +147,11 @@ class Bootnode:
         log.info("bootnode public key %s", self.key.public.hex())
         lim = self.config.limits
         log.info(
-            "limits: %d peers, %d per room, %g registrations/s per source IP (burst %d); "
-            "heartbeat interval %gs, peer timeout %gs",
+            "limits: %d peers, %d per room, %d per source IP in a room, %g registrations/s per source IP "
+            "(burst %d); heartbeat interval %gs, peer timeout %gs",
             lim.max_peers,
             lim.max_peers_per_room,
+            lim.max_peers_per_source,
             lim.register_rate_per_ip,
             lim.register_burst_per_ip,
             self.config.heartbeat_interval_s,

@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
-from gochat.constants import MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from gochat.constants import DEFAULT_MAX_PEERS_PER_SOURCE, MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire.constants import (
@@ -39,6 +39,7 @@ log = logging.getLogger("gochat.bootnode")
 
 TICK_s = WHEEL_TICK_ms / 1000.0
 BAD_PROOF_RETRY_s = 30.0  # a client whose proof fails has a bug or the wrong key: no hurry
+SOURCE_FULL_RETRY_s = 5.0  # a place frees when one of the source's registrations leaves or expires
 
 
 class Send(NamedTuple):
@@ -80,6 +81,7 @@ class Table(Protocol):
     def room_tag(self, room_id: bytes) -> bytes | None: ...
     def room_size(self, room_id: bytes) -> int: ...
     def room_members(self, room_id: bytes) -> list[int]: ...
+    def count_source(self, room_id: bytes, address16: bytes) -> int: ...
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int: ...
 
 
@@ -89,6 +91,7 @@ class Limits:
     max_peers_per_room: int
     register_rate_per_ip: float
     register_burst_per_ip: int
+    max_peers_per_source: int = DEFAULT_MAX_PEERS_PER_SOURCE  # registrations per source IP in one room
 
 
 class Rendezvous:
@@ -181,12 +184,10 @@ class Rendezvous:
         if not self.key.check_proof(msg):
             return self._refuse(msg, addr, RefuseReason.BAD_PROOF, BAD_PROOF_RETRY_s)
         table = self.table
+        source16, port = endpoint_key(addr)
         previous = table.find_in_room(msg.room_id, msg.public_key)
-        duplicate = (
-            previous >= 0
-            and table.endpoint(previous) == key_endpoint(*endpoint_key(addr))
-            and table.card(previous) == msg.card
-        )
+        previous_endpoint = table.endpoint(previous) if previous >= 0 else None
+        duplicate = previous_endpoint == key_endpoint(source16, port) and table.card(previous) == msg.card
         if duplicate:
             # A retried register whose reply was lost: same key, endpoint and card. The
             # registration stands (same token); the reply and the peer list are sent again.
@@ -196,6 +197,14 @@ class Rendezvous:
             table.touch(table.token(slot), addr, now)
             self.stats["register.duplicate"] += 1
         else:
+            # One source IP holds at most max_peers_per_source registrations in a room (or
+            # one address could fill it with throwaway keys); the one this replaces, if it
+            # came from the same IP, makes room for itself.
+            held = table.count_source(msg.room_id, source16)
+            if previous_endpoint is not None and endpoint_key(previous_endpoint)[0] == source16:
+                held -= 1
+            if held >= self.limits.max_peers_per_source:
+                return self._refuse(msg, addr, RefuseReason.SOURCE_FULL, SOURCE_FULL_RETRY_s)
             if previous >= 0:
                 # Same key in the same room from elsewhere, or with a new card: a restarted
                 # or moved client. The new registration replaces the old; members see a join.

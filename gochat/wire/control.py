@@ -74,6 +74,7 @@ class RefuseReason(enum.IntEnum):
     ROOM_FULL = 2
     RATE_LIMITED = 3
     BAD_PROOF = 4  # the REGISTER's proof of possession of its key does not check
+    SOURCE_FULL = 5  # the source IP holds MAX_PEERS_PER_SOURCE registrations in the room
 
 
 class LeaveReason(enum.IntEnum):
