@@ -600,3 +600,24 @@ def test_messages_for_a_peer_that_never_connects_are_reported_with_why(setup, re
     a.peers[b.public_key].send_message("waiting for bob", w.now, ref=7)
     w.run_until(lambda: reports, limit=20)
     assert reports == [("bob", 7, "waiting for bob", reason)]
+
+
+def test_a_peer_is_named_by_its_handshake_not_by_the_bootnode():
+    """The bootnode announces bob as "mallory" (its word is a hint); bob's authenticated
+    handshake says "bob": once connected, alice shows bob's own name, and her room is
+    told that the two differ."""
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10")
+    b = w.add_client("bob", "198.51.100.20")
+    b.link.card = wire.encode_card(b.public_key, "mallory", [("198.51.100.20", 4545)])  # what the bootnode tells
+    told = []
+    a.name_authenticated = lambda peer, announced, authenticated: told.append((announced, authenticated))
+    w.run_until(lambda: w.kinds("alice", ev.PeerJoined), limit=5)
+    peer = a.peers[b.public_key]
+    assert peer.name == "mallory"  # announced, not yet authenticated
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    assert peer.name == "bob" and told == [("mallory", "bob")]
+    w.send(b, "it is me")
+    w.run_until(lambda: texts(w, "alice", "bob") == ["it is me"], limit=5)
+    assert b.peers[a.public_key].name == "alice"  # the same on the other side, where they agree

@@ -60,6 +60,7 @@ UndeliveredReason = Literal["timeout", "peer_gone", "failed", "unreachable"]
 class PeerContext(Protocol):
     """What a Peer needs from the client that owns it."""
 
+    name: str  # our display name, sent in the handshake
     public_key: bytes
     static_private: bytes
     psk: bytes
@@ -76,6 +77,12 @@ class PeerContext(Protocol):
         Peer.send_message); the room reports each message once, naming all its peers."""
         ...
 
+    def name_authenticated(self, peer: Peer, announced: str, authenticated: str) -> None:
+        """The name ``peer`` proved in its handshake differs from the one the bootnode
+        announced (or from the one it proved before). ``peer.name`` is already the
+        authenticated one; the bootnode's word was only a hint."""
+        ...
+
     def new_index(self, peer: Peer) -> int: ...
     def release_index(self, index: int) -> None: ...
     def shared_secret(self, remote_key: bytes) -> bytes: ...
@@ -89,13 +96,16 @@ class Keypair:
     initiator: bool
     confirmed: bool
     epoch: int  # the remote's, as its handshake payload said
+    name: str  # the remote's display name, as its handshake payload said
 
 
 class Peer:
     def __init__(self, ctx: PeerContext, key: bytes, name: str, endpoints: Sequence[Endpoint], now: float) -> None:
         self.ctx = ctx
         self.key = key
-        self.name = name
+        self.announced_name = name  # the bootnode's word: a hint
+        self.authenticated_name: str | None = None  # what the peer's handshake says
+        self.name = name  # the authenticated name once known, the announced one until then
         self.fingerprint = fingerprint(key)
         self.initiator = ctx.public_key < key
         # Random per Peer object, that is per sequence space of our reliable delivery to
@@ -117,6 +127,7 @@ class Peer:
         self._auth_failures = 0
         # responder side
         self._last_init: tuple[int, int] | None = None  # (epoch, number) of the newest initiation
+        self._names_told: tuple[str, str] | None = None  # (announced, authenticated) last told
         self._retired_epochs: list[int] = []  # the remote's epochs a newer one replaced: never again
         self._unconfirmed_inits = 0
         self.next_keypair: Keypair | None = None  # responder: answered, awaiting confirmation
@@ -188,7 +199,7 @@ class Peer:
         )
         self._hs_index = self.ctx.new_index(self)
         self._hs_number += 1
-        noise = self._hs.write_message(pw.encode_init_payload(self.epoch, self._hs_number))
+        noise = self._hs.write_message(pw.encode_init_payload(self.epoch, self._hs_number, self.ctx.name))
         self._hs_next = now + HANDSHAKE_RETRY_s
         if self._hs_deadline is None:
             self._hs_deadline = now + HANDSHAKE_DEADLINE_s
@@ -203,7 +214,7 @@ class Peer:
             self.ctx.counters["init_from_responder"] += 1  # the tie-break says we initiate
             return
         try:
-            epoch, number = pw.decode_init_payload(payload)
+            epoch, number, name = pw.decode_init_payload(payload)
         except DecodeError:
             self.ctx.counters["bad_handshake_payload"] += 1
             return
@@ -215,7 +226,7 @@ class Peer:
         self._last_init = (epoch, number)
         index = self.ctx.new_index(self)
         try:
-            noise = hs.write_message(pw.encode_resp_payload(self.epoch))
+            noise = hs.write_message(pw.encode_resp_payload(self.epoch, self.ctx.name))
             send, recv = hs.split()
         except NoiseError:
             self.ctx.release_index(index)
@@ -231,6 +242,7 @@ class Peer:
             initiator=False,
             confirmed=False,
             epoch=epoch,
+            name=name,
         )
         self.ctx.send(pw.encode_handshake_resp(index, init.sender_index, noise), source)
         self.last_sent = now
@@ -257,7 +269,7 @@ class Peer:
                 self._fail("authentication failed (a different room passphrase?)")
             return
         try:
-            epoch = pw.decode_resp_payload(payload)
+            epoch, name = pw.decode_resp_payload(payload)
         except DecodeError:
             self.ctx.counters["bad_handshake_payload"] += 1
             return
@@ -269,6 +281,7 @@ class Peer:
             initiator=True,
             confirmed=True,
             epoch=epoch,
+            name=name,
         )
         self._hs, self._hs_index, self._hs_next = None, None, None
         self._move_path(source)
@@ -290,6 +303,7 @@ class Peer:
         if self.remote_epoch is not None and keypair.epoch != self.remote_epoch:
             self._remote_started_over(self.remote_epoch)
         self.remote_epoch = keypair.epoch
+        self._authenticated(keypair.name)
         if self.previous is not None:
             self.ctx.release_index(self.previous.local_index)
         self.previous, self.current = self.current, keypair
@@ -303,6 +317,20 @@ class Peer:
             assert self.path is not None
             self.ctx.event(ev.PeerConnected(self.name, self.fingerprint, self.path_kind, format_endpoint(self.path)))
         self._flush(now)  # messages typed while the session was coming up
+
+    def _authenticated(self, name: str) -> None:
+        """A confirmed handshake named the peer: that name is its name from now on."""
+        shown = self.name
+        self.authenticated_name = self.name = name
+        if name != shown or name != self.announced_name:
+            self._tell_names()
+
+    def _tell_names(self) -> None:
+        assert self.authenticated_name is not None
+        pair = (self.announced_name, self.authenticated_name)
+        if pair != self._names_told:
+            self._names_told = pair
+            self.ctx.name_authenticated(self, *pair)
 
     def _remote_started_over(self, old_epoch: int) -> None:
         """The peer has a new sequence space towards us (it restarted, or dropped its
@@ -439,8 +467,13 @@ class Peer:
 
     def reintroduced(self, name: str, endpoints: Sequence[Endpoint], now: float) -> None:
         """The bootnode announced this key again (re-registration): refresh candidates and
-        try again if we had given up."""
-        self.name = name
+        try again if we had given up. The name is the bootnode's word: it names the peer
+        only until its handshake does."""
+        self.announced_name = name
+        if self.authenticated_name is None:
+            self.name = name
+        elif name != self.authenticated_name:
+            self._tell_names()
         self.punching.set_endpoints(endpoints)
         if self.state in (UNREACHABLE, FAILED):
             self.path = None

@@ -113,6 +113,9 @@ class RoomClient:
     def undelivered(self, peer: Peer, ref: object, text: str, reason: str) -> None:
         self.event(ev.Undelivered(peer.name, peer.fingerprint, text))  # one event per peer, for now
 
+    def name_authenticated(self, peer: Peer, announced: str, authenticated: str) -> None:
+        pass  # peer.name is already the authenticated name
+
     def new_index(self, peer: Peer) -> int:
         while True:
             index = int.from_bytes(self.random_bytes(4), "big")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import struct
 from dataclasses import dataclass
 
-from gochat.wire.constants import MAGIC, VERSION, HEADER_SIZE_bytes, PUBLIC_KEY_SIZE_bytes
-from gochat.wire.control import DecodeError, check_header
+from gochat.wire.constants import MAGIC, VERSION, HEADER_SIZE_bytes, MAX_NAME_bytes, PUBLIC_KEY_SIZE_bytes
+from gochat.wire.control import DecodeError, check_header, encode_name
 
 _HEADER = struct.Struct("!BBBB")
 _INDEX = struct.Struct("!I")
@@ -30,16 +31,21 @@ TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size  # header + receiver index + co
 FLAG_REPLY = 0x01  # PUNCH: this is the answer to a punch whose txid it echoes
 
 # Handshake payloads (docs/PROTOCOL.md 7.3): the initiation carries the sender's
-# epoch and handshake number, the response the responder's epoch. An epoch is random
-# per sequence space (a peer's record of the other): a new one means a new start.
-_INIT_PAYLOAD = struct.Struct("!QQ")
-_RESP_PAYLOAD = struct.Struct("!Q")
-INIT_PAYLOAD_bytes = _INIT_PAYLOAD.size
-RESP_PAYLOAD_bytes = _RESP_PAYLOAD.size
+# epoch, handshake number and display name, the response the responder's epoch and
+# display name. An epoch is random per sequence space (a peer's record of the other):
+# a new one means a new start. The name is a wire Name (length byte, 1..32 bytes of
+# UTF-8 without control characters): the name a peer proves, where the bootnode's
+# announcement only suggests one.
+_INIT_FIXED = struct.Struct("!QQ")
+_RESP_FIXED = struct.Struct("!Q")
+_NAME_MIN_bytes, _NAME_MAX_bytes = 1 + 1, 1 + MAX_NAME_bytes
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 # Noise message sizes with these payloads: IK message 1 carries e (32), encrypted s (48)
 # and the encrypted payload; message 2 carries e (32) and the encrypted payload.
-NOISE_INIT_bytes = 32 + 48 + INIT_PAYLOAD_bytes + TAG_SIZE_bytes
-NOISE_RESP_bytes = 32 + RESP_PAYLOAD_bytes + TAG_SIZE_bytes
+NOISE_INIT_MIN_bytes = 32 + 48 + _INIT_FIXED.size + _NAME_MIN_bytes + TAG_SIZE_bytes
+NOISE_INIT_MAX_bytes = NOISE_INIT_MIN_bytes - _NAME_MIN_bytes + _NAME_MAX_bytes
+NOISE_RESP_MIN_bytes = 32 + _RESP_FIXED.size + _NAME_MIN_bytes + TAG_SIZE_bytes
+NOISE_RESP_MAX_bytes = NOISE_RESP_MIN_bytes - _NAME_MIN_bytes + _NAME_MAX_bytes
 
 
 class PeerType(enum.IntEnum):
@@ -124,28 +130,40 @@ def verify_punch(key: bytes, punch: Punch) -> bool:
 # --- handshake payloads -------------------------------------------------------------
 
 
-def encode_init_payload(epoch: int, number: int) -> bytes:
-    return _INIT_PAYLOAD.pack(epoch, number)
+def _decode_name(raw: bytes, what: str) -> str:
+    if not raw or raw[0] != len(raw) - 1 or not 1 <= raw[0] <= MAX_NAME_bytes:
+        raise DecodeError("bad_field", f"{what}: bad name length")
+    try:
+        name = raw[1:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("bad_field", f"{what}: name is not UTF-8") from None
+    if _CONTROL_CHARS.search(name):
+        raise DecodeError("bad_field", f"{what}: name with control characters")
+    return name
 
 
-def decode_init_payload(payload: bytes) -> tuple[int, int]:
-    """(epoch, handshake number); DecodeError('bad_field') for any other size."""
-    if len(payload) != _INIT_PAYLOAD.size:
-        raise DecodeError("bad_field", f"initiation payload of {len(payload)} bytes")
-    epoch, number = _INIT_PAYLOAD.unpack(payload)
-    return epoch, number
+def encode_init_payload(epoch: int, number: int, name: str) -> bytes:
+    """ValueError for a name that is not 1..32 bytes of UTF-8."""
+    return _INIT_FIXED.pack(epoch, number) + encode_name(name)
 
 
-def encode_resp_payload(epoch: int) -> bytes:
-    return _RESP_PAYLOAD.pack(epoch)
+def decode_init_payload(payload: bytes) -> tuple[int, int, str]:
+    """(epoch, handshake number, name); DecodeError('bad_field') for anything else."""
+    epoch, number = _INIT_FIXED.unpack_from(payload) if len(payload) >= _INIT_FIXED.size else (0, 0)
+    name = _decode_name(payload[_INIT_FIXED.size :], "initiation payload")
+    return epoch, number, name
 
 
-def decode_resp_payload(payload: bytes) -> int:
-    """The responder's epoch; DecodeError('bad_field') for any other size."""
-    if len(payload) != _RESP_PAYLOAD.size:
-        raise DecodeError("bad_field", f"response payload of {len(payload)} bytes")
-    (epoch,) = _RESP_PAYLOAD.unpack(payload)
-    return int(epoch)
+def encode_resp_payload(epoch: int, name: str) -> bytes:
+    """ValueError for a name that is not 1..32 bytes of UTF-8."""
+    return _RESP_FIXED.pack(epoch) + encode_name(name)
+
+
+def decode_resp_payload(payload: bytes) -> tuple[int, str]:
+    """(the responder's epoch, its name); DecodeError('bad_field') for anything else."""
+    (epoch,) = _RESP_FIXED.unpack_from(payload) if len(payload) >= _RESP_FIXED.size else (0,)
+    name = _decode_name(payload[_RESP_FIXED.size :], "response payload")
+    return int(epoch), name
 
 
 # --- encoding ------------------------------------------------------------------------
@@ -179,15 +197,18 @@ def transport_ad(receiver_index: int, counter: int) -> bytes:
 # --- decoding ------------------------------------------------------------------------
 
 _PUNCH_SIZE = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes + TXID_SIZE_bytes + PUNCH_MAC_SIZE_bytes
-_INIT_SIZE = HEADER_SIZE_bytes + INDEX_SIZE_bytes + NOISE_INIT_bytes
-_RESP_SIZE = HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes + NOISE_RESP_bytes
+_INIT_HEAD = HEADER_SIZE_bytes + INDEX_SIZE_bytes
+_RESP_HEAD = HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes
+INIT_MIN_bytes, INIT_MAX_bytes = _INIT_HEAD + NOISE_INIT_MIN_bytes, _INIT_HEAD + NOISE_INIT_MAX_bytes
+RESP_MIN_bytes, RESP_MAX_bytes = _RESP_HEAD + NOISE_RESP_MIN_bytes, _RESP_HEAD + NOISE_RESP_MAX_bytes
 
 
-def _exact(data: bytes, size: int) -> None:
+def _exact(data: bytes, size: int, largest: int | None = None) -> None:
     if len(data) < size:
         raise DecodeError("truncated", f"{len(data)} bytes")
-    if len(data) > size:
-        raise DecodeError("trailing_bytes", f"{len(data) - size} bytes")
+    largest = size if largest is None else largest
+    if len(data) > largest:
+        raise DecodeError("trailing_bytes", f"{len(data) - largest} bytes")
 
 
 def decode(data: bytes) -> PeerMessage:
@@ -204,11 +225,11 @@ def decode(data: bytes) -> PeerMessage:
             bool(flags & FLAG_REPLY),
         )
     if msg_type == PeerType.HANDSHAKE_INIT:
-        _exact(data, _INIT_SIZE)
+        _exact(data, INIT_MIN_bytes, INIT_MAX_bytes)
         (index,) = _INDEX.unpack_from(data, HEADER_SIZE_bytes)
         return HandshakeInit(index, data[HEADER_SIZE_bytes + INDEX_SIZE_bytes :])
     if msg_type == PeerType.HANDSHAKE_RESP:
-        _exact(data, _RESP_SIZE)
+        _exact(data, RESP_MIN_bytes, RESP_MAX_bytes)
         sender, receiver = struct.unpack_from("!II", data, HEADER_SIZE_bytes)
         return HandshakeResp(sender, receiver, data[HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes :])
     if msg_type == PeerType.TRANSPORT:
