@@ -37,3 +37,29 @@ def test_encrypt_decrypt(benchmark):
     benchmark.extra_info.update(unit="message encrypted + decrypted")
     assert roundtrip() == frame
     benchmark(roundtrip)
+
+
+def _peer_with_queued_messages(n: int):
+    """Alice's Peer for bob, connected, with ``n`` messages sent and unacknowledged (the
+    path went dark): every message in flight, each with its own deadlines."""
+    from tests.simnet import SimWorld
+
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10")
+    b = w.add_client("bob", "198.51.100.20")
+    w.run_until(lambda: any(p.state.value == "connected" for p in a.peers.values()), limit=5)
+    w.filter = lambda src, dst, data: not pw.is_peer_datagram(data)
+    peer = a.peers[b.public_key]
+    for i in range(n):
+        peer.send_message(f"message {i}", w.now + i * 0.001, ref=i)
+    assert peer.sender.unacknowledged == n
+    return peer
+
+
+def test_get_timer_150_queued(benchmark):
+    """What a room asks a peer after everything that touched it: its next deadline."""
+    peer = _peer_with_queued_messages(150)
+    benchmark.extra_info.update(unit="Peer.get_timer() with 150 messages in flight")
+    assert peer.get_timer() is not None
+    benchmark(peer.get_timer)

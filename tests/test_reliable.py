@@ -161,3 +161,36 @@ def test_an_ack_of_what_was_never_sent_is_refused_and_changes_nothing():
     assert tx.on_ack(1, 0b1, 0.1) == [0, 2]  # seq 0 and seq 2: what was sent
     assert tx.on_ack(3, 0, 0.2) == [1]
     assert tx.idle
+
+
+def test_deadlines_cost_the_same_whatever_is_in_flight(monkeypatch):
+    """A room asks every peer for its next deadline after every event: the sender answers
+    (and finds nothing due) without looking at every fragment or message it holds."""
+    from gochat.client import reliable
+
+    touched = 0
+
+    def counting(self, name):
+        nonlocal touched
+        touched += 1
+        return object.__getattribute__(self, name)
+
+    def cost(n):
+        nonlocal touched
+        tx = ReliableSender(0.0)
+        for i in range(n):
+            tx.send(b"m%d" % i, i * 0.001)
+        tx.datagrams_to_send(0.2)
+        tx.on_ack(1, 0, 0.25)  # the first acknowledged: an RTT sample, nothing lost
+        tx.datagrams_to_send(0.25)  # the place it freed in the window
+        monkeypatch.setattr(reliable._Fragment, "__getattribute__", counting)
+        monkeypatch.setattr(reliable._Outgoing, "__getattribute__", counting)
+        touched = 0
+        deadlines = (tx.get_timer(), tx.retransmit_timer(), tx.give_up_timer())
+        assert tx.datagrams_to_send(0.3) == []  # nothing due yet
+        monkeypatch.undo()
+        assert deadlines[2] == 0.001 + GIVE_UP_AFTER_s  # the oldest pending message's
+        return touched
+
+    assert cost(150) == cost(3) <= 8
+    assert cost(150) == cost(1000)  # beyond the window, the queue is not looked at either

@@ -139,6 +139,7 @@ class Peer:
         self.receiver = reliable.ReliableReceiver()
         self.last_received = now
         self.last_sent = now
+        self._timer_table = self._timers()
 
     # --- punching -------------------------------------------------------------------
 
@@ -490,7 +491,7 @@ class Peer:
             (self._punch_round_at, self._on_punch_round),
             (self._handshake_deadline_at, self._on_handshake_deadline),
             (self._handshake_retry_at, self._on_handshake_retry),
-            (self.sender.give_up_timer, self._on_give_up),
+            (self._give_up_at, self._on_give_up),
             (self._silence_at, self._on_silence),
             (self._rekey_at, self._on_rekey),
             (self._retransmit_at, self._flush),
@@ -498,10 +499,11 @@ class Peer:
         )
 
     def get_timer(self) -> float | None:
-        return min((t for when, _ in self._timers() if (t := when()) is not None), default=None)
+        """The next deadline: O(1), whatever is queued (a room asks after every event)."""
+        return min((t for when, _ in self._timer_table if (t := when()) is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
-        for when, handler in self._timers():
+        for when, handler in self._timer_table:
             t = when()
             if t is not None and now >= t:
                 handler(now)
@@ -542,6 +544,9 @@ class Peer:
 
     def _on_handshake_retry(self, now: float) -> None:
         self._send_initiation(now)
+
+    def _give_up_at(self) -> float | None:
+        return self.sender.give_up_timer()
 
     def _on_give_up(self, now: float) -> None:
         for ref, text in self.sender.expired(now):

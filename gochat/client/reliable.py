@@ -16,6 +16,7 @@ Frames (the plaintext inside an encrypted transport packet):
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from gochat.wire.data import FrameType
@@ -112,19 +113,30 @@ class _Outgoing:
 
 
 class ReliableSender:
+    """The sending side towards one peer. Every deadline it has is read in O(1): messages
+    are kept in the order they were typed (the oldest has the first give-up deadline) and
+    fragments in flight both in sequence order (the lowest is ``base``; a cumulative ACK
+    takes them from the front) and in the order they were last sent (the first is the
+    next retransmission). A room asks each peer for its next deadline after every event,
+    so none of this may cost a scan of what is in flight."""
+
     def __init__(self, now: float) -> None:
         self.rtt = RttEstimator()
         self.next_seq = 0
         self.next_msg_id = 0
-        self._queue: list[_Fragment] = []  # not yet sent (beyond the window)
-        self._in_flight: dict[int, _Fragment] = {}
-        self._messages: dict[int, _Outgoing] = {}
+        self._queue: deque[_Fragment] = deque()  # not yet sent (beyond the window), in sequence order
+        self._in_flight: OrderedDict[int, _Fragment] = OrderedDict()  # by sequence number
+        self._by_time: OrderedDict[int, _Fragment] = OrderedDict()  # the same, by last_sent
+        self._lost: set[int] = set()  # in flight, found lost by RACK: due at once
+        self._messages: OrderedDict[int, _Outgoing] = OrderedDict()  # by creation
         self.retransmissions = 0
 
     @property
     def base(self) -> int:
-        pending = [f.seq for f in self._in_flight.values()] + [f.seq for f in self._queue]
-        return min(pending, key=lambda s: (s - self.next_seq) & 0xFFFFFFFF) if pending else self.next_seq
+        """The lowest sequence number still sent (in flight, else queued), else next_seq."""
+        if self._in_flight:
+            return next(iter(self._in_flight))
+        return self._queue[0].seq if self._queue else self.next_seq
 
     def send(self, message: bytes, now: float, ref: object = None) -> int:
         """Queue a message; returns its id. ``ref`` is what give-ups name it by (its id
@@ -142,24 +154,31 @@ class ReliableSender:
         return msg_id
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        """DATA frames due now: new fragments within the window, then retransmissions."""
-        out = []
+        """DATA frames due now: retransmissions (found lost, or past the RTO), then new
+        fragments within the window."""
+        rto = self.rtt.rto
+        due = {seq: self._in_flight[seq] for seq in self._lost}
         timed_out = False
-        for frag in self._in_flight.values():
-            expired = now >= frag.last_sent + self.rtt.rto  # the same sum get_timer() returns
-            if expired or frag.lost:
-                timed_out |= expired and not frag.lost
-                frag.last_sent = now
-                frag.retransmitted = True
-                frag.lost = False
-                self.retransmissions += 1
-                out.append(frag)
+        for seq, frag in self._by_time.items():
+            if now < frag.last_sent + rto:  # the same sum retransmit_timer() returns
+                break
+            if seq not in due:
+                timed_out = True
+                due[seq] = frag
         if timed_out:
             self.rtt.backoff()  # RFC 6298 5.5
+        base = self.base
+        out = sorted(due.values(), key=lambda f: (f.seq - base) & 0xFFFFFFFF)
+        for frag in out:
+            frag.last_sent = now
+            frag.retransmitted = True
+            self._by_time.move_to_end(frag.seq)
+        self.retransmissions += len(out)
+        self._lost.clear()
         while self._queue and len(self._in_flight) < WINDOW_FRAGMENTS:
-            frag = self._queue.pop(0)
+            frag = self._queue.popleft()
             frag.first_sent = frag.last_sent = now
-            self._in_flight[frag.seq] = frag
+            self._in_flight[frag.seq] = self._by_time[frag.seq] = frag
             out.append(frag)
         base = self.base
         return [_DATA.pack(T_DATA, f.seq, base, f.msg_id, f.index, f.count) + f.payload for f in out]
@@ -170,13 +189,19 @@ class ReliableSender:
         return min(times, default=None)
 
     def retransmit_timer(self) -> float | None:
-        """When a fragment in flight is due again (at once for one found lost)."""
-        rto = self.rtt.rto
-        return min((f.last_sent if f.lost else f.last_sent + rto for f in self._in_flight.values()), default=None)
+        """When a fragment in flight is due again: the one sent longest ago, an RTO later;
+        at once when one was found lost (the oldest send time is already past)."""
+        if not self._by_time:
+            return None
+        oldest = next(iter(self._by_time.values())).last_sent
+        return oldest if self._lost else oldest + self.rtt.rto
 
     def give_up_timer(self) -> float | None:
-        """The next give-up deadline alone: all that matters while nothing can be sent."""
-        return min((m.created + GIVE_UP_AFTER_s for m in self._messages.values()), default=None)
+        """The next give-up deadline alone (the oldest message's): all that matters while
+        nothing can be sent."""
+        if not self._messages:
+            return None
+        return next(iter(self._messages.values())).created + GIVE_UP_AFTER_s
 
     def on_ack(self, next_expected: int, sack: int, now: float) -> list[int]:
         """Process an ACK; returns the ids of messages now fully delivered. Raises BadAck,
@@ -187,20 +212,29 @@ class ReliableSender:
             raise BadAck(f"acknowledges up to {next_expected}, next sequence is {self.next_seq}")
         if unsent_from <= 64 and sack >> max(unsent_from - 1, 0):
             raise BadAck(f"selective ack beyond {self.next_seq}")
-        acked = [s for s in self._in_flight if _seq_lt(s, next_expected)]
-        acked += [(next_expected + 1 + i) & 0xFFFFFFFF for i in range(64) if sack >> i & 1]
+        acked: list[_Fragment] = []
+        while self._in_flight:  # cumulative: from the lowest sequence number up
+            seq = next(iter(self._in_flight))
+            if not _seq_lt(seq, next_expected):
+                break
+            acked.append(self._in_flight.pop(seq))
+        while sack:
+            low = sack & -sack
+            frag = self._in_flight.pop((next_expected + low.bit_length()) & 0xFFFFFFFF, None)
+            if frag is not None:
+                acked.append(frag)
+            sack ^= low
         done = []
         newest_sent = None
-        for seq in acked:
-            frag = self._in_flight.pop(seq, None)
-            if frag is None:
-                continue
+        for frag in acked:
+            del self._by_time[frag.seq]
+            self._lost.discard(frag.seq)
             newest_sent = frag.last_sent if newest_sent is None else max(newest_sent, frag.last_sent)
             if not frag.retransmitted:  # Karn's algorithm: only unambiguous samples
                 self.rtt.sample(now - frag.first_sent)
             msg = self._messages.get(frag.msg_id)
             if msg is not None:
-                msg.acked.add(seq)
+                msg.acked.add(frag.seq)
                 if len(msg.acked) == len(msg.seqs):
                     del self._messages[frag.msg_id]
                     done.append(frag.msg_id)
@@ -208,22 +242,31 @@ class ReliableSender:
             self.rtt.reset_backoff()
             # RACK (RFC 8985), simplified: a fragment sent before one that has now been
             # acknowledged, and older than an RTT plus a reordering allowance, is lost.
+            # In send order, both conditions hold for a prefix.
             srtt = self.rtt.srtt if self.rtt.srtt is not None else self.rtt.rto
-            for f in self._in_flight.values():
-                if f.last_sent < newest_sent and now - f.last_sent >= srtt * 1.25:
-                    f.lost = True
+            for seq, f in self._by_time.items():
+                if f.last_sent >= newest_sent or now - f.last_sent < srtt * 1.25:
+                    break
+                self._lost.add(seq)
         return done
 
     def expired(self, now: float) -> list[tuple[object, bytes]]:
-        """Messages given up on (deadline passed): (ref, text). Their fragments are dropped,
-        and ``base`` moves past them so the receiver stops waiting."""
-        gone = [(mid, m) for mid, m in self._messages.items() if now >= m.created + GIVE_UP_AFTER_s]
-        for mid, m in gone:
+        """Messages given up on (deadline passed): (ref, text), oldest first. Their
+        fragments are dropped, and ``base`` moves past them so the receiver stops waiting."""
+        gone: dict[int, _Outgoing] = {}
+        while self._messages:
+            mid, m = next(iter(self._messages.items()))
+            if now < m.created + GIVE_UP_AFTER_s:
+                break
             del self._messages[mid]
+            gone[mid] = m
             for seq in m.seqs:
-                self._in_flight.pop(seq, None)
-            self._queue = [f for f in self._queue if f.msg_id != mid]
-        return [(m.ref, m.text) for _, m in gone]
+                if self._in_flight.pop(seq, None) is not None:
+                    del self._by_time[seq]
+                    self._lost.discard(seq)
+        while self._queue and self._queue[0].msg_id in gone:
+            self._queue.popleft()  # the oldest messages' fragments are the first queued
+        return [(m.ref, m.text) for m in gone.values()]
 
     def abandon(self) -> list[tuple[object, bytes]]:
         """Give up on everything still unacknowledged (the peer is gone); returns the
@@ -231,6 +274,8 @@ class ReliableSender:
         texts = [(m.ref, m.text) for m in self._messages.values()]
         self._messages.clear()
         self._in_flight.clear()
+        self._by_time.clear()
+        self._lost.clear()
         self._queue.clear()
         return texts
 
