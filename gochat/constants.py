@@ -52,6 +52,8 @@ REGISTER_TIMEOUTS_s = (1.0, 1.5, 2.5, 3.0)
 # Once registered, re-registration retries back off up to this and never give up.
 REGISTER_RETRY_MAX_s = 5.0
 DISCONNECT_RETRY_s = 0.25
+# A client answers at most one REBIND_CHALLENGE per this interval (a real rebinding needs one).
+REBIND_ANSWER_INTERVAL_s = 1.0
 DISCONNECT_WAIT_s = 1.0  # a graceful quit waits at most this for the ack
 
 # --- client: peers ------------------------------------------------------------------

@@ -133,6 +133,89 @@ def test_no_amplification_for_unvalidated_sources(bootnode_factory):
             s.close()
 
 
+def _drain_all(socks, until_count, timeout=10.0):
+    """Bytes and messages each socket received, reading until ``until_count`` messages in
+    all arrived or the bounded timeout passed."""
+    received = {s: [] for s in socks}
+    deadline = time.monotonic() + timeout
+    while sum(map(len, received.values())) < until_count and time.monotonic() < deadline:
+        ready, _, _ = select.select(socks, [], [], 0.2)
+        for s in ready:
+            try:
+                while True:
+                    received[s].append(s.recv(4096))
+            except BlockingIOError:
+                pass
+    return received
+
+
+def test_stolen_tokens_reflect_nothing_larger_to_a_victim(bootnode_factory):
+    """Whoever has the members' tokens heartbeats them from victims' addresses (a spoofed
+    source looks like this): the victims get one challenge per heartbeat, never larger,
+    and none of the room's announcements."""
+    node = bootnode_factory()
+    members = [SimPeer(node.address, room="hijacked", name=f"m{n}") for n in range(5)]
+    victims = []
+    try:
+        for p in members:
+            assert isinstance(p.register(), wire.Registered)
+        for _ in range(10):
+            v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v.bind(("127.0.0.1", 0))
+            v.setblocking(False)
+            victims.append(v)
+        sent = dict.fromkeys(victims, 0)
+        for v in victims:
+            for p in members:
+                for data in (
+                    wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, p.token, wire.FLAG_ACK_REQUESTED)),
+                    wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, p.token, wire.FLAG_REBIND, os.urandom(12))),
+                ):
+                    v.sendto(data, node.address)
+                    sent[v] += len(data)
+        received = _drain_all(victims, 100)
+        for v in victims:
+            assert len(received[v]) == 10 and sum(map(len, received[v])) <= sent[v]
+            assert {type(wire.decode(d)) for d in received[v]} == {wire.RebindChallenge}
+        late = SimPeer(node.address, room="hijacked", name="late")
+        members.append(late)
+        assert isinstance(late.register(), wire.Registered)
+        assert sorted(e.endpoints[0] for e in late.peer_list()) == sorted(p.address for p in members[:5])
+        members[0].disconnect()
+        members[1].wait_for(lambda m: isinstance(m, wire.PeerLeft))  # the room heard both
+        assert not any(_drain_all(victims, 1, timeout=0.3).values())
+        snap = node.snapshot()
+        assert snap.get("rebinds", 0) == 0 and snap["rebind_challenges"] == 100 and snap["fast.new_source"] == 50
+    finally:
+        for x in [*members, *victims]:
+            x.close()
+
+
+def test_a_nat_rebinding_moves_the_endpoint_after_one_round_trip(bootnode_factory):
+    node = bootnode_factory()
+    a, b = SimPeer(node.address, name="a"), SimPeer(node.address, name="b")
+    try:
+        assert isinstance(a.register(), wire.Registered)
+        old = a.address
+        a.sock.close()  # the NAT gives a another port
+        a.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.sock.bind(("127.0.0.1", 0))
+        a.heartbeat(ack=True)
+        challenge = a.wait_for(lambda m: isinstance(m, wire.RebindChallenge))
+        flags = wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED
+        a.send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, a.token, flags, challenge.challenge)))
+        a.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.HEARTBEAT_ACK)
+        assert isinstance(b.register(), wire.Registered)
+        (entry,) = b.peer_list()
+        assert entry.endpoints[0] == a.address != old
+        a.heartbeat(ack=True)  # from where it is now: the fast path answers
+        a.wait_for(lambda m: isinstance(m, wire.TokenMessage) and m.type is MsgType.HEARTBEAT_ACK)
+        snap = node.snapshot()
+        assert (snap["rebinds"], snap["rebind_challenges"], snap["fast.heartbeats"]) == (1, 1, 1)
+    finally:
+        a.close(), b.close()
+
+
 def test_one_address_holds_at_most_max_peers_per_source_in_a_room(bootnode_factory):
     node = bootnode_factory(max_peers_per_source=16)
     peers = [SimPeer(node.address, room="full", name=f"p{n}") for n in range(17)]  # 17 ports of 127.0.0.1

@@ -75,13 +75,18 @@ def test_heartbeat_postpones_expiry(impl):
     assert t.expire(35.0) == [s]
 
 
-def test_touch_reports_rebinding(impl):
+def test_touch_from_another_source_refreshes_but_does_not_move(impl):
     t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 1, now=0.0, addr=("127.0.0.1", 1))
-    assert t.touch(t.token(s), ("127.0.0.1", 2), 1.0) == 2
+    assert t.touch(t.token(s), ("127.0.0.1", 2), 10.0) == 2
+    assert t.endpoint(s) == ("127.0.0.1", 1)  # a heartbeat's word moves nothing
+    assert t.expire(24.999) == []  # but it refreshed the registration
+    t.set_endpoint(s, ("127.0.0.1", 2))  # once the new address proved itself
     assert t.endpoint(s) == ("127.0.0.1", 2)
-    assert t.touch(t.token(s), ("::ffff:127.0.0.1", 2), 2.0) == 1  # mapped form is the same endpoint
-    assert t.touch(b"\x00" * 12, ("127.0.0.1", 2), 2.0) == 0
+    assert t.touch(t.token(s), ("::ffff:127.0.0.1", 2), 11.0) == 1  # mapped form is the same endpoint
+    assert t.touch(b"\x00" * 12, ("127.0.0.1", 2), 12.0) == 0
+    with pytest.raises(KeyError):
+        t.set_endpoint(7, ("127.0.0.1", 2))
 
 
 def test_expiry_order_and_partial_ticks(impl):
@@ -168,7 +173,9 @@ def test_many_rooms_grow_and_shrink(impl):
 # --- differential: the same random history gives the same observations --------------------
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["add", "remove", "touch", "expire", "badtouch"]), st.integers(0, 40), st.floats(0, 3)),
+    st.tuples(
+        st.sampled_from(["add", "remove", "touch", "move", "expire", "badtouch"]), st.integers(0, 40), st.floats(0, 3)
+    ),
     max_size=120,
 )
 
@@ -200,6 +207,10 @@ def test_differential_random_histories(both_impls, history):
             elif op == "touch" and live:
                 s = live[n % len(live)]
                 results.append(t.touch(t.token(s), (f"127.0.0.{n % 4}", 2000 + n % 2), now))
+            elif op == "move" and live:
+                s = live[n % len(live)]
+                t.set_endpoint(s, (f"127.0.0.{n % 4}", 2000 + n % 2))
+                results.append(s)
             elif op == "badtouch":
                 results.append(t.touch(bytes([0, 0, 0, n]) + bytes(8), ("127.0.0.1", 1), now))
             elif op == "expire":
@@ -275,15 +286,24 @@ def test_process_batch_heartbeats_replies_and_passthrough(impl, udp_pair):
     assert t.expire(24.999) == [] and t.expire(25.0) == [s]  # the heartbeat at t=10 counted
 
 
-def test_process_batch_rebinding(impl, udp_pair):
+def test_process_batch_leaves_heartbeats_from_another_source_to_the_machine(impl, udp_pair):
     server, client = udp_pair
     t = impl.RegistrationTable(10, 15.0, 0.0)
     s = t.add(ROOM_A, TAG, b"k" * 8, card(1), ("127.0.0.1", 1), 0.0)
     fp = impl.FastPath(server, t, 8)
-    client.sendto(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, t.token(s))), server.getsockname())
-    drain(fp, 1.0, 1)
-    assert fp.counters["rebinds"] == 1
-    assert t.endpoint(s) == client.getsockname()
+    hb = wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, t.token(s), wire.FLAG_ACK_REQUESTED))
+    cut_rebind = wire.header(MsgType.HEARTBEAT, wire.FLAG_REBIND) + t.token(s)  # 16 bytes, challenge missing
+    client.sendto(hb, server.getsockname())
+    client.sendto(cut_rebind, server.getsockname())
+    others = drain(fp, 1.0, 2)
+    assert others == [(hb, client.getsockname()), (cut_rebind, client.getsockname())]
+    c = fp.counters
+    assert (c["new_source"], c["heartbeats"], c["heartbeat_acks"], c["passed_to_python"]) == (1, 0, 0, 2)
+    assert t.endpoint(s) == ("127.0.0.1", 1)  # nothing moved, nothing answered
+    assert t.expire(15.0) == [s]  # nor refreshed: that is the machine's decision
+    client.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        client.recvfrom(100)
 
 
 def test_drained_after_a_short_batch(impl, udp_pair):
@@ -358,7 +378,7 @@ def test_dual_stack_socket_serves_ipv4_and_ipv6(impl):
         c4.sendto(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, t.token(s4), 1)), ("127.0.0.1", port))
         c6.sendto(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, t.token(s6), 1)), ("::1", port))
         drain(fp, 1.0, 2)
-        assert fp.counters["heartbeats"] == 2 and fp.counters["rebinds"] == 0
+        assert fp.counters["heartbeats"] == 2 and fp.counters["new_source"] == 0
         assert wire.decode(c4.recvfrom(100)[0]).type == MsgType.HEARTBEAT_ACK
         assert wire.decode(c6.recvfrom(100)[0]).type == MsgType.HEARTBEAT_ACK
         assert fp.send_to_room(ROOM_A, b"both") == 2 and fp.flush() == 2

@@ -205,3 +205,22 @@ def test_a_changed_key_after_registering_is_an_error_once_and_registration_waits
     link.outbox.clear()
     assert link.receive(_cookie(link), 30.1)  # the right bootnode again
     assert BOOT_KEY.check_proof(wire.decode_register(link.outbox.pop()))
+
+
+def test_a_rebind_challenge_is_answered_at_once_but_not_flooded():
+    link = new_link()
+    assert not link.receive(wire.RebindChallenge(b"c" * 12), 0.0)  # no token yet: nothing to prove
+    _registered(link, 0.0)
+    link.outbox.clear()
+    assert link.receive(wire.RebindChallenge(b"c" * 12), 0.5)
+    (answer,) = link.outbox
+    assert wire.decode(answer) == wire.TokenMessage(
+        MsgType.HEARTBEAT, b"t" * 12, wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED, b"c" * 12
+    )
+    for t in (0.6, 1.0, 1.4):  # forged challenges cannot make the client flood the bootnode
+        assert not link.receive(wire.RebindChallenge(b"d" * 12), t)
+    assert len(link.outbox) == 1
+    assert link.receive(wire.RebindChallenge(b"e" * 12), 1.5)
+    assert len(link.outbox) == 2
+    link.receive(wire.TokenMessage(MsgType.HEARTBEAT_ACK, b"t" * 12), 1.55)
+    assert link.rtt == pytest.approx(0.05)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import pytest
+
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits, Rendezvous, Send, SendToRoom
@@ -181,7 +183,15 @@ def test_heartbeat_ack_unknown_and_rebinding(impl):
     net.send(a.token_msg(MsgType.HEARTBEAT), a.addr, 1006.0)
     assert net.take(a.addr) == []
     new_addr = ("203.0.113.5", 4999)  # the NAT gave the client a new port
-    net.send(a.token_msg(MsgType.HEARTBEAT), new_addr, 1007.0)
+    net.send(a.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), new_addr, 1007.0)
+    (challenge,) = net.take(new_addr)  # one round trip proves the new address
+    assert isinstance(challenge, wire.RebindChallenge)
+    answer = wire.TokenMessage(
+        MsgType.HEARTBEAT, a.token, wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED, challenge.challenge
+    )
+    net.send(wire.encode(answer), new_addr, 1007.05)
+    assert net.take(new_addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert (net.machine.stats["rebinds"], net.machine.stats["rebind_challenges"]) == (1, 1)
     b = Client(net, ("203.0.113.9", 4000), "b")
     _, rest = b.register(1008.0)
     assert rest[0].peers[0].endpoints[0] == new_addr  # newcomers learn the new endpoint
@@ -464,3 +474,124 @@ def test_a_reregistration_from_the_same_address_replaces_and_is_not_counted_twic
     c_there = Client(net, ("203.0.113.5", 6000), "c", private=c_key)
     assert c_there.register(1004.0)[0].reason is RefuseReason.SOURCE_FULL
     assert net.machine.table.lookup(c.token) >= 0  # the refused one did not replace it
+
+
+# --- no reflection through unvalidated addresses ------------------------------------------
+
+
+def rebind_answer(token, challenge, flags=wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED):
+    return wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, token, flags, challenge))
+
+
+def test_tokens_pointed_at_a_victim_get_nothing_there_but_same_size_replies(impl):
+    """Whoever has the room's tokens heartbeats them from a victim's address: the victim
+    must get no announcement, only a reply per heartbeat, none larger than it."""
+    net = make(impl)
+    members = [Client(net, (f"203.0.113.{n}", 4000), f"m{n}") for n in range(1, 6)]
+    for c in members:
+        c.register(1000.0)
+    for c in members:
+        net.take(c.addr)
+    victim = ("192.0.2.99", 53)
+    sent = received = 0
+    for now in (1001.0, 1001.5, 1002.0):
+        for c in members:
+            for data in (
+                c.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED),
+                rebind_answer(c.token, os.urandom(12)),  # a guessed challenge
+            ):
+                actions = net.machine.receive_datagram(data, victim, now)
+                sent += len(data)
+                for a in actions:
+                    assert isinstance(a, Send) and a.addr == victim and len(a.data) <= len(data)
+                    received += len(a.data)
+                net.deliver(actions)
+    replies = net.take(victim)
+    assert {type(m) for m in replies} == {wire.RebindChallenge} and received <= sent
+    late = Client(net, ("203.0.113.77", 4000), "late")  # joins, leaves, expiries: none reach the victim
+    _, (plist,) = late.register(1003.0)
+    assert sorted(e.endpoints[0] for e in plist.peers) == sorted(c.addr for c in members)
+    net.send(members[0].token_msg(MsgType.DISCONNECT), members[0].addr, 1004.0)
+    net.tick(1020.0)
+    assert net.take(victim) == []
+    s = net.machine.stats
+    assert s["rebinds"] == 0 and s["rebind_challenges"] == 30 and s["rebind_refused"] == 15
+
+
+def test_heartbeats_from_a_new_source_keep_the_registration_alive(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    a.register(1000.0)
+    for now in (1010.0, 1020.0):  # from elsewhere, never answering the challenge
+        net.send(a.token_msg(MsgType.HEARTBEAT), ("203.0.113.5", 4999), now)
+    net.tick(1030.0)
+    slot = net.machine.table.lookup(a.token)
+    assert slot >= 0 and net.machine.table.endpoint(slot) == a.addr
+
+
+def test_a_forged_stale_or_borrowed_challenge_moves_nothing(impl):
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    b = Client(net, ("203.0.113.6", 4000), "b")
+    a.register(1000.0)
+    b.register(1000.0)
+    new, elsewhere = ("203.0.113.5", 4999), ("198.51.100.1", 7000)
+    net.send(a.token_msg(MsgType.HEARTBEAT), new, 1001.0)
+    (challenge,) = net.take(new)
+    table = net.machine.table
+
+    def refused(data, addr, now):
+        net.send(data, addr, now)
+        (reply,) = net.take(addr)  # a fresh challenge, never an ack
+        assert isinstance(reply, wire.RebindChallenge)
+        assert table.endpoint(table.lookup(a.token)) == a.addr
+        return reply
+
+    refused(rebind_answer(a.token, bytes(12)), new, 1001.1)  # forged
+    refused(rebind_answer(a.token, challenge.challenge), elsewhere, 1001.2)  # from another address
+    net.send(b.token_msg(MsgType.HEARTBEAT), new, 1001.3)
+    (b_challenge,) = net.take(new)
+    refused(rebind_answer(a.token, b_challenge.challenge), new, 1001.4)  # made for another token
+    for now in (1010.0, 1020.0, 1030.0, 1040.0, 1050.0, 1060.0, 1070.0, 1080.0, 1090.0, 1100.0, 1110.0, 1120.0):
+        net.send(a.token_msg(MsgType.HEARTBEAT), a.addr, now)  # a stays alive meanwhile
+    fresh = refused(rebind_answer(a.token, challenge.challenge), new, 1121.0)  # stale: past two cookie buckets
+    assert net.machine.stats["rebind_refused"] == 4 and net.machine.stats["rebinds"] == 0
+    net.send(rebind_answer(a.token, fresh.challenge), new, 1121.1)  # the fresh one works
+    assert net.take(new) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert table.endpoint(table.lookup(a.token)) == new and net.machine.stats["rebinds"] == 1
+    net.send(rebind_answer(a.token, fresh.challenge), new, 1121.2)  # a retransmission, from where it is
+    assert net.take(new) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert net.machine.stats["rebinds"] == 1
+
+
+def test_the_client_link_answers_a_challenge_at_once_and_moves(impl):
+    """The real client link behind a NAT that rebinds: one round trip and the bootnode
+    announces its new endpoint."""
+    from gochat.client.bootnode_link import REGISTERED, BootnodeLink
+
+    net = make(impl)
+    private = generate_private_key()
+    link = BootnodeLink(BOOT, "lobby", wire.encode_card(public_key(private), "a", []), 1000.0, static_private=private)
+    addr = ("203.0.113.5", 4000)
+
+    def exchange(now):
+        for data in link.outbox:
+            net.send(data, addr, now)
+        link.outbox.clear()
+        for msg in net.take(addr):
+            if not isinstance(msg, wire.PeerList):
+                link.receive(msg, now)
+
+    for _ in range(3):
+        exchange(1000.0)
+    assert link.state == REGISTERED
+    addr = ("203.0.113.5", 4999)  # the NAT rebinds
+    when = link.get_timer()
+    assert when == 1010.0
+    link.handle_timer(when)  # the next heartbeat goes out from the new port
+    exchange(when)  # heartbeat -> challenge; the link answers at once
+    assert len(link.outbox) == 1 and len(link.outbox[0]) == 28
+    exchange(when + 0.1)  # answer -> ack
+    slot = net.machine.table.lookup(link.token)
+    assert net.machine.table.endpoint(slot) == addr and link.rtt == pytest.approx(0.1)
+    assert net.machine.stats["rebinds"] == 1

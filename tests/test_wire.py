@@ -24,6 +24,24 @@ def test_heartbeat_layout_is_header_plus_token():
     assert len(data) == 16
 
 
+def test_rebind_challenge_and_its_answer():
+    challenge = bytes(range(50, 62))
+    data = wire.encode(wire.RebindChallenge(challenge))
+    assert data == b"\x47\x01\x0d\x00" + challenge and len(data) == 16  # no larger than a heartbeat
+    assert wire.decode(data) == wire.RebindChallenge(challenge)
+    answer = wire.TokenMessage(MsgType.HEARTBEAT, TOKEN, wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED, challenge)
+    data = wire.encode(answer)
+    assert data == b"\x47\x01\x05\x03" + TOKEN + challenge and len(data) == 28
+    assert wire.decode(data) == answer
+    with pytest.raises(DecodeError) as info:
+        wire.decode(data[:16])  # the REBIND flag without its challenge
+    assert info.value.reason == "truncated"
+    with pytest.raises(ValueError):
+        wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, TOKEN, wire.FLAG_REBIND))
+    with pytest.raises(ValueError):
+        wire.encode(wire.TokenMessage(MsgType.DISCONNECT, TOKEN, 0, challenge))
+
+
 def test_register_layout():
     msg = wire.Register(b"c" * 16, 0x01020304, b"r" * 16, KEY, "ann", (("192.168.1.2", 4545),), b"p" * 16)
     data = wire.encode(msg)
@@ -152,8 +170,15 @@ messages = st.one_of(
     ),
     st.builds(wire.Refused, st.integers(0, 2**32 - 1), st.sampled_from(RefuseReason), st.integers(0, 2**32 - 1)),
     st.builds(
-        wire.TokenMessage, st.sampled_from(sorted(wire.TOKEN_TYPES)), b(min_size=12, max_size=12), st.integers(0, 255)
+        lambda t, token, flags, challenge: wire.TokenMessage(
+            t, token, flags, challenge if t is MsgType.HEARTBEAT and flags & wire.FLAG_REBIND else b""
+        ),
+        st.sampled_from(sorted(wire.TOKEN_TYPES)),
+        b(min_size=12, max_size=12),
+        st.integers(0, 255),
+        b(min_size=12, max_size=12),
     ),
+    st.builds(wire.RebindChallenge, b(min_size=12, max_size=12)),
     st.builds(
         lambda tag, peers, extra: wire.PeerList(tag, min(extra, 3), 4, tuple(peers)),
         b(min_size=8, max_size=8),

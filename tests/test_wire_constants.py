@@ -31,6 +31,7 @@ REFERENCE = {
     "T_HEARTBEAT_ACK": W.T_HEARTBEAT_ACK,
     "T_UNKNOWN_TOKEN": W.T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": W.FLAG_ACK_REQUESTED,
+    "FLAG_REBIND": W.FLAG_REBIND,
     "HEARTBEAT_SIZE": W.HEARTBEAT_SIZE_bytes,
     "TOKEN_SIZE": W.TOKEN_SIZE_bytes,
     "TOKEN_INDEX_SIZE": W.TOKEN_INDEX_SIZE_bytes,
@@ -87,6 +88,12 @@ def test_codec_struct_sizes_follow_the_constants():
     )
     for t in control.TOKEN_TYPES:
         assert len(control.encode(control.TokenMessage(t, bytes(W.TOKEN_SIZE_bytes)))) == W.HEARTBEAT_SIZE_bytes
+    rebind = control.TokenMessage(
+        MsgType.HEARTBEAT, bytes(W.TOKEN_SIZE_bytes), W.FLAG_REBIND, bytes(W.CHALLENGE_SIZE_bytes)
+    )
+    assert len(control.encode(rebind)) == W.REBIND_HEARTBEAT_SIZE_bytes == 28
+    challenge = control.RebindChallenge(CookieJar(b"k" * 32).challenge(bytes(12), ("127.0.0.1", 1), 0.0))
+    assert len(control.encode(challenge)) == W.REBIND_CHALLENGE_SIZE_bytes == W.HEARTBEAT_SIZE_bytes
     assert len(CookieJar(b"k" * 32).make(("127.0.0.1", 1), 0.0)) == W.COOKIE_SIZE_bytes
     assert C.DATAGRAM_BUFFER_bytes > W.MAX_DATAGRAM_bytes
 
@@ -148,8 +155,10 @@ def test_table_entries_equal_the_reference(module, addr, long):
     assert table.wire_endpoint(slot) == control.encode_endpoint(addr)
     assert table.card(slot) == card(5, long)
     assert table.find_in_room(ROOM, card(5, long)[: W.PUBLIC_KEY_SIZE_bytes]) == slot
-    moved = ("127.0.0.2", 5)  # a rebinding changes the endpoint the entry announces
+    moved = ("127.0.0.2", 5)  # a proved rebinding changes the endpoint the entry announces
     assert table.touch(table.token(slot), moved, 1.0) == 2
+    assert table.entry(slot) == control.entry_from_card(card(5, long), addr)
+    table.set_endpoint(slot, moved)
     assert table.entry(slot) == control.entry_from_card(card(5, long), moved)
 
 

@@ -76,6 +76,7 @@ cdef enum:
     T_HEARTBEAT_ACK = 0x06     # wire: T_HEARTBEAT_ACK
     T_UNKNOWN_TOKEN = 0x07     # wire: T_UNKNOWN_TOKEN
     FLAG_ACK_REQUESTED = 0x01  # wire: FLAG_ACK_REQUESTED
+    FLAG_REBIND = 0x02         # wire: FLAG_REBIND
     TOKEN_INDEX_SIZE = 4       # wire: TOKEN_INDEX_SIZE_bytes
     TOKEN_SECRET_SIZE = 8      # wire: TOKEN_SECRET_SIZE_bytes
     TOKEN_SIZE = 12            # wire: TOKEN_SIZE_bytes
@@ -126,6 +127,7 @@ CONSTANTS = {
     "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
     "T_UNKNOWN_TOKEN": T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
+    "FLAG_REBIND": FLAG_REBIND,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE,
     "TOKEN_SIZE": TOKEN_SIZE,
     "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE,
@@ -495,7 +497,8 @@ cdef class RegistrationTable:
         return self._index_of(<const uint8_t *>PyBytes_AS_STRING(token))
 
     def touch(self, bytes token, tuple addr, double now):
-        """A heartbeat: 0 unknown token, 1 refreshed, 2 refreshed from a new endpoint."""
+        """A heartbeat: 0 unknown token, 1 refreshed, 2 refreshed but from another source
+        than the registration's endpoint (which stays: see set_endpoint)."""
         cdef int32_t i = self.lookup(token)
         if i == NONE:
             return 0
@@ -504,9 +507,14 @@ cdef class RegistrationTable:
         cdef Slot *s = &self.slots[i]
         if s.port == port and memcmp(s.addr, PyBytes_AS_STRING(key), 16) == 0:
             return 1
-        memcpy(s.addr, PyBytes_AS_STRING(key), 16)
-        s.port = port
         return 2
+
+    def set_endpoint(self, int32_t i, tuple addr):
+        """Move a registration's endpoint (a NAT rebinding, once its new address is proved)."""
+        self._check(i)
+        key, port = endpoint_key(addr)
+        memcpy(self.slots[i].addr, PyBytes_AS_STRING(key), 16)
+        self.slots[i].port = port
 
     def endpoint(self, int32_t i):
         self._check(i)
@@ -746,7 +754,7 @@ cdef class FastPath:
     cdef int tx_count
     cdef int batch_size
     cdef readonly bint drained
-    cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_rebinds, c_passed
+    cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_new_source, c_passed
     cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
 
     def __cinit__(self, sock, RegistrationTable table, int batch_size=BATCH_SIZE):
@@ -766,7 +774,7 @@ cdef class FastPath:
             "heartbeats": self.c_heartbeats,
             "heartbeat_acks": self.c_acks,
             "unknown_token": self.c_unknown,
-            "rebinds": self.c_rebinds,
+            "new_source": self.c_new_source,
             "passed_to_python": self.c_passed,
             "sent": self.c_sent,
             "send_errors": self.c_send_errors,
@@ -800,8 +808,10 @@ cdef class FastPath:
         self.tx_count = k + 1
 
     def process_batch(self, double now):
-        """One recvmmsg. Heartbeats are handled here; returns the other datagrams.
-        ``drained`` tells whether the socket was emptied."""
+        """One recvmmsg. Heartbeats from their registration's endpoint are handled here;
+        returns the other datagrams, heartbeats from another source among them (a NAT
+        rebinding or a forgery: the machine answers with a challenge). ``drained`` tells
+        whether the socket was emptied."""
         cdef int n, i
         cdef unsigned int ln
         cdef const uint8_t *p
@@ -826,19 +836,23 @@ cdef class FastPath:
         for i in range(n):
             ln = self.rx.msgs[i].msg_len
             p = <const uint8_t *>(self.rx.bufs + <size_t>i * BUF_SIZE)
-            if ln == HEARTBEAT_SIZE and p[0] == MAGIC and p[1] == VERSION and p[2] == T_HEARTBEAT:
+            if (ln == HEARTBEAT_SIZE and p[0] == MAGIC and p[1] == VERSION and p[2] == T_HEARTBEAT
+                    and not (p[3] & FLAG_REBIND)):
                 idx = t._index_of(p + HEADER_SIZE)
                 if idx == NONE:
                     self.c_unknown += 1
                     self._queue_reply(i, T_UNKNOWN_TOKEN)
                     continue
+                s = &t.slots[idx]
+                if not sockaddr_key(&self.rx.addrs[i], key, &port) or port != s.port or memcmp(key, s.addr, 16) != 0:
+                    # Not from the registration's endpoint: nothing moves before the new
+                    # address answers a challenge; that rare case is the machine's.
+                    self.c_new_source += 1
+                    self.c_passed += 1
+                    others.append((PyBytes_FromStringAndSize(<char *>p, ln), sockaddr_tuple(&self.rx.addrs[i])))
+                    continue
                 self.c_heartbeats += 1
                 t._touch(idx, now_ms)
-                s = &t.slots[idx]
-                if sockaddr_key(&self.rx.addrs[i], key, &port) and (port != s.port or memcmp(key, s.addr, 16) != 0):
-                    memcpy(s.addr, key, 16)
-                    s.port = port
-                    self.c_rebinds += 1
                 if p[3] & FLAG_ACK_REQUESTED:
                     self.c_acks += 1
                     self._queue_reply(i, T_HEARTBEAT_ACK)

@@ -13,6 +13,7 @@ from typing import Any
 from gochat.constants import BATCH_SIZE, DATAGRAM_BUFFER_bytes, WHEEL_TICK_ms
 from gochat.wire.constants import (
     FLAG_ACK_REQUESTED,
+    FLAG_REBIND,
     MAGIC,
     T_HEARTBEAT,
     T_HEARTBEAT_ACK,
@@ -49,6 +50,7 @@ CONSTANTS = {
     "T_HEARTBEAT_ACK": T_HEARTBEAT_ACK,
     "T_UNKNOWN_TOKEN": T_UNKNOWN_TOKEN,
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
+    "FLAG_REBIND": FLAG_REBIND,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE_bytes,
     "TOKEN_SIZE": TOKEN_SIZE_bytes,
     "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE_bytes,
@@ -247,16 +249,18 @@ class RegistrationTable:
         return -1 if found is None else found[0]
 
     def touch(self, token: bytes, addr: tuple, now: float) -> int:
+        """0 unknown token, 1 refreshed, 2 refreshed but from another source than the
+        registration's endpoint (which stays: see set_endpoint)."""
         found = self._find(token)
         if found is None:
             return 0
         i, s = found
         self._touch(i, s, self._clock(now))
-        key, port = endpoint_key(addr)
-        if (s.addr, s.port) == (key, port):
-            return 1
-        s.addr, s.port = key, port
-        return 2
+        return 1 if (s.addr, s.port) == endpoint_key(addr) else 2
+
+    def set_endpoint(self, i: int, addr: tuple) -> None:
+        s = self._get(i)
+        s.addr, s.port = endpoint_key(addr)
 
     def endpoint(self, i: int) -> tuple[str, int]:
         s = self._get(i)
@@ -328,7 +332,7 @@ class FastPath:
                 "heartbeats",
                 "heartbeat_acks",
                 "unknown_token",
-                "rebinds",
+                "new_source",
                 "passed_to_python",
                 "sent",
                 "send_errors",
@@ -367,20 +371,27 @@ class FastPath:
                 self.drained = True
                 break
             n += 1
-            if len(data) == HEARTBEAT_SIZE_bytes and data[0] == MAGIC and data[1] == VERSION and data[2] == T_HEARTBEAT:
+            if (
+                len(data) == HEARTBEAT_SIZE_bytes
+                and data[0] == MAGIC
+                and data[1] == VERSION
+                and data[2] == T_HEARTBEAT
+                and not data[3] & FLAG_REBIND
+            ):
                 token = data[HEADER_SIZE_bytes:_TOKEN_END]
                 found = t._find(token)
                 if found is None:
                     self._c["unknown_token"] += 1
                     replies.append((data[:2] + bytes([T_UNKNOWN_TOKEN, 0]) + token, addr))
                     continue
-                self._c["heartbeats"] += 1
                 i, s = found
+                if (s.addr, s.port) != endpoint_key(addr):  # another source: the machine's case
+                    self._c["new_source"] += 1
+                    self._c["passed_to_python"] += 1
+                    others.append((data, addr))
+                    continue
+                self._c["heartbeats"] += 1
                 t._touch(i, s, now_ms)
-                key, port = endpoint_key(addr)
-                if (s.addr, s.port) != (key, port):
-                    s.addr, s.port = key, port
-                    self._c["rebinds"] += 1
                 if data[3] & FLAG_ACK_REQUESTED:
                     self._c["heartbeat_acks"] += 1
                     replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + token, addr))

@@ -72,6 +72,7 @@ class Table(Protocol):
     def token(self, i: int) -> bytes: ...
     def lookup(self, token: bytes) -> int: ...
     def touch(self, token: bytes, addr: tuple, now: float) -> int: ...
+    def set_endpoint(self, i: int, addr: tuple) -> None: ...
     def expire(self, now: float) -> list[int]: ...
     def endpoint(self, i: int) -> tuple[str, int]: ...
     def card(self, i: int) -> bytes: ...
@@ -270,13 +271,29 @@ class Rendezvous:
         return [Send(wire.encode(wire.Refused(msg.request_id, reason, retry_ms)), addr)]
 
     def _on_heartbeat(self, msg: wire.TokenMessage, addr: tuple, now: float) -> list[Action]:
-        status = self.table.touch(msg.token, addr, now)
+        """A heartbeat refreshes its registration from any source, but moves its endpoint
+        only to a source that proved it receives there: the heartbeat from a new source
+        gets a REBIND_CHALLENGE (no larger than the heartbeat), and only a HEARTBEAT with
+        FLAG_REBIND echoing it from that source moves the endpoint. So tokens, even
+        stolen ones, cannot point the room's announcements at a victim."""
+        table = self.table
+        status = table.touch(msg.token, addr, now)
         if status == 0:
             self.stats["heartbeat.unknown"] += 1
             return [Send(wire.encode(wire.TokenMessage(MsgType.UNKNOWN_TOKEN, msg.token)), addr)]
         self.stats["heartbeat.slow_path"] += 1
         if status == 2:
-            self.stats["heartbeat.rebind"] += 1
+            answered = bool(msg.flags & wire.FLAG_REBIND)
+            if not (answered and self.cookies.verify_challenge(msg.challenge, msg.token, addr, now)):
+                if answered:
+                    self.stats["rebind_refused"] += 1  # forged, stale, or for another token or address
+                self.stats["rebind_challenges"] += 1
+                challenge = wire.RebindChallenge(self.cookies.challenge(msg.token, addr, now))
+                return [Send(wire.encode(challenge), addr)]
+            table.set_endpoint(table.lookup(msg.token), addr)
+            self.stats["rebinds"] += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("registration %s moved to %s", msg.token[:4].hex(), addr)
         if msg.flags & wire.FLAG_ACK_REQUESTED:
             return [Send(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT_ACK, msg.token)), addr)]
         return []

@@ -12,6 +12,11 @@ shared with the bootnode's static key (X25519). The bootnode's public key comes 
 COOKIE; the link trusts the first one it sees unless a key was pinned (pin_bootnode_key:
 the driver's pin file, or a setting), reports a newly learned key in ``learned_key`` for
 the driver to remember, and refuses a COOKIE with any other key.
+
+When the client's NAT gives it a new address, the bootnode does not move the
+registration on a heartbeat's word: it answers the heartbeat with a REBIND_CHALLENGE,
+which the link echoes at once (a HEARTBEAT with FLAG_REBIND) so that the new address is
+proved after one round trip.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ import os
 from collections.abc import Callable
 
 from gochat import events as ev
-from gochat.constants import DISCONNECT_RETRY_s, DISCONNECT_WAIT_s, REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s
+from gochat.constants import (
+    DISCONNECT_RETRY_s,
+    DISCONNECT_WAIT_s,
+    REBIND_ANSWER_INTERVAL_s,
+    REGISTER_RETRY_MAX_s,
+    REGISTER_TIMEOUTS_s,
+)
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import NoiseError, dh, public_key
 from gochat.wire import control as wire
 from gochat.wire.constants import PROOF_SIZE_bytes
-from gochat.wire.control import FLAG_ACK_REQUESTED, MsgType, RefuseReason
+from gochat.wire.control import FLAG_ACK_REQUESTED, FLAG_REBIND, MsgType, RefuseReason
 from gochat.wire.endpoints import format_endpoint
 
 _REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_TOKEN, MsgType.DISCONNECT_ACK)
@@ -102,6 +113,7 @@ class BootnodeLink:
         self._close_deadline = now
         self._next_heartbeat: float | None = None
         self._heartbeat_sent: float | None = None
+        self._rebind_answered: float | None = None
         self._request_id = 0
         self._register(now, new_request=True)
 
@@ -199,7 +211,24 @@ class BootnodeLink:
                 return True
         elif isinstance(msg, wire.TokenMessage) and msg.token == self.token and msg.type in _REPLIES:
             return self._token_reply(msg, now)
+        elif isinstance(msg, wire.RebindChallenge) and self.state == REGISTERED:
+            return self._rebind(msg, now)
         return False
+
+    def _rebind(self, msg: wire.RebindChallenge, now: float) -> bool:
+        """Our heartbeat came from an address the bootnode has not seen us at (our NAT
+        rebound): echo the challenge from here at once, so the bootnode moves us. At most
+        one answer per REBIND_ANSWER_INTERVAL_s, so that forged challenges cannot make us
+        flood the bootnode."""
+        if self._rebind_answered is not None and now < self._rebind_answered + REBIND_ANSWER_INTERVAL_s:
+            return False
+        self._rebind_answered = now
+        self.last_answer = now
+        assert self.token is not None
+        flags = FLAG_REBIND | FLAG_ACK_REQUESTED
+        self.outbox.append(wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, self.token, flags, msg.challenge)))
+        self._heartbeat_sent = now
+        return True
 
     def _registered(self, msg: wire.Registered, now: float) -> None:
         self.state = REGISTERED

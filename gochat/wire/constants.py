@@ -26,6 +26,8 @@ PUBLIC_KEY_SIZE_bytes = 32
 REQUEST_ID_SIZE_bytes = 4
 # REGISTER ends with a proof of possession of the static key (HMAC-SHA256 truncated).
 PROOF_SIZE_bytes = 16
+# REBIND_CHALLENGE carries a MAC that a client echoes from its new address (HMAC-SHA256 truncated).
+CHALLENGE_SIZE_bytes = 12
 
 MAX_NAME_bytes = 32
 MAX_LOCAL_ENDPOINTS = 4
@@ -34,6 +36,10 @@ MAX_LOCAL_ENDPOINTS = 4
 MAX_DATAGRAM_bytes = 1200
 
 HEARTBEAT_SIZE_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
+# A HEARTBEAT with FLAG_REBIND: the token, then the challenge it answers.
+REBIND_HEARTBEAT_SIZE_bytes = HEARTBEAT_SIZE_bytes + CHALLENGE_SIZE_bytes
+# The answer to a heartbeat from a new source: no larger than the heartbeat.
+REBIND_CHALLENGE_SIZE_bytes = HEADER_SIZE_bytes + CHALLENGE_SIZE_bytes
 
 # The proof key of a REGISTER: SHA-256(label || X25519(client static, bootnode static)).
 REGISTER_PROOF_LABEL = b"gochat register v1\0"
@@ -54,6 +60,8 @@ T_DISCONNECT_ACK = 0x09
 T_PEER_LIST = 0x0A
 T_PEER_JOINED = 0x0B
 T_PEER_LEFT = 0x0C
+T_REBIND_CHALLENGE = 0x0D
 
 # --- flags (header byte 3) --------------------------------------------------------
 FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
+FLAG_REBIND = 0x02  # HEARTBEAT: the token is followed by the challenge of a REBIND_CHALLENGE

@@ -23,10 +23,14 @@ from gochat.wire.constants import (
     FLAG_ACK_REQUESTED as FLAG_ACK_REQUESTED,  # re-exported: callers use wire.FLAG_ACK_REQUESTED
 )
 from gochat.wire.constants import (
+    FLAG_REBIND as FLAG_REBIND,  # re-exported: callers use wire.FLAG_REBIND
+)
+from gochat.wire.constants import (
     MAGIC,
     MAX_LOCAL_ENDPOINTS,
     REGISTER_PROOF_LABEL,
     VERSION,
+    CHALLENGE_SIZE_bytes,
     COOKIE_SIZE_bytes,
     HEADER_SIZE_bytes,
     MAX_DATAGRAM_bytes,
@@ -67,6 +71,7 @@ class MsgType(enum.IntEnum):
     PEER_LIST = C.T_PEER_LIST
     PEER_JOINED = C.T_PEER_JOINED
     PEER_LEFT = C.T_PEER_LEFT
+    REBIND_CHALLENGE = C.T_REBIND_CHALLENGE
 
 
 class RefuseReason(enum.IntEnum):
@@ -159,11 +164,22 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class TokenMessage:
-    """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_TOKEN, DISCONNECT, DISCONNECT_ACK: a token."""
+    """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_TOKEN, DISCONNECT, DISCONNECT_ACK: a token.
+    A HEARTBEAT with FLAG_REBIND also carries ``challenge`` (12 bytes, the one of a
+    REBIND_CHALLENGE); every other has none."""
 
     type: MsgType
     token: bytes
     flags: int = 0
+    challenge: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class RebindChallenge:
+    """The answer to a heartbeat from a source other than the registration's endpoint:
+    ``challenge`` (12 bytes) to echo from there in a HEARTBEAT with FLAG_REBIND."""
+
+    challenge: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +208,7 @@ class PeerLeft:
     left: tuple[tuple[bytes, LeaveReason], ...]
 
 
-Message = Register | Cookie | Registered | Refused | TokenMessage | PeerList | PeerJoined | PeerLeft
+Message = Register | Cookie | Registered | Refused | TokenMessage | RebindChallenge | PeerList | PeerJoined | PeerLeft
 
 TOKEN_TYPES = frozenset(
     {
@@ -362,7 +378,14 @@ def encode(msg: Message) -> bytes:
     """Encode a message value. Raises ValueError for values the format cannot carry."""
     if isinstance(msg, TokenMessage):
         _check_len(msg.token, TOKEN_SIZE_bytes, "token")
-        return header(msg.type, msg.flags) + msg.token
+        if msg.type is MsgType.HEARTBEAT and msg.flags & FLAG_REBIND:
+            _check_len(msg.challenge, CHALLENGE_SIZE_bytes, "challenge")
+        elif msg.challenge:
+            raise ValueError("only a HEARTBEAT with FLAG_REBIND carries a challenge")
+        return header(msg.type, msg.flags) + msg.token + msg.challenge
+    if isinstance(msg, RebindChallenge):
+        _check_len(msg.challenge, CHALLENGE_SIZE_bytes, "challenge")
+        return header(MsgType.REBIND_CHALLENGE) + msg.challenge
     if isinstance(msg, Register):
         _check_len(msg.proof, PROOF_SIZE_bytes, "proof")
         return _register_body(msg) + msg.proof
@@ -510,7 +533,11 @@ def decode(data: bytes) -> Message:
     r = _Reader(data, HEADER_SIZE_bytes)
     msg: Message
     if msg_type in TOKEN_TYPES:
-        msg = TokenMessage(msg_type, r.take(TOKEN_SIZE_bytes), flags)
+        token = r.take(TOKEN_SIZE_bytes)
+        rebind = msg_type is MsgType.HEARTBEAT and flags & FLAG_REBIND
+        msg = TokenMessage(msg_type, token, flags, r.take(CHALLENGE_SIZE_bytes) if rebind else b"")
+    elif msg_type is MsgType.REBIND_CHALLENGE:
+        msg = RebindChallenge(r.take(CHALLENGE_SIZE_bytes))
     elif msg_type is MsgType.REGISTER:
         if len(data) < HEADER_SIZE_bytes + _REGISTER_HEAD.size:
             raise DecodeError("truncated", f"{len(data)} bytes")
