@@ -177,12 +177,28 @@ class MessageReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class Undelivered(Event):
-    """A message ``to`` this peer was given up on."""
+    """A message that did not reach some peers, once per message and cause: ``to`` and
+    ``fingerprints`` name them. ``reason``: timeout (not acknowledged within 30 s: the
+    peer may still have it, so "not confirmed"), peer_gone, failed or unreachable (the
+    peer went away, or never had a session, before it got it: "not delivered")."""
 
     kind: ClassVar[str] = "undelivered"
-    to: str
-    fingerprint: str
+    to: tuple[str, ...]
+    fingerprints: tuple[str, ...]
     text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerNamed(Event):
+    """A peer's authenticated handshake gave it another name than the one announced
+    (or shown) so far: ``name`` is the name it proved, ``announced`` the earlier one."""
+
+    kind: ClassVar[str] = "peer_named"
+    name: str
+    fingerprint: str
+    public_key: str
+    announced: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +284,7 @@ LINE_MODE_EVENTS: tuple[type, ...] = (
     Started,
     Registered,
     PeerJoined,
+    PeerNamed,
     KeyChanged,
     PeerConnected,
     PathChanged,

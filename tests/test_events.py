@@ -66,7 +66,7 @@ def sample(cls):
         elif dataclasses.is_dataclass(hint):
             values[f.name] = sample(hint)
         elif origin is tuple:
-            values[f.name] = (sample(args[0]),)
+            values[f.name] = ("x",) if args[0] is str else (sample(args[0]),)
         elif origin is dict:
             values[f.name] = {"tampered": 1}
         else:

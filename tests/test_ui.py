@@ -97,13 +97,19 @@ def test_scrollback_shows_more_below_until_back_at_the_bottom():
 def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen, _ = screen_with_bob()
     screen.own_message("did you get this?")
-    screen.handle_event(ev.Undelivered("bob", BOB_FP, "did you get this?"))
+    screen.handle_event(ev.Undelivered(("bob",), (BOB_FP,), "did you get this?", "peer_gone"))
     screen.handle_event(ev.KeyChanged("carol", BOB_FP, ME_FP, "WARNING: carol has a different key"))
     screen.handle_event(ev.BootnodeLost())
     screen.handle_event(ev.PathChanged("bob", BOB_FP, "direct", "198.51.100.2:5000", "198.51.100.2:4545"))
     out = text_of(screen, 200, 14)
     assert "bob now reached direct at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
     assert "alice: did you get this?  ✗ not delivered to bob" in out
+    screen.own_message("and this?")
+    screen.handle_event(ev.Undelivered(("bob", "carol"), (BOB_FP, ME_FP), "and this?", "timeout"))
+    screen.handle_event(ev.PeerNamed("robert", BOB_FP, "ab" * 32, "bob"))
+    out = text_of(screen, 200, 16)
+    assert "alice: and this?  ✗ not confirmed by bob, carol" in out  # it may still have arrived
+    assert "bob is robert: the name its handshake proved" in out and "robert" in out.split("peers")[1]
     assert "* WARNING: carol has a different key" in out
     assert "bootnode lost" in out.splitlines()[0]
 

@@ -203,27 +203,32 @@ class ClientDriver:
 
     def _emit(self, event: ev.Event) -> None:
         if isinstance(event, ev.PeerJoined):
-            self._peer_joined(event)
+            self._trust(event.name, event.fingerprint, event.public_key, before=event)
+        elif isinstance(event, ev.PeerNamed):
+            self.sink(event)
+            self._trust(event.name, event.fingerprint, event.public_key, before=None)
         else:
             self.sink(event)
 
-    def _peer_joined(self, event: ev.PeerJoined) -> None:
-        """Trust on first use: the known-peers file says new, known, verified or changed."""
-        key = bytes.fromhex(event.public_key)
-        previous = self.known.get(event.name)
-        status = self.known.remember(event.name, key)
+    def _trust(self, name: str, fp: str, key_hex: str, before: ev.PeerJoined | None) -> None:
+        """Trust on first use of a name with a key: the known-peers file says new, known,
+        verified or changed (then a loud KeyChanged follows). A join is shown with its
+        trust first."""
+        key = bytes.fromhex(key_hex)
+        previous = self.known.get(name)
+        status = self.known.remember(name, key)
         verified = status == KnownPeers.KNOWN and previous is not None and previous.get("verified")
-        self.sink(dataclasses.replace(event, trust="verified" if verified else status))
+        if before is not None:
+            self.sink(dataclasses.replace(before, trust="verified" if verified else status))
         if status == KnownPeers.CHANGED and previous is not None:
             old = fingerprint(bytes.fromhex(previous["key"]))
             self.sink(
                 ev.KeyChanged(
-                    event.name,
-                    event.fingerprint,
+                    name,
+                    fp,
                     old,
-                    f"WARNING: {event.name} has a different key than before "
-                    f"({old} -> {event.fingerprint}). It may be someone else: "
-                    f"compare safety numbers before trusting it.",
+                    f"WARNING: {name} has a different key than before ({old} -> {fp}). It may be "
+                    f"someone else: compare safety numbers before trusting it.",
                 )
             )
 

@@ -40,6 +40,10 @@ from gochat.wire.endpoints import canonical_endpoint, format_endpoint
 # Announcements that arrive before our REGISTERED (UDP reorders the reply and the peer
 # list) are kept, this many at most, and read once the room tag is known.
 MAX_EARLY_ANNOUNCEMENTS = 16
+# Give-ups of one message are gathered for this long before they are reported, so that
+# peers that fail within moments of each other (a batch of fakes reaching their punch
+# deadline) make one report naming them all.
+UNDELIVERED_GATHER_s = 2.0
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -90,6 +94,12 @@ class RoomClient:
         self._heap_order = itertools.count()
         self._early: list[wire.PeerList | wire.PeerJoined | wire.PeerLeft] = []
         self._waiting: OrderedDict[bytes, wire.PeerEntry] = OrderedDict()  # refused while full
+        self._unannounced: set[bytes] = set()  # introduced by a punch, not yet named by a handshake
+        self._unannounced_fingerprints: set[str] = set()
+        # (message ref, reason) -> (text, peers, when the first was seen), reported together
+        self._give_ups: dict[tuple[object, str], tuple[str, list[Peer], float]] = {}
+        self._now = now
+        self._message_refs = itertools.count()
         self._indexes: dict[int, Peer] = {}
         self._secrets: dict[bytes, bytes] = {}
         self._initiations = TokenBuckets(
@@ -108,13 +118,32 @@ class RoomClient:
         self.outbox.append((data, endpoint))
 
     def event(self, event: ev.Event) -> None:
+        if getattr(event, "fingerprint", None) in self._unannounced_fingerprints:
+            return  # a peer introduced by its punch is not shown before its handshake names it
         self.events.append(event)
 
     def undelivered(self, peer: Peer, ref: object, text: str, reason: str) -> None:
-        self.event(ev.Undelivered(peer.name, peer.fingerprint, text))  # one event per peer, for now
+        """Gathered for UNDELIVERED_GATHER_s, then reported once per message and reason
+        naming all its peers: 255 peers that never answered make one line per message,
+        not 255."""
+        if peer.key in self._unannounced:
+            return
+        self._give_ups.setdefault((ref, reason), (text, [], self._now))[1].append(peer)
+
+    def _report_undelivered(self, now: float, everything: bool = False) -> None:
+        due = [k for k, (_, _, first) in self._give_ups.items() if everything or now >= first + UNDELIVERED_GATHER_s]
+        for key in due:
+            text, peers, _ = self._give_ups.pop(key)
+            names = tuple(p.name for p in peers)
+            self.events.append(ev.Undelivered(names, tuple(p.fingerprint for p in peers), text, key[1]))
 
     def name_authenticated(self, peer: Peer, announced: str, authenticated: str) -> None:
-        pass  # peer.name is already the authenticated name
+        if peer.key in self._unannounced:  # introduced by its punch: it joins now, by its proved name
+            self._unannounced.discard(peer.key)
+            self._unannounced_fingerprints.discard(peer.fingerprint)
+            self.event(ev.PeerJoined(authenticated, peer.fingerprint, peer.key.hex()))
+        else:
+            self.event(ev.PeerNamed(authenticated, peer.fingerprint, peer.key.hex(), announced))
 
     def new_index(self, peer: Peer) -> int:
         while True:
@@ -136,6 +165,7 @@ class RoomClient:
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
         """One datagram from the socket. Never raises for bad input: it is counted."""
+        self._now = now
         try:
             source = canonical_endpoint(addr)
         except (OSError, ValueError):
@@ -191,11 +221,15 @@ class RoomClient:
         peer.leave(reason)
         self._forget(peer, now)
 
-    def _introduce(self, entry: wire.PeerEntry, now: float) -> None:
+    def _introduce(self, entry: wire.PeerEntry, now: float, announce: bool = True) -> None:
         if entry.public_key == self.public_key:
             return  # a coalesced PEER_JOINED may list ourselves
         peer = self.peers.get(entry.public_key)
         if peer is not None:
+            if peer.key in self._unannounced:  # the announcement came after all: show it as told
+                self._unannounced.discard(peer.key)
+                self._unannounced_fingerprints.discard(peer.fingerprint)
+                self.event(ev.PeerJoined(entry.name, peer.fingerprint, peer.key.hex()))
             peer.reintroduced(entry.name, entry.endpoints, now)
             self._schedule(peer)
             return
@@ -213,7 +247,11 @@ class RoomClient:
             self.counters["bad_peer_key"] += 1
             return
         self.peers[entry.public_key] = peer
-        self.event(ev.PeerJoined(peer.name, peer.fingerprint, peer.key.hex()))
+        if announce:
+            self.event(ev.PeerJoined(peer.name, peer.fingerprint, peer.key.hex()))
+        else:
+            self._unannounced.add(peer.key)
+            self._unannounced_fingerprints.add(peer.fingerprint)
         peer.handle_timer(now)  # the first punch round goes out at once
         self._schedule(peer)
 
@@ -242,7 +280,7 @@ class RoomClient:
             entry = wire.PeerEntry(announced.public_key, announced.name, (*announced.endpoints, source))
         else:  # named "peer <fingerprint>" until its handshake names it
             entry = wire.PeerEntry(punch.sender_key, "peer " + fingerprint(punch.sender_key)[:9], (source,))
-        self._introduce(entry, now)
+        self._introduce(entry, now, announce=announced is not None)
         peer = self.peers.get(punch.sender_key)
         if peer is not None and announced is None:
             self.counters["introduced_by_punch"] += 1
@@ -263,6 +301,8 @@ class RoomClient:
         peer.release()
         self.peers.pop(peer.key, None)
         self._secrets.pop(peer.key, None)
+        self._unannounced.discard(peer.key)
+        self._unannounced_fingerprints.discard(peer.fingerprint)
         self._deadlines.pop(peer.key, None)
         if now is not None:
             self._admit_waiting(now)
@@ -322,9 +362,10 @@ class RoomClient:
         many. Messages to peers still connecting wait for the session (and may end
         undelivered). Raises MessageTooLong over 64 KiB."""
         check_length(text.encode("utf-8"))  # before anyone gets it, so all or nobody do
-        recipients = [p for p in self.peers.values() if p.accepts_messages]
+        recipients = [p for p in self.peers.values() if p.accepts_messages and p.key not in self._unannounced]
+        ref = next(self._message_refs)
         for peer in recipients:
-            peer.send_message(text, now)
+            peer.send_message(text, now, ref)
             self._schedule(peer)
         return len(recipients)
 
@@ -335,7 +376,9 @@ class RoomClient:
         """Graceful leave: bye to every connected peer, disconnect from the bootnode."""
         if self.quitting:
             return
+        self._now = now
         self.quitting = True
+        self._report_undelivered(now, everything=True)
         for peer in self.peers.values():
             peer.bye(now)
         self.link.disconnect(now)
@@ -370,6 +413,7 @@ class RoomClient:
 
     def get_timer(self) -> float | None:
         times = [t for t in (self.link.get_timer(),) if t is not None]
+        times += [first + UNDELIVERED_GATHER_s for _, _, first in self._give_ups.values()]
         if not self.quitting:
             t = self._next_peer_deadline()
             if t is not None:
@@ -377,6 +421,7 @@ class RoomClient:
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         self.link.handle_timer(now)
         if not self.quitting:
             due = []
@@ -393,6 +438,8 @@ class RoomClient:
         self._drain_link(now)
 
     def _drain_link(self, now: float) -> None:
+        """The end of every input: the link's datagrams and events, give-ups due."""
+        self._report_undelivered(now)
         for data in self.link.outbox:
             self.outbox.append((data, self.bootnode))
         self.link.outbox.clear()

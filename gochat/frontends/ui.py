@@ -208,13 +208,17 @@ class ChatScreen(urwid.WidgetWrap):
         self._own.append((text, widget, full))
         del self._own[:-200]
 
-    def mark_undelivered(self, to: str, text: str) -> None:
+    def mark_undelivered(self, to: tuple[str, ...], text: str, reason: str) -> None:
+        """On the message itself. A timeout only says the peer did not confirm it (it may
+        still have it); the other reasons say it never got there."""
+        what = "not confirmed by" if reason == "timeout" else "not delivered to"
+        who = ", ".join(to[:5]) + (f" and {len(to) - 5} more" if len(to) > 5 else "")
         for own_text, widget, full in reversed(self._own):
             if own_text == text:
-                full.append(("undelivered", f"  ✗ not delivered to {to}"))
+                full.append(("undelivered", f"  ✗ {what} {who}"))
                 widget.set_text(full)
                 return
-        self.system(f"not delivered to {to}: {text}", "error")
+        self.system(f"{what} {who}: {text}", "error")
 
     def keypress(self, size, key):
         if key in ("page up", "page down"):
@@ -245,8 +249,12 @@ class ChatScreen(urwid.WidgetWrap):
                 self.system(f"{name} now reached {path} at {endpoint} (was {previous})")
             case ev.MessageReceived(sender=sender, fingerprint=fp, text=text):
                 self.line([(peer_colour(fp), sender), ": ", text])
-            case ev.Undelivered(to=to, text=text):
-                self.mark_undelivered(to, text)
+            case ev.Undelivered(to=to, text=text, reason=reason):
+                self.mark_undelivered(to, text, reason)
+            case ev.PeerNamed(name=name, fingerprint=fp, announced=announced):
+                shown = self.peers.pop(announced, None)
+                self.peers[name] = shown if shown is not None else {"fingerprint": fp}
+                self.system(f"{announced} is {name}: the name its handshake proved ({fp})", "warning")
             case ev.PeerLeft(name=name, reason=reason):
                 self.peers.pop(name, None)
                 self.system(f"{name} left ({reason.replace('_', ' ')})")
