@@ -229,8 +229,14 @@ def test_bye_is_immediate_and_vanished_peer_times_out():
     assert len(w.kinds("alice", ev.PeerLeft)) == 2 and len(w.kinds("alice", ev.Error)) == 0
 
 
-def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow():
-    w, a, b = _established()
+@pytest.mark.parametrize("alice_initiates", [True, False])
+def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow(alice_initiates):
+    ka, kb = _keys_with(alice_initiates)
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
     w.send(a, "before")
     w.send(b, "before")
     w.run_until(lambda: texts(w, "bob") == ["before"] and texts(w, "alice") == ["before"], limit=5)
@@ -242,6 +248,7 @@ def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow():
     w.run_until(
         lambda: texts(w, "alice", "bob2") == ["after restart"] and texts(w, "bob2") == ["welcome back"], limit=10
     )
+    assert not w.kinds("alice", ev.Undelivered)  # typed as bob2 connected: it waited for his new epoch
 
 
 def test_rekey_keeps_the_conversation_going():
@@ -264,7 +271,7 @@ def test_undelivered_after_give_up_names_the_peer():
     w.filter = lambda src, dst, data: not (dst[0] == "198.51.100.20" and pw.is_peer_datagram(data))
     w.send(a, "into the void")
     w.run_until(lambda: w.kinds("alice", ev.Undelivered), limit=40)
-    assert w.kinds("alice", ev.Undelivered)[0].to == "bob"
+    assert w.kinds("alice", ev.Undelivered)[0].to == ("bob",)
     assert w.kinds("alice", ev.Undelivered)[0].text == "into the void"
 
 
@@ -471,6 +478,11 @@ def test_fake_members_that_never_answer_make_room_for_a_real_newcomer():
     w.run_until(lambda: connected(w, "alice", "bob"), limit=20)  # long before the fakes expire
     w.send(a, "hello bob")
     w.run_until(lambda: "hello bob" in texts(w, "bob", "alice"), limit=5)
+    w.run_for(10)
+    reports = [u for u in w.kinds("alice", ev.Undelivered) if u.text == "hello room"]
+    assert 1 <= len(reports) <= 2  # one line naming the fakes, not one per fake
+    assert sum(len(u.to) for u in reports) == MAX_PEERS_PER_CLIENT
+    assert all(u.reason == "unreachable" and "bob" not in u.to for u in reports)
 
 
 def test_a_lost_introduction_is_made_by_the_newcomers_punch():
@@ -483,8 +495,9 @@ def test_a_lost_introduction_is_made_by_the_newcomers_punch():
     alice = ("198.51.100.10", 4545)
     w.filter = lambda src, dst, data: not (src == w.bootnode_addr and dst == alice and data[2] == 0x0B)
     w.add_client("bob", "198.51.100.20")
-    w.run_until(lambda: w.kinds("alice", ev.PeerConnected) and connected(w, "bob", "alice"), limit=5)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
     assert a.counters["introduced_by_punch"] == 1
+    assert [e.name for e in w.kinds("alice", ev.PeerJoined)] == ["bob"]  # shown once, by its proved name
     w.filter = None
     w.send(a, "found you")
     w.run_until(lambda: texts(w, "bob", "alice") == ["found you"], limit=5)
@@ -621,3 +634,30 @@ def test_a_peer_is_named_by_its_handshake_not_by_the_bootnode():
     w.send(b, "it is me")
     w.run_until(lambda: texts(w, "alice", "bob") == ["it is me"], limit=5)
     assert b.peers[a.public_key].name == "alice"  # the same on the other side, where they agree
+
+
+@pytest.mark.parametrize("alice_initiates", [True, False])
+def test_a_message_whose_acks_were_lost_is_not_shown_twice_when_the_peer_starts_over(alice_initiates):
+    """Alice shows bob's message but her ACKs are lost; then she drops her record of bob
+    and makes a new one (a new epoch). Bob cannot know whether her old record showed the
+    message: he reports it undelivered rather than send it to her new one, and what he
+    types from then on arrives."""
+    ka, kb = _keys_with(alice_initiates)
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    reports = _record_undelivered(b)
+    alice = w.endpoint_of(a)
+    w.filter = lambda src, dst, data: not (src == alice and pw.is_peer_datagram(data))  # her ACKs are lost
+    w.send(b, "once")
+    w.run_until(lambda: texts(w, "alice", "bob") == ["once"], limit=5)
+    w.run_for(1)
+    _drop_peer(a, b.public_key, w.now)
+    w.filter = None
+    w.run_until(lambda: len(w.kinds("alice", ev.PeerConnected)) == 2 and reports, limit=40)
+    w.send(b, "after")
+    w.run_until(lambda: "after" in texts(w, "alice", "bob"), limit=10)
+    assert texts(w, "alice", "bob") == ["once", "after"]
+    assert reports == [("alice", 0, "once", "peer_gone")]  # she may have it: she did

@@ -194,3 +194,17 @@ def test_deadlines_cost_the_same_whatever_is_in_flight(monkeypatch):
 
     assert cost(150) == cost(3) <= 8
     assert cost(150) == cost(1000)  # beyond the window, the queue is not looked at either
+
+
+def test_restart_reports_what_was_sent_and_keeps_what_was_not():
+    tx = ReliableSender(0.0)
+    for n in range(255):
+        tx.send(b"m%d" % n, 0.0, ref=n)
+    tx.send(b"x" * 2500, 0.0, ref="in part")  # three fragments: the window lets one go
+    tx.send(b"queued", 0.0, ref="never sent")
+    assert len(tx.datagrams_to_send(0.0)) == 256
+    tx.on_ack(1, 0, 0.1)  # m0 arrived: its receiver showed it
+    assert tx.restart() == [(n, b"m%d" % n) for n in range(1, 255)] + [("in part", b"x" * 2500)]
+    rx = ReliableReceiver()  # the peer's new receiver
+    delivered = [m for f in tx.datagrams_to_send(0.2) for m in rx.on_data(f)[0]]
+    assert delivered == [b"queued"]

@@ -36,6 +36,10 @@ from gochat.wire import data as pw
 from gochat.wire.control import DecodeError, Endpoint
 from gochat.wire.endpoints import format_endpoint
 
+# A responder that answered a new epoch's initiation sends no DATA for this long, or
+# until the initiator confirms (a round trip): it would go to the peer's old record.
+NEW_EPOCH_HOLD_s = 2.0
+
 
 class PeerState(enum.Enum):
     PUNCHING = "punching"
@@ -134,6 +138,7 @@ class Peer:
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
         self.remote_epoch: int | None = None
+        self._hold_until: float | None = None  # sending waits for a new epoch's confirmation
         # delivery
         self.sender = reliable.ReliableSender(now)
         self.receiver = reliable.ReliableReceiver()
@@ -247,6 +252,10 @@ class Peer:
         )
         self.ctx.send(pw.encode_handshake_resp(index, init.sender_index, noise), source)
         self.last_sent = now
+        if self.state is CONNECTED and self.remote_epoch is not None and epoch != self.remote_epoch:
+            # A new epoch: what we would send until the initiator confirms (a round trip)
+            # would go to its old record. Bounded: a stranger can replay an initiation.
+            self._hold_until = now + NEW_EPOCH_HOLD_s
         if self.state in (PUNCHING, UNREACHABLE, FAILED):
             self.state = HANDSHAKING
             self._hs_deadline = now + HANDSHAKE_DEADLINE_s
@@ -304,6 +313,7 @@ class Peer:
         if self.remote_epoch is not None and keypair.epoch != self.remote_epoch:
             self._remote_started_over(self.remote_epoch)
         self.remote_epoch = keypair.epoch
+        self._hold_until = None
         self._authenticated(keypair.name)
         if self.previous is not None:
             self.ctx.release_index(self.previous.local_index)
@@ -335,12 +345,15 @@ class Peer:
 
     def _remote_started_over(self, old_epoch: int) -> None:
         """The peer has a new sequence space towards us (it restarted, or dropped its
-        record of us and made a new one): our receiving side starts over. Our sending
-        side goes on: the peer's new receiver skips to the ``base`` of our next DATA, and
-        what is unacknowledged is sent again (an old receiver that delivered a message
-        whose every ACK was lost is the one case where it is shown twice)."""
+        record of us and made a new one): our receiving side starts over. What we had
+        sent and not seen acknowledged went to a record that no longer exists; it may
+        have shown it (its ACKs can have been lost), so sending it again to the new one
+        could show it twice: it is reported instead. What was never sent goes out now,
+        in our same sequence space (the new receiver starts at our ``base``)."""
         self._retired_epochs = [*self._retired_epochs[-7:], old_epoch]
         self.receiver = reliable.ReliableReceiver()
+        for ref, text in self.sender.restart():
+            self._undelivered(ref, text, "peer_gone")
 
     def _fail(self, reason: str) -> None:
         self.state = FAILED
@@ -432,6 +445,8 @@ class Peer:
 
     def _flush(self, now: float) -> None:
         """Send what reliable delivery has due: new fragments and retransmissions."""
+        if self._hold_until is not None and now < self._hold_until:
+            return  # the peer's new epoch is being confirmed: this would go to its old record
         if self.state is CONNECTED and self._usable_keypair() is not None:
             for frame in self.sender.datagrams_to_send(now):
                 self._send_frame(frame, now)
@@ -495,6 +510,7 @@ class Peer:
             (self._silence_at, self._on_silence),
             (self._rekey_at, self._on_rekey),
             (self._retransmit_at, self._flush),
+            (self._hold_ends_at, self._on_hold_ends),
             (self._keepalive_at, self._on_keepalive),
         )
 
@@ -580,6 +596,14 @@ class Peer:
 
     def _retransmit_at(self) -> float | None:
         return self.sender.retransmit_timer() if self.state is CONNECTED else None
+
+    def _hold_ends_at(self) -> float | None:
+        return self._hold_until
+
+    def _on_hold_ends(self, now: float) -> None:
+        """The new epoch was not confirmed in time (a replayed initiation?): send again."""
+        self._hold_until = None
+        self._flush(now)
 
     def _keepalive_at(self) -> float | None:
         return self.last_sent + self.ctx.keepalive_s if self.state is CONNECTED else None

@@ -279,6 +279,28 @@ class ReliableSender:
         self._queue.clear()
         return texts
 
+    def restart(self) -> list[tuple[object, bytes]]:
+        """The receiver started over, with no memory of what it delivered: give up on
+        every message sent in whole or in part (the old receiver may have shown it, and
+        sending it again could show it twice); returns them, (ref, text), oldest first.
+        Messages never sent stay queued, in this sequence space; ``base`` moves to the
+        first of them, where the new receiver starts."""
+        first_unsent = self._queue[0].seq if self._queue else self.next_seq
+        gone: dict[int, _Outgoing] = {}
+        while self._messages:
+            mid, m = next(iter(self._messages.items()))
+            if not _seq_lt(m.seqs[0], first_unsent):
+                break
+            del self._messages[mid]
+            gone[mid] = m
+        while self._queue and self._queue[0].msg_id in gone:
+            self._queue.popleft()  # the unsent rest of a message sent in part
+        self._in_flight.clear()  # every fragment in flight belonged to those
+        self._by_time.clear()
+        self._lost.clear()
+        self.rtt.reset_backoff()
+        return [(m.ref, m.text) for m in gone.values()]
+
     @property
     def unacknowledged(self) -> int:
         return len(self._messages)
