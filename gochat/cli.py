@@ -113,6 +113,7 @@ def run_client(settings: Settings) -> int:
                 passphrase=settings.passphrase or None,
                 peer_timeout=settings.peer_timeout,
                 bootnode_public_key=settings.bootnode_public_key,
+                register_timeout=settings.register_timeout,
             ),
             identity,
         )

@@ -263,6 +263,14 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("no_ui", "NO_UI", None, "false", parse_bool, "client: line mode, JSON events on stdout"),
     Spec(
+        "register_timeout",
+        "REGISTER_TIMEOUT",
+        "--register-timeout",
+        f"{C.DEFAULT_REGISTER_TIMEOUT_s:g}s",
+        parse_duration,
+        "client: how long the first registration keeps trying before the client gives up",
+    ),
+    Spec(
         "heartbeat_interval",
         "HEARTBEAT_INTERVAL",
         "--heartbeat-interval",
@@ -368,6 +376,7 @@ class Settings:
     identity: Path | None
     passphrase: str
     no_ui: bool
+    register_timeout: float
     heartbeat_interval: float
     peer_timeout: float
     max_peers: int

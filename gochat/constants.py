@@ -46,10 +46,13 @@ MAX_BATCHES_PER_WAKEUP = 64
 WHEEL_TICK_ms = 128
 
 # --- client: bootnode link --------------------------------------------------------
-# Answer timeouts of the first registration's tries (backoff); after the last one the
-# client gives up with an error (a bootnode that never answered is a setup problem).
+# Answer timeouts of the first registration's first tries (backoff); then it tries every
+# REGISTER_RETRY_MAX_s until DEFAULT_REGISTER_TIMEOUT_s (setting REGISTER_TIMEOUT) have
+# passed without an answer: a lossy path must not end the client, a bootnode that never
+# answers is a setup problem the user hears about as it happens.
 REGISTER_TIMEOUTS_s = (1.0, 1.5, 2.5, 3.0)
-# Once registered, re-registration retries back off up to this and never give up.
+DEFAULT_REGISTER_TIMEOUT_s = 60.0
+# Retries back off up to this (once registered they never give up).
 REGISTER_RETRY_MAX_s = 5.0
 DISCONNECT_RETRY_s = 0.25
 # A client answers at most one REBIND_CHALLENGE per this interval (a real rebinding needs one).

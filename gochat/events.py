@@ -94,6 +94,18 @@ class Registered(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class BootnodeUnanswered(Event):
+    """The first registration is not answered yet: ``tries`` sent over ``waited_s``; the
+    client keeps trying until ``give_up_s`` (REGISTER_TIMEOUT), then stops."""
+
+    kind: ClassVar[str] = "bootnode_unanswered"
+    bootnode: str
+    tries: int
+    waited_s: float
+    give_up_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class BootnodeLost(Event):
     """No answer from the bootnode for a peer timeout; chats go on."""
 
@@ -293,6 +305,7 @@ LINE_MODE_EVENTS: tuple[type, ...] = (
     PeerLeft,
     PeerUnreachable,
     HandshakeFailed,
+    BootnodeUnanswered,
     BootnodeLost,
     BootnodeRestored,
     BootnodeReregistering,

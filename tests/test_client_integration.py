@@ -108,12 +108,14 @@ def test_unreachable_bootnode_is_a_clear_error_exit_1(tmp_path):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))  # a port where nobody answers (we hold it and read nothing)
     try:
-        c = Client(f"127.0.0.1:{s.getsockname()[1]}", "alice", tmp_path)
+        c = Client(f"127.0.0.1:{s.getsockname()[1]}", "alice", tmp_path, extra=["--register-timeout", "8s"])
+        progress = c.wait_event("bootnode_unanswered", timeout=20)
+        assert progress["tries"] == 1 and progress["give_up_s"] == 8
         error = c.wait_event("error", timeout=20)
         assert error["fatal"]
         assert error["message"] == (
             f"bootnode 127.0.0.1:{s.getsockname()[1]} did not answer after 4 tries over 8 s: "
-            "is it running and reachable over UDP?"
+            "is it running and reachable over UDP? (REGISTER_TIMEOUT sets how long to try)"
         )
         assert c.proc.wait(10) == 1
     finally:

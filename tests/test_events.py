@@ -59,6 +59,8 @@ def sample(cls):
             values[f.name] = True
         elif hint is int:
             values[f.name] = 1
+        elif hint is float:
+            values[f.name] = 1.5
         elif hint is str or (origin in UNIONS and str in args):
             values[f.name] = "x"
         elif origin in UNIONS and float in args:

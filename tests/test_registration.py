@@ -40,8 +40,7 @@ def run_timers(link, until):
             break
 
 
-def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
-    link = new_link()
+def _tries_until_closed(link):
     tries = [0.0]
     link.outbox.clear()
     while not link.closed:
@@ -50,13 +49,27 @@ def test_silent_bootnode_four_tries_with_backoff_then_clear_error():
         if link.outbox:
             tries.append(t)
             link.outbox.clear()
-    assert tries == [0.0, 1.0, 2.5, 5.0]  # backoff between the 4 tries
-    assert link.get_timer() is None
-    (error,) = link.events
+    return tries
+
+
+def test_silent_bootnode_is_tried_with_backoff_for_a_minute_with_progress_then_a_clear_error():
+    link = new_link()
+    tries = _tries_until_closed(link)
+    assert tries[:6] == [0.0, 1.0, 2.5, 5.0, 8.0, 13.0]  # backoff, then every 5 s
+    assert tries[-1] == 58.0 and len(tries) == 15 and link.get_timer() is None
+    *progress, error = link.events
+    assert [(p.tries, p.waited_s) for p in progress[:3]] == [(1, 1.0), (2, 2.5), (3, 5.0)]
+    assert all(isinstance(p, ev.BootnodeUnanswered) and p.give_up_s == 60.0 for p in progress)
     assert error.fatal and error.message == (
-        "bootnode 192.0.2.1:9595 did not answer after 4 tries over 8 s: is it running and reachable over UDP?"
+        "bootnode 192.0.2.1:9595 did not answer after 15 tries over 60 s: is it running and reachable over UDP? "
+        "(REGISTER_TIMEOUT sets how long to try)"
     )
-    assert sum(REGISTER_TIMEOUTS_s) == 8.0
+
+
+def test_a_shorter_register_timeout_gives_up_sooner():
+    link = BootnodeLink(BOOTNODE, "lobby", CARD, now=0.0, static_private=PRIVATE, give_up_s=sum(REGISTER_TIMEOUTS_s))
+    assert _tries_until_closed(link) == [0.0, 1.0, 2.5, 5.0]
+    assert "did not answer after 4 tries over 8 s" in link.events[-1].message
 
 
 def _registered(link, now, token=b"t" * 12, tag=b"g" * 8, hb=1000, timeout=3000):

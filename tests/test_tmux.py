@@ -187,8 +187,20 @@ def test_unreachable_bootnode_leaves_the_terminal_clean_with_the_reason(term):
     hold.bind(("127.0.0.1", 0))  # a port where nobody answers
     try:
         port = hold.getsockname()[1]
-        pane = term.run("lonely", "--mode", "client", "--bootnode", f"127.0.0.1:{port}", "--room", "r", "--port", "0")
-        term.wait_for(pane, r"bootnode registering")
+        pane = term.run(
+            "lonely",
+            "--mode",
+            "client",
+            "--bootnode",
+            f"127.0.0.1:{port}",
+            "--room",
+            "r",
+            "--port",
+            "0",
+            "--register-timeout",
+            "8s",
+        )
+        term.wait_for(pane, r"bootnode registering \(no answer for \d+ s\)")
         assert term.exit_code(pane, timeout=20) == 1
         screen = term.wait_for(pane, r"gochat: bootnode 127\.0\.0\.1:\d+ did not answer after 4 tries over 8 s")
         assert "room r" not in screen  # the UI is gone, the shell's screen is back

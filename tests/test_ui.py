@@ -99,6 +99,9 @@ def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen.own_message("did you get this?")
     screen.handle_event(ev.Undelivered(("bob",), (BOB_FP,), "did you get this?", "peer_gone"))
     screen.handle_event(ev.KeyChanged("carol", BOB_FP, ME_FP, "WARNING: carol has a different key"))
+    screen.handle_event(ev.BootnodeUnanswered("192.0.2.1:9595", 1, 1.0, 60.0))
+    assert "bootnode registering (no answer for 1 s)" in text_of(screen, 200, 14).splitlines()[0]
+    assert "no answer from the bootnode 192.0.2.1:9595 yet: trying for up to 60 s" in text_of(screen, 200, 14)
     screen.handle_event(ev.BootnodeLost())
     screen.handle_event(ev.PathChanged("bob", BOB_FP, "direct", "198.51.100.2:5000", "198.51.100.2:4545"))
     out = text_of(screen, 200, 14)

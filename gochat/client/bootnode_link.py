@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from gochat import events as ev
 from gochat.constants import (
+    DEFAULT_REGISTER_TIMEOUT_s,
     DISCONNECT_RETRY_s,
     DISCONNECT_WAIT_s,
     REBIND_ANSWER_INTERVAL_s,
@@ -76,6 +77,7 @@ class BootnodeLink:
         now: float,
         random_bytes: Callable[[int], bytes] = os.urandom,
         static_private: bytes | None = None,
+        give_up_s: float = DEFAULT_REGISTER_TIMEOUT_s,
     ) -> None:
         self.bootnode = bootnode
         self.room = room
@@ -109,6 +111,8 @@ class BootnodeLink:
         self.last_answer = now
         self._attempt = 0
         self._cookie_rounds = 0
+        self._started = now
+        self._give_up_s = give_up_s
         self._deadline = now
         self._close_deadline = now
         self._next_heartbeat: float | None = None
@@ -125,10 +129,11 @@ class BootnodeLink:
             self._cookie_rounds = 0
         self.outbox.append(self._register_bytes())
         if self.ever_registered:
-            wait = min(REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s[0] * 2**self._attempt)
+            self._deadline = now + min(REGISTER_RETRY_MAX_s, REGISTER_TIMEOUTS_s[0] * 2**self._attempt)
         else:
-            wait = REGISTER_TIMEOUTS_s[min(self._attempt, len(REGISTER_TIMEOUTS_s) - 1)]
-        self._deadline = now + wait
+            first = REGISTER_TIMEOUTS_s[self._attempt] if self._attempt < len(REGISTER_TIMEOUTS_s) else None
+            wait = first if first is not None else REGISTER_RETRY_MAX_s
+            self._deadline = min(now + wait, self._started + self._give_up_s)
 
     def _register_bytes(self) -> bytes:
         head = wire.header(MsgType.REGISTER) + self.cookie + self._request_id.to_bytes(4, "big") + self.room_id
@@ -304,17 +309,24 @@ class BootnodeLink:
     def handle_timer(self, now: float) -> None:
         if self.state == REGISTERING and now >= self._deadline:
             self._attempt += 1
-            if not self.ever_registered and self._attempt >= len(REGISTER_TIMEOUTS_s):
-                self.state = FAILED
-                total = sum(REGISTER_TIMEOUTS_s)
+            if not self.ever_registered:
+                waited = now - self._started
+                if waited >= self._give_up_s:
+                    self.state = FAILED
+                    self.events.append(
+                        ev.Error(
+                            f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
+                            f"over {waited:.0f} s: is it running and reachable over UDP? (REGISTER_TIMEOUT sets "
+                            "how long to try)",
+                            fatal=True,
+                        )
+                    )
+                    return
                 self.events.append(
-                    ev.Error(
-                        f"bootnode {format_endpoint(self.bootnode)} did not answer after {self._attempt} tries "
-                        f"over {total:g} s: is it running and reachable over UDP?",
-                        fatal=True,
+                    ev.BootnodeUnanswered(
+                        format_endpoint(self.bootnode), self._attempt, round(waited, 1), self._give_up_s
                     )
                 )
-                return
             self._check_lost(now)
             self._register(now, new_request=False)
         elif self.state == REGISTERED:

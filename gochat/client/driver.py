@@ -21,6 +21,7 @@ from gochat import events as ev
 from gochat.client.known_bootnodes import FILE_NAME as KNOWN_BOOTNODES_FILE
 from gochat.client.known_bootnodes import KnownBootnodes
 from gochat.client.room import RoomClient
+from gochat.constants import DEFAULT_REGISTER_TIMEOUT_s
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
@@ -43,6 +44,7 @@ class ClientConfig:
     passphrase: str | None
     peer_timeout: float
     bootnode_public_key: bytes | None = None  # pinned by a setting (else: known_bootnodes.json)
+    register_timeout: float = DEFAULT_REGISTER_TIMEOUT_s  # how long the first registration tries
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -120,6 +122,7 @@ class ClientDriver:
             now=self.loop.time(),
             local_endpoints=local_endpoint_towards(family, bootnode, self.port),
             peer_timeout=self.config.peer_timeout,
+            register_timeout=self.config.register_timeout,
         )
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
         self._pin_bootnode_key()

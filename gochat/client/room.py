@@ -27,6 +27,7 @@ from gochat.constants import (
     HANDSHAKE_INIT_RATE_PER_IP,
     HANDSHAKE_INIT_SOURCES,
     MAX_PEERS_PER_CLIENT,
+    DEFAULT_REGISTER_TIMEOUT_s,
     PEER_KEEPALIVE_MAX_s,
 )
 from gochat.crypto.identity import fingerprint
@@ -67,6 +68,7 @@ class RoomClient:
         now: float,
         local_endpoints: Sequence[Endpoint] = (),
         peer_timeout: float = 15.0,
+        register_timeout: float = DEFAULT_REGISTER_TIMEOUT_s,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.static_private = static_private
@@ -107,7 +109,9 @@ class RoomClient:
         )
         self.bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
-        self.link = BootnodeLink(self.bootnode, room, card, now, random_bytes, static_private=static_private)
+        self.link = BootnodeLink(
+            self.bootnode, room, card, now, random_bytes, static_private=static_private, give_up_s=register_timeout
+        )
         self.quitting = False
         self._failure: str | None = None
         self._drain_link(now)

@@ -264,6 +264,10 @@ class ChatScreen(urwid.WidgetWrap):
             case ev.HandshakeFailed(name=name, fingerprint=fp, reason=reason):
                 self.peers.setdefault(name, {"fingerprint": fp})["state"] = "failed"
                 self.system(f"handshake with {name} failed: {reason}", "error")
+            case ev.BootnodeUnanswered(bootnode=bootnode, tries=tries, waited_s=waited, give_up_s=give_up):
+                self.bootnode_state = f"registering (no answer for {waited:.0f} s)"
+                if tries == 1:
+                    self.system(f"no answer from the bootnode {bootnode} yet: trying for up to {give_up:g} s")
             case ev.BootnodeLost():
                 self.bootnode_state = "lost"
                 self.system("bootnode lost: conversations go on; re-registering in the background", "error")
