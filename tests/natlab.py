@@ -169,11 +169,14 @@ class Lab:
             """,
             )
 
-    def impair(self, loss_percent: int, delay_ms: float, jitter_ms: float, seconds: float) -> None:
+    def impair(
+        self, loss_percent: int, delay_ms: float, jitter_ms: float, seconds: float, bootnode_too: bool = False
+    ) -> None:
         """Loss (nft) plus delay and reordering (the relay) between the two NATs' public
-        addresses, in the inet router; the bootnode's traffic is left alone."""
+        addresses, in the inet router; with ``bootnode_too`` the bootnode's traffic with
+        them suffers the same (registrations, introductions), otherwise it is left alone."""
         inet = self.ns["inet"]
-        publics = "{ 198.18.2.2, 198.18.3.2 }"
+        publics = "{ 198.18.1.2, 198.18.2.2, 198.18.3.2 }" if bootnode_too else "{ 198.18.2.2, 198.18.3.2 }"
         self.nft(
             inet,
             f"""
