@@ -78,3 +78,7 @@ MAX_PEERS_PER_CLIENT = 256  # peers a client tracks at once; more are refused po
 HANDSHAKE_INIT_RATE_PER_IP = 20.0
 HANDSHAKE_INIT_BURST_PER_IP = 40
 HANDSHAKE_INIT_SOURCES = 1024
+# Initiations from a connected peer's own path (rekeys: one every 2 minutes, retried
+# once a second) have a bucket per peer, apart from strangers sharing its IP.
+HANDSHAKE_INIT_PATH_RATE = 2.0
+HANDSHAKE_INIT_PATH_BURST = 5

@@ -661,3 +661,33 @@ def test_a_message_whose_acks_were_lost_is_not_shown_twice_when_the_peer_starts_
     w.run_until(lambda: "after" in texts(w, "alice", "bob"), limit=10)
     assert texts(w, "alice", "bob") == ["once", "after"]
     assert reports == [("alice", 0, "once", "peer_gone")]  # she may have it: she did
+
+
+def test_an_initiation_flood_from_the_peers_own_ip_does_not_starve_its_rekey():
+    """Someone behind bob's IP floods alice with initiations, timed so that her per-IP
+    bucket is always empty when bob's own (rekey) initiation arrives: the session must
+    still rekey, and live past its first keys' 180 s."""
+    ka, kb = _keys_with(alice_initiates=False)  # bob initiates the rekeys
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    peer = next(iter(a.peers.values()))
+    first = peer.current
+    junk = pw.encode_handshake_init(7, bytes(pw.NOISE_INIT_MIN_bytes))  # fails after its X25519
+    alice = ("198.51.100.10", 4545)
+
+    def flood_ahead_of_bobs_initiations(src, dst, data):
+        if dst == alice and data[2] == pw.PeerType.HANDSHAKE_INIT:
+            for _ in range(50):  # from bob's IP, another port, just before his arrives
+                a.receive_datagram(junk, ("198.51.100.20", 9999), w.now)
+        return True
+
+    w.filter = flood_ahead_of_bobs_initiations
+    w.run_for(REKEY_AFTER_TIME_s + 70)  # past the first keys' 180 s reject limit
+    assert a.counters["handshake_rate_limited"] >= 10  # the flood was limited...
+    assert peer.current is not first and peer.key in a.peers  # ...and bob's rekey got through
+    assert not w.kinds("alice", ev.PeerLeft)
+    w.send(a, "still here")
+    w.run_until(lambda: texts(w, "bob", "alice") == ["still here"], limit=5)

@@ -24,6 +24,8 @@ from gochat.client.peer import FAILED as PEER_FAILED
 from gochat.client.reliable import check_length
 from gochat.constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
+    HANDSHAKE_INIT_PATH_BURST,
+    HANDSHAKE_INIT_PATH_RATE,
     HANDSHAKE_INIT_RATE_PER_IP,
     HANDSHAKE_INIT_SOURCES,
     MAX_PEERS_PER_CLIENT,
@@ -104,6 +106,9 @@ class RoomClient:
         self._message_refs = itertools.count()
         self._indexes: dict[int, Peer] = {}
         self._secrets: dict[bytes, bytes] = {}
+        self._path_initiations = TokenBuckets(  # per connected peer, from its own path
+            HANDSHAKE_INIT_PATH_RATE, HANDSHAKE_INIT_PATH_BURST, MAX_PEERS_PER_CLIENT
+        )
         self._initiations = TokenBuckets(
             HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP, HANDSHAKE_INIT_SOURCES
         )
@@ -290,6 +295,16 @@ class RoomClient:
             self.counters["introduced_by_punch"] += 1
         return peer
 
+    def _initiation_allowed(self, source: Endpoint, now: float) -> bool:
+        """Initiations cost X25519 work, so they are rate-limited per source IP. Those
+        from a connected peer's own path (its rekeys, a restart behind the same mapping)
+        have a small bucket of their own, so that a flood from the same IP (a shared NAT,
+        another port) cannot starve the rekey of a live session."""
+        for peer in self.peers.values():
+            if peer.state is CONNECTED and peer.path == source:
+                return self._path_initiations.allow(peer.key, now)[0]
+        return self._initiations.allow(source[0], now)[0]
+
     def _evict_one_unanswered(self) -> bool:
         """Make room by dropping a peer that never answered (unreachable or failed, never
         connected): the oldest such one. Fake members that flood a room end up here."""
@@ -325,7 +340,7 @@ class RoomClient:
                 return
             peer.on_punch(msg, source, now)
         elif isinstance(msg, pw.HandshakeInit):
-            if not self._initiations.allow(source[0], now)[0]:  # before any X25519 work
+            if not self._initiation_allowed(source, now):  # before any X25519 work
                 self.counters["handshake_rate_limited"] += 1
                 return
             hs = HandshakeState(
