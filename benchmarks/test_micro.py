@@ -41,6 +41,8 @@ def test_process_batch_64_heartbeats(benchmark, impl):
         c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         c.bind(("127.0.0.1", 0))
         clients.append(c)
+    for i in range(10_000):  # registered from where their heartbeats come: the fast path's case
+        table.set_endpoint(i, clients[i % 4].getsockname())
     records = [b"".join(wire.header(MsgType.HEARTBEAT) + table.token(i) for i in range(k, 10_000, 4)) for k in range(4)]
     fp = impl.FastPath(server, table, 64)
     pos = [0]

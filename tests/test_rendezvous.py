@@ -595,3 +595,39 @@ def test_the_client_link_answers_a_challenge_at_once_and_moves(impl):
     slot = net.machine.table.lookup(link.token)
     assert net.machine.table.endpoint(slot) == addr and link.rtt == pytest.approx(0.1)
     assert net.machine.stats["rebinds"] == 1
+
+
+def test_no_reply_to_an_unvalidated_address_is_larger_than_what_it_answers(impl):
+    """Every datagram a source that proved nothing can send, and what the bootnode sends
+    back there: never more bytes than it received (README, Running a bootnode)."""
+    net = make(impl)
+    member = Client(net, ("203.0.113.5", 4000), "member")
+    other = Client(net, ("203.0.113.6", 4000), "other")
+    member.register(1000.0)
+    other.register(1000.0)
+    victim = ("192.0.2.99", 53)
+    unknown = b"\0\0\0\x09" + bytes(8)
+    smallest = wire.encode(wire.Register(bytes(16), 1, room_id("r"), os.urandom(32), "a"))
+    cases = [
+        (smallest, wire.Cookie),
+        (
+            wire.encode(
+                wire.Register(net.machine.cookies.make(member.addr, 1000.0), 1, room_id("r"), os.urandom(32), "a")
+            ),
+            wire.Cookie,
+        ),
+        (wire.encode(wire.TokenMessage(MsgType.HEARTBEAT, unknown, wire.FLAG_ACK_REQUESTED)), wire.TokenMessage),
+        (rebind_answer(unknown, bytes(12)), wire.TokenMessage),
+        (member.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), wire.RebindChallenge),
+        (rebind_answer(member.token, bytes(12)), wire.RebindChallenge),
+        (wire.encode(wire.TokenMessage(MsgType.DISCONNECT, unknown)), wire.TokenMessage),
+        (other.token_msg(MsgType.DISCONNECT), wire.TokenMessage),  # a stolen token can end its registration...
+    ]
+    factors = []
+    for data, reply_type in cases:
+        actions = net.machine.receive_datagram(data, victim, 1001.0)
+        to_victim = [a for a in actions if isinstance(a, Send)]
+        assert all(a.addr == victim for a in to_victim)  # ...and the room hears of it at its own endpoints
+        assert [type(wire.decode(a.data)) for a in to_victim] == [reply_type]
+        factors.append(sum(len(a.data) for a in to_victim) / len(data))
+    assert max(factors) == 1.0 and factors[0] == 56 / 91
