@@ -67,6 +67,10 @@ PUNCH_INTERVAL_s = 1.0
 PUNCH_DEADLINE_s = 8.0
 HANDSHAKE_RETRY_s = 1.0  # a new initiation when no response came back
 HANDSHAKE_DEADLINE_s = 10.0  # after a path is found, a session must be up by then
+# An unreachable or failed peer is looked for again after PEER_RETRY_s, doubling after
+# each failure in a row up to PEER_RETRY_MAX_s, for as long as it is in the room.
+PEER_RETRY_s = 15.0
+PEER_RETRY_MAX_s = 60.0
 # A responder that answered this many initiations and never saw the initiator's first
 # transport packet concludes that the initiator failed to authenticate it.
 HANDSHAKE_UNCONFIRMED_LIMIT = 3

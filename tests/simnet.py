@@ -62,12 +62,23 @@ class Nat:
             return inner if any(c[0] == src[0] for c in contacted) else None
         return inner if src in contacted else None  # port-restricted and symmetric
 
+    def rebind(self) -> None:
+        """The NAT forgets every mapping (a reboot, an idle timeout): new ports from now
+        on, and packets to the old ones are dropped."""
+        self._map.clear()
+        self._back.clear()
+        self._contacted.clear()
+        self._next_port += 1000
+
 
 class SimWorld:
-    def __init__(self, seed: int = 1, delay: float = 0.005, jitter: float = 0.0, loss: float = 0.0) -> None:
+    def __init__(
+        self, seed: int = 1, delay: float = 0.005, jitter: float = 0.0, loss: float = 0.0, duplicate: float = 0.0
+    ) -> None:
         self.now = 1000.0
         self.rng = random.Random(seed)
         self.delay, self.jitter, self.loss = delay, jitter, loss
+        self.duplicate = duplicate  # chance that a datagram arrives twice (each copy delayed on its own)
         self._queue: list[tuple] = []
         self._seq = itertools.count()
         self.nodes: dict[Endpoint, object] = {}  # bound endpoint -> RoomClient / Rendezvous
@@ -160,6 +171,11 @@ class SimWorld:
     def endpoint_of(self, node: object) -> Endpoint:
         return next(ep for ep, n in self.nodes.items() if n is node)
 
+    def inject(self, src: Endpoint, dst: Endpoint, data: bytes, after: float = 0.0) -> None:
+        """A datagram that nobody in the world sent (an attacker's, with any source
+        address): it arrives at ``dst`` after ``after`` seconds, through any NAT there."""
+        heapq.heappush(self._queue, (self.now + after, next(self._seq), src, dst, data))
+
     # --- packets ----------------------------------------------------------------------
 
     def _transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
@@ -176,8 +192,9 @@ class SimWorld:
             src = nat.outbound(src, dst)
         if self.loss and self.rng.random() < self.loss:
             return
-        t = self.now + self.delay + (self.rng.random() * self.jitter if self.jitter else 0.0)
-        heapq.heappush(self._queue, (t, next(self._seq), src, dst, data))
+        for _ in range(2 if self.duplicate and self.rng.random() < self.duplicate else 1):
+            t = self.now + self.delay + (self.rng.random() * self.jitter if self.jitter else 0.0)
+            heapq.heappush(self._queue, (t, next(self._seq), src, dst, data))
 
     def _arrive(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         nat = self.nats.get(dst[0])
@@ -281,7 +298,7 @@ class SilentMember:
     ) -> None:
         self.name = name
         self.bootnode = bootnode
-        key = generate_private_key()
+        key = self.static_private = generate_private_key()
         card = wire.encode_card(public_key(key), name, [])
         self.link = BootnodeLink(bootnode, room, card, now, random_bytes, static_private=key)
         self.outbox: list[tuple[bytes, Endpoint]] = []

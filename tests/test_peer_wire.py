@@ -16,12 +16,14 @@ PUNCH_KEY = pw.punch_key(b"s" * 32)
 
 
 def test_sizes_and_round_trips():
-    punch = pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8, reply=True)
-    assert len(punch) == 60
+    punch = pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8, 77, reply=True)
+    assert len(punch) == pw.PUNCH_SIZE_bytes == 68
+    assert punch[44:52] == (77).to_bytes(8, "big")  # the sender's clock, big-endian, before the MAC
     msg = pw.decode(punch)
-    assert msg == pw.Punch(KEY, b"t" * 8, punch[44:], True) and pw.verify_punch(PUNCH_KEY, msg)
+    assert msg == pw.Punch(KEY, b"t" * 8, 77, punch[52:], True) and pw.verify_punch(PUNCH_KEY, msg)
     assert not pw.verify_punch(pw.punch_key(b"o" * 32), msg)
-    assert not pw.verify_punch(PUNCH_KEY, pw.Punch(KEY, b"t" * 8, punch[44:], False))  # the flag is covered
+    assert not pw.verify_punch(PUNCH_KEY, pw.Punch(KEY, b"t" * 8, 77, punch[52:], False))  # the flag is covered
+    assert not pw.verify_punch(PUNCH_KEY, pw.Punch(KEY, b"t" * 8, 78, punch[52:], True))  # the clock is covered
     for n in (pw.NOISE_INIT_MIN_bytes, pw.NOISE_INIT_MAX_bytes):
         init = pw.encode_handshake_init(7, b"n" * n)
         assert pw.decode(init) == pw.HandshakeInit(7, b"n" * n)
@@ -40,7 +42,7 @@ def test_each_kind_of_bad_input_has_its_reason():
         b"\x46\x01\x20\x00" + bytes(56): "bad_magic",
         b"\x47\x02\x20\x00" + bytes(56): "bad_version",
         b"\x47\x01\x3f\x00": "unknown_type",
-        pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8) + b"x": "trailing_bytes",
+        pw.encode_punch(PUNCH_KEY, KEY, b"t" * 8, 77) + b"x": "trailing_bytes",
         pw.encode_handshake_init(1, bytes(pw.NOISE_INIT_MIN_bytes))[:-1]: "truncated",
         pw.encode_handshake_init(1, bytes(pw.NOISE_INIT_MAX_bytes + 1)): "trailing_bytes",
         pw.encode_handshake_resp(1, 2, bytes(pw.NOISE_RESP_MAX_bytes + 1)): "trailing_bytes",

@@ -631,3 +631,23 @@ def test_no_reply_to_an_unvalidated_address_is_larger_than_what_it_answers(impl)
         assert [type(wire.decode(a.data)) for a in to_victim] == [reply_type]
         factors.append(sum(len(a.data) for a in to_victim) / len(data))
     assert max(factors) == 1.0 and factors[0] == 56 / 91
+
+
+def test_a_proved_rebinding_is_announced_to_the_room(impl):
+    """A member behind a filtering NAT can only punch a moved member's new mapping if it
+    learns it: the bootnode announces the proved new endpoint as a join (insert or
+    update), to the others only, and an unproved source changes nothing anyone hears."""
+    net = make(impl)
+    a = Client(net, ("203.0.113.5", 4000), "a")
+    a.register(1000.0)
+    b = Client(net, ("198.51.100.9", 4000), "b")
+    b.register(1000.1)
+    net.take(a.addr)
+    new_addr = ("203.0.113.5", 4999)
+    net.send(a.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), new_addr, 1001.0)
+    (challenge,) = net.take(new_addr)
+    assert net.take(b.addr) == []  # not proved yet: nothing announced
+    net.send(rebind_answer(a.token, challenge.challenge), new_addr, 1001.1)
+    (joined,) = net.take(b.addr, wire.PeerJoined)
+    assert [(e.name, e.endpoints[0]) for e in joined.peers] == [("a", new_addr)]
+    assert net.take(new_addr, wire.PeerJoined) == []  # the mover is not told about itself

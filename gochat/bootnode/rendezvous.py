@@ -1,10 +1,12 @@
 """The bootnode's rendezvous state machine (sans-I/O).
 
-It owns the protocol decisions of the bootnode: address validation by cookie,
-registration limits, room announcements, disconnects and expiry. It takes
-``(datagram, address, now)`` and timer ticks and returns actions (datagrams to send);
-it never touches a socket or a clock. Heartbeats normally never reach it (the fast
-path answers them) but it handles them too, so that it is complete on its own.
+It owns the protocol decisions of the bootnode: address validation by cookie, proof
+of possession of the registered key, registration limits, room announcements, proved
+rebindings, disconnects and expiry. It takes ``(datagram, address, now)`` and timer
+ticks and returns actions (datagrams to send); it never touches a socket or a clock.
+Heartbeats from their registration's endpoint normally never reach it (the fast path
+answers them) but it handles them too, so that it is complete on its own; heartbeats
+from another source are its decision (a rebind challenge).
 
 Actions must be carried out right after the call that returned them: a SendToRoom
 is resolved against the room as the table holds it then. Joins are announced by
@@ -290,8 +292,18 @@ class Rendezvous:
                 self.stats["rebind_challenges"] += 1
                 challenge = wire.RebindChallenge(self.cookies.challenge(msg.token, addr, now))
                 return [Send(wire.encode(challenge), addr)]
-            table.set_endpoint(table.lookup(msg.token), addr)
+            # A proved move is announced to the room (as a join: members update the
+            # entry), else a peer behind a filtering NAT never learns where to punch the
+            # member's new mapping. Behind the same per-IP limit as registrations, since
+            # each one fans out to the room.
+            allowed, _ = self._rate.allow(addr[0], now)
+            if not allowed:
+                self.stats["rebind_rate_limited"] += 1
+                return []
+            slot = table.lookup(msg.token)
+            table.set_endpoint(slot, addr)
             self.stats["rebinds"] += 1
+            self._pending_joins.setdefault(table.room_of(slot), []).append((slot, msg.token))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("registration %s moved to %s", msg.token[:4].hex(), addr)
         if msg.flags & wire.FLAG_ACK_REQUESTED:

@@ -1,7 +1,9 @@
 """One remote peer (sans-I/O): find a path, authenticate, keep an encrypted session.
 
-A Peer goes PUNCHING -> HANDSHAKING -> CONNECTED, or ends UNREACHABLE (no path by the
-punch deadline) or FAILED (a path, but no authenticated session); GONE when it left.
+A Peer goes PUNCHING -> HANDSHAKING -> CONNECTED, or stops at UNREACHABLE (no path by
+the punch deadline) or FAILED (a path, but no authenticated session) and tries again
+later (PEER_RETRY_s, doubling up to PEER_RETRY_MAX_s): a NAT that rebound mid-handshake
+or a lossy minute must not part two members for good. GONE when it left.
 Finding the path is punching.py's work (connectivity checks, candidates); this module
 decides what the checks mean for the session.
 
@@ -28,7 +30,13 @@ from typing import Literal, Protocol
 from gochat import events as ev
 from gochat.client import reliable
 from gochat.client.punching import Punching, Verdict
-from gochat.constants import HANDSHAKE_UNCONFIRMED_LIMIT, HANDSHAKE_DEADLINE_s, HANDSHAKE_RETRY_s
+from gochat.constants import (
+    HANDSHAKE_UNCONFIRMED_LIMIT,
+    HANDSHAKE_DEADLINE_s,
+    HANDSHAKE_RETRY_s,
+    PEER_RETRY_MAX_s,
+    PEER_RETRY_s,
+)
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import HandshakeState, NoiseError
 from gochat.crypto.transport import REKEY_AFTER_TIME_s, TransportError, TransportKeys
@@ -121,6 +129,9 @@ class Peer:
         self.path: Endpoint | None = None
         self.path_kind = "direct"
         self.reconnecting = False  # silent once connected: punching again before giving up
+        self.failures = 0  # punch series or handshakes that ended without a session, in a row
+        self._retry_due: float | None = None  # UNREACHABLE / FAILED: when to look again
+        self._reported: str | None = None  # the last failure told to the user (told once)
         self._start_punching(now)
         # handshake in flight (initiator side)
         self._hs: HandshakeState | None = None
@@ -157,27 +168,36 @@ class Peer:
             self.ctx.send(data, endpoint)
 
     def on_punch(self, punch: pw.Punch, source: Endpoint, now: float) -> None:
-        verdict = self.punching.check(punch)
-        if verdict in (Verdict.BAD_MAC, Verdict.UNEXPECTED_REPLY):
+        verdict = self.punching.check(punch, source)
+        if verdict in (Verdict.BAD_MAC, Verdict.STALE, Verdict.UNEXPECTED_REPLY):
             self.ctx.counters[verdict.value] += 1
         elif verdict is Verdict.PATH_FOUND:
-            if self.state is PUNCHING:
+            if self.state in (PUNCHING, UNREACHABLE, FAILED):
                 self.path = source
+                self._retry_due = None
                 self._begin_handshake(now)
+            elif self.state is CONNECTED and self.initiator and self._hs is None:
+                # Our check answered a request the peer sent while we were connected:
+                # it lost its session (it restarted), and this address is proven.
+                self._send_initiation(now, to=source)
         else:
             self._on_punch_request(punch, source, now)
 
     def _on_punch_request(self, punch: pw.Punch, source: Endpoint, now: float) -> None:
-        """Answer where it came from; a new source is a peer-reflexive candidate."""
-        self._send_all([self.punching.answer(punch, source)])
-        if self.punching.add_candidate(source) and self.state is PUNCHING:
-            self._send_all([self.punching.request(source)])  # triggered check, as ICE does
-        if self.state in (UNREACHABLE, FAILED):
-            self._start_punching(now)
-            self._send_all([self.punching.request(source)])
-        elif self.state is CONNECTED and self.initiator and self._hs is None:
+        """A fresh request. A validated source is answered; from one nobody validated
+        (a peer-reflexive candidate), the initiator sends a check instead, within the
+        budget of that address, and the responder answers (its answer is all the
+        initiator needs). A series starts again only from an announced candidate."""
+        validated = self.punching.on_request(source, adopt=self.initiator)
+        if validated or not self.initiator:
+            self._send_all([self.punching.answer(punch, source, now)])
+        else:
+            self._send_all(self.punching.triggered_check(source, now))
+        if self.state in (UNREACHABLE, FAILED) and self.punching.is_announced(source):
+            self._on_retry(now)
+        elif self.state is CONNECTED and self.initiator and self._hs is None and validated:
             # A connected peer does not punch: this one lost its session (it restarted).
-            # The path moves only when the handshake completes (the punch may be replayed).
+            # The path moves only when the handshake completes.
             self._send_initiation(now, to=source)
 
     # --- handshake --------------------------------------------------------------------
@@ -262,7 +282,7 @@ class Peer:
         if self.current is None or self.state is not CONNECTED:
             self._unconfirmed_inits += 1
             if self._unconfirmed_inits >= HANDSHAKE_UNCONFIRMED_LIMIT and self.state is not FAILED:
-                self._fail("the peer could not authenticate us (a different room passphrase?)")
+                self._fail("the peer could not authenticate us (a different room passphrase?)", now)
 
     def on_handshake_resp(self, resp: pw.HandshakeResp, source: Endpoint, now: float) -> None:
         if self._hs is None or resp.receiver_index != self._hs_index:
@@ -276,7 +296,7 @@ class Peer:
             self._hs = None  # this attempt is dead; retry until the limit (it may be forged)
             self._auth_failures += 1
             if self._auth_failures >= HANDSHAKE_UNCONFIRMED_LIMIT:
-                self._fail("authentication failed (a different room passphrase?)")
+                self._fail("authentication failed (a different room passphrase?)", now)
             return
         try:
             epoch, name = pw.decode_resp_payload(payload)
@@ -323,6 +343,8 @@ class Peer:
         self._auth_failures = 0
         self._hs_deadline = None
         self.reconnecting = False
+        self.failures, self._retry_due, self._reported = 0, None, None
+        self.punching.connected()
         if self.state is not CONNECTED:
             self.state = CONNECTED
             assert self.path is not None
@@ -355,11 +377,18 @@ class Peer:
         for ref, text in self.sender.restart():
             self._undelivered(ref, text, "peer_gone")
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, now: float) -> None:
         self.state = FAILED
         self._hs, self._hs_next, self._hs_deadline = None, None, None
-        self.ctx.event(ev.HandshakeFailed(self.name, self.fingerprint, reason))
+        if self._reported != reason:  # a retry that fails the same way is not news
+            self._reported = reason
+            self.ctx.event(ev.HandshakeFailed(self.name, self.fingerprint, reason))
         self._give_up_pending("failed")
+        self._schedule_retry(now)
+
+    def _schedule_retry(self, now: float) -> None:
+        self.failures += 1
+        self._retry_due = now + min(PEER_RETRY_MAX_s, PEER_RETRY_s * 2 ** (self.failures - 1))
 
     # --- transport --------------------------------------------------------------------
 
@@ -492,9 +521,7 @@ class Peer:
             self._tell_names()
         self.punching.set_endpoints(endpoints)
         if self.state in (UNREACHABLE, FAILED):
-            self.path = None
-            self._hs_deadline = None
-            self._start_punching(now)
+            self._on_retry(now)
 
     # --- timers -------------------------------------------------------------------------
 
@@ -502,6 +529,7 @@ class Peer:
         """Every deadline (None: not armed in this state) with its handler, in the order
         handle_timer runs them; each deadline is read after the handlers before it ran."""
         return (
+            (self._retry_at, self._on_retry),
             (self._punch_deadline_at, self._on_punch_deadline),
             (self._punch_round_at, self._on_punch_round),
             (self._handshake_deadline_at, self._on_handshake_deadline),
@@ -524,6 +552,18 @@ class Peer:
             if t is not None and now >= t:
                 handler(now)
 
+    def _retry_at(self) -> float | None:
+        return self._retry_due if self.state in (UNREACHABLE, FAILED) else None
+
+    def _on_retry(self, now: float) -> None:
+        """Look for the peer again, from its announced candidates: paths and NAT
+        mappings change, and so may its passphrase. Quietly: only a different outcome
+        is told to the user again."""
+        self._retry_due = None
+        self.path = None
+        self._hs_deadline = None
+        self._start_punching(now)
+
     def _punch_deadline_at(self) -> float | None:
         return self.punching.deadline if self.state is PUNCHING else None
 
@@ -532,12 +572,15 @@ class Peer:
             self.leave("timed_out")
             return
         self.state = UNREACHABLE
-        self.ctx.event(
-            ev.PeerUnreachable(
-                self.name, self.fingerprint, f"no direct path to {self.name}: both sides' NATs may be symmetric"
+        if self._reported != "unreachable":  # a retry that fails the same way is not news
+            self._reported = "unreachable"
+            self.ctx.event(
+                ev.PeerUnreachable(
+                    self.name, self.fingerprint, f"no direct path to {self.name}: both sides' NATs may be symmetric"
+                )
             )
-        )
         self._give_up_pending("unreachable")
+        self._schedule_retry(now)
 
     def _punch_round_at(self) -> float | None:
         return self.punching.next_round if self.state is PUNCHING else None
@@ -551,7 +594,7 @@ class Peer:
     def _on_handshake_deadline(self, now: float) -> None:
         self._hs_deadline = None
         if self.state is HANDSHAKING:
-            self._fail(f"no handshake completed within {HANDSHAKE_DEADLINE_s:g} s")
+            self._fail(f"no handshake completed within {HANDSHAKE_DEADLINE_s:g} s", now)
         else:  # a rekey that did not complete: the old keys stay until they expire
             self._hs, self._hs_next = None, None
 

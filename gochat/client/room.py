@@ -21,6 +21,7 @@ from gochat import events as ev
 from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
 from gochat.client.peer import CONNECTED, GONE, UNREACHABLE, Peer
 from gochat.client.peer import FAILED as PEER_FAILED
+from gochat.client.punching import punchable
 from gochat.client.reliable import check_length
 from gochat.constants import (
     HANDSHAKE_INIT_BURST_PER_IP,
@@ -230,16 +231,22 @@ class RoomClient:
         peer.leave(reason)
         self._forget(peer, now)
 
-    def _introduce(self, entry: wire.PeerEntry, now: float, announce: bool = True) -> None:
+    def _introduce(
+        self, entry: wire.PeerEntry, now: float, announce: bool = True, punched_from: Endpoint | None = None
+    ) -> None:
+        """A member the bootnode told us of (or whose punch from ``punched_from`` did)."""
         if entry.public_key == self.public_key:
             return  # a coalesced PEER_JOINED may list ourselves
+        endpoints = punchable(entry.endpoints, self.link.public_endpoint)
+        if punched_from is not None:
+            endpoints = [*endpoints, punched_from]
         peer = self.peers.get(entry.public_key)
         if peer is not None:
             if peer.key in self._unannounced:  # the announcement came after all: show it as told
                 self._unannounced.discard(peer.key)
                 self._unannounced_fingerprints.discard(peer.fingerprint)
                 self.event(ev.PeerJoined(entry.name, peer.fingerprint, peer.key.hex()))
-            peer.reintroduced(entry.name, entry.endpoints, now)
+            peer.reintroduced(entry.name, endpoints, now)
             self._schedule(peer)
             return
         if len(self.peers) >= MAX_PEERS_PER_CLIENT and not self._evict_one_unanswered():
@@ -251,7 +258,7 @@ class RoomClient:
             return
         self._waiting.pop(entry.public_key, None)
         try:
-            peer = Peer(self, entry.public_key, entry.name, entry.endpoints, now)
+            peer = Peer(self, entry.public_key, entry.name, endpoints, now)
         except NoiseError:  # a key that is not a usable X25519 point
             self.counters["bad_peer_key"] += 1
             return
@@ -286,10 +293,10 @@ class RoomClient:
             return None
         announced = self._waiting.get(punch.sender_key)  # told of, but refused while full
         if announced is not None:
-            entry = wire.PeerEntry(announced.public_key, announced.name, (*announced.endpoints, source))
+            entry = announced
         else:  # named "peer <fingerprint>" until its handshake names it
-            entry = wire.PeerEntry(punch.sender_key, "peer " + fingerprint(punch.sender_key)[:9], (source,))
-        self._introduce(entry, now, announce=announced is not None)
+            entry = wire.PeerEntry(punch.sender_key, "peer " + fingerprint(punch.sender_key)[:9], ())
+        self._introduce(entry, now, announce=announced is not None, punched_from=source)
         peer = self.peers.get(punch.sender_key)
         if peer is not None and announced is None:
             self.counters["introduced_by_punch"] += 1

@@ -24,6 +24,8 @@ _TRANSPORT_HEAD = struct.Struct("!BBBBIQ")
 
 TXID_SIZE_bytes = 8
 PUNCH_MAC_SIZE_bytes = 16
+PUNCH_TIME_SIZE_bytes = 8
+_PUNCH_TIME = struct.Struct("!Q")
 TAG_SIZE_bytes = 16
 INDEX_SIZE_bytes = 4
 TRANSPORT_HEAD_SIZE_bytes = _TRANSPORT_HEAD.size  # header + receiver index + counter = 16
@@ -75,6 +77,7 @@ KEEPALIVE_FRAME = b""
 class Punch:
     sender_key: bytes
     txid: bytes
+    time_ms: int  # the sender's clock: grows with every punch it sends (freshness)
     mac: bytes
     reply: bool = False
 
@@ -118,13 +121,15 @@ def punch_key(shared_secret: bytes) -> bytes:
     return hashlib.sha256(b"gochat punch v1\0" + shared_secret).digest()
 
 
-def punch_mac(key: bytes, sender_key: bytes, txid: bytes, reply: bool) -> bytes:
+def punch_mac(key: bytes, sender_key: bytes, txid: bytes, time_ms: int, reply: bool) -> bytes:
     head = _HEADER.pack(MAGIC, VERSION, PeerType.PUNCH, FLAG_REPLY if reply else 0)
-    return hmac.new(key, head + sender_key + txid, hashlib.sha256).digest()[:PUNCH_MAC_SIZE_bytes]
+    body = head + sender_key + txid + _PUNCH_TIME.pack(time_ms)
+    return hmac.new(key, body, hashlib.sha256).digest()[:PUNCH_MAC_SIZE_bytes]
 
 
 def verify_punch(key: bytes, punch: Punch) -> bool:
-    return hmac.compare_digest(punch.mac, punch_mac(key, punch.sender_key, punch.txid, punch.reply))
+    expected = punch_mac(key, punch.sender_key, punch.txid, punch.time_ms, punch.reply)
+    return hmac.compare_digest(punch.mac, expected)
 
 
 # --- handshake payloads -------------------------------------------------------------
@@ -169,11 +174,12 @@ def decode_resp_payload(payload: bytes) -> tuple[int, str]:
 # --- encoding ------------------------------------------------------------------------
 
 
-def encode_punch(key: bytes, sender_key: bytes, txid: bytes, reply: bool = False) -> bytes:
+def encode_punch(key: bytes, sender_key: bytes, txid: bytes, time_ms: int, reply: bool = False) -> bytes:
     if len(sender_key) != PUBLIC_KEY_SIZE_bytes or len(txid) != TXID_SIZE_bytes:
         raise ValueError("punch needs a 32-byte key and an 8-byte txid")
     head = _HEADER.pack(MAGIC, VERSION, PeerType.PUNCH, FLAG_REPLY if reply else 0)
-    return head + sender_key + txid + punch_mac(key, sender_key, txid, reply)
+    time_field = _PUNCH_TIME.pack(time_ms)
+    return head + sender_key + txid + time_field + punch_mac(key, sender_key, txid, time_ms, reply)
 
 
 def encode_handshake_init(sender_index: int, noise: bytes) -> bytes:
@@ -196,7 +202,9 @@ def transport_ad(receiver_index: int, counter: int) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------
 
-_PUNCH_SIZE = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes + TXID_SIZE_bytes + PUNCH_MAC_SIZE_bytes
+PUNCH_SIZE_bytes = (
+    HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes + TXID_SIZE_bytes + PUNCH_TIME_SIZE_bytes + PUNCH_MAC_SIZE_bytes
+)
 _INIT_HEAD = HEADER_SIZE_bytes + INDEX_SIZE_bytes
 _RESP_HEAD = HEADER_SIZE_bytes + 2 * INDEX_SIZE_bytes
 INIT_MIN_bytes, INIT_MAX_bytes = _INIT_HEAD + NOISE_INIT_MIN_bytes, _INIT_HEAD + NOISE_INIT_MAX_bytes
@@ -216,12 +224,15 @@ def decode(data: bytes) -> PeerMessage:
     data = bytes(data)
     msg_type, flags = check_header(data)
     if msg_type == PeerType.PUNCH:
-        _exact(data, _PUNCH_SIZE)
+        _exact(data, PUNCH_SIZE_bytes)
         key_end = HEADER_SIZE_bytes + PUBLIC_KEY_SIZE_bytes
+        time_at = key_end + TXID_SIZE_bytes
+        (time_ms,) = _PUNCH_TIME.unpack_from(data, time_at)
         return Punch(
             data[HEADER_SIZE_bytes:key_end],
-            data[key_end : key_end + TXID_SIZE_bytes],
-            data[key_end + TXID_SIZE_bytes :],
+            data[key_end:time_at],
+            time_ms,
+            data[time_at + PUNCH_TIME_SIZE_bytes :],
             bool(flags & FLAG_REPLY),
         )
     if msg_type == PeerType.HANDSHAKE_INIT:
