@@ -24,9 +24,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The quick edit loop: everything but the tests marked slow (real processes, terminals,
-# network namespaces, real-time deadlines). `make test` still runs them all.
+# network namespaces, real-time deadlines, long simulations), and property tests with a
+# tenth of their examples. `make test` still runs them all, in full.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	GOCHAT_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # The whole suite once more with the extension disabled (the fallback users without a
 # compiler get); the differential tests already run both in `make test`.

@@ -14,6 +14,15 @@ from gochat.bootnode.driver import Bootnode, BootnodeConfig
 from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits
 
+# `make test-fast` sets GOCHAT_TEST_FAST=1: property tests then try a tenth of their
+# examples (the same properties, a quicker edit loop); `make test` tries them all.
+FAST = os.environ.get("GOCHAT_TEST_FAST") == "1"
+
+
+def examples(n: int) -> int:
+    """How many examples a property test tries in this run."""
+    return max(10, n // 10) if FAST else n
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _data_home(tmp_path_factory):

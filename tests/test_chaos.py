@@ -27,6 +27,8 @@ from gochat.wire import control as wire
 
 from .simnet import FULL_CONE, PORT_RESTRICTED, RESTRICTED, SimWorld
 
+pytestmark = pytest.mark.slow  # a few hundred long simulated runs: make test runs them, test-fast does not
+
 CONES = [None, FULL_CONE, RESTRICTED, PORT_RESTRICTED]  # every pair of these connects directly
 CONVERGE_s = 90.0  # after the faults stop: re-registration, punching, the 30 s give-up, the 2 s gather
 

@@ -465,6 +465,7 @@ def test_a_peer_list_that_overtakes_the_registered_reply_is_kept():
     assert b.counters["bad_room_tag"] == 0
 
 
+@pytest.mark.slow  # 255 members simulated for a minute
 def test_fake_members_that_never_answer_make_room_for_a_real_newcomer():
     from gochat.constants import MAX_PEERS_PER_CLIENT
 

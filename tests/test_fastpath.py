@@ -15,6 +15,8 @@ from gochat.wire import control as wire
 from gochat.wire.control import MsgType
 from gochat.wire.endpoints import endpoint_key
 
+from .conftest import examples
+
 ROOM_A = b"A" * 16
 ROOM_B = b"B" * 16
 TAG = b"T" * 8
@@ -181,7 +183,7 @@ ops = st.lists(
 
 
 @given(ops)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_differential_random_histories(both_impls, history):
     cy, py = both_impls
     tables = [cy.RegistrationTable(30, 5.0, 0.0), py.RegistrationTable(30, 5.0, 0.0)]

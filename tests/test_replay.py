@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from gochat.crypto.replay import ReplayWindow
 
+from .conftest import examples
+
 
 def test_window_is_at_least_1024():
     assert ReplayWindow().window_size >= 1024
@@ -28,7 +30,7 @@ def test_edges():
 
 
 @given(st.lists(st.integers(0, 5000), max_size=300))
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_matches_a_reference_set(counters):
     w = ReplayWindow(blocks=32)
     seen, highest = set(), -1

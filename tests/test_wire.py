@@ -14,6 +14,8 @@ from gochat.wire import control as wire
 from gochat.wire.constants import MAX_DATAGRAM_bytes
 from gochat.wire.control import DecodeError, LeaveReason, MsgType, RefuseReason
 
+from .conftest import examples
+
 KEY = bytes(range(32))
 TOKEN = bytes(range(12))
 
@@ -202,7 +204,7 @@ def _canonical(msg):
 
 
 @given(messages)
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 def test_encode_decode_round_trip(msg):
     data = wire.encode(msg)
     back = wire.decode(data)
@@ -211,7 +213,7 @@ def test_encode_decode_round_trip(msg):
 
 
 @given(b(max_size=1500))
-@settings(max_examples=2000)
+@settings(max_examples=examples(2000))
 def test_decoder_raises_only_decode_error_on_random_bytes(data):
     try:
         wire.decode(data)
@@ -228,7 +230,7 @@ def test_decoder_raises_only_decode_error_on_random_bytes(data):
 
 
 @given(messages, st.data())
-@settings(max_examples=1000)
+@settings(max_examples=examples(1000))
 def test_decoder_raises_only_decode_error_on_mutations(msg, data):
     raw = bytearray(wire.encode(msg))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -266,7 +268,7 @@ registers = st.builds(
 
 
 @given(registers, st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=3), st.integers(0, 250))
-@settings(max_examples=1000)
+@settings(max_examples=examples(1000))
 def test_fast_register_decoder_agrees_with_reference(msg, flips, cut):
     raw = bytearray(wire.encode(msg))
     for pos, value in flips:
