@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from gochat.config import SPECS, ConfigError, Settings, resolve
 
@@ -59,7 +60,8 @@ def main(env_file: str, **flags: Any) -> None:
     try:
         if flags.get("no_ui"):
             flags["no_ui"] = "true"
-        settings = resolve(flags, os.environ, Path(env_file) if env_file else None)
+        named = click.get_current_context().get_parameter_source("env_file") is not ParameterSource.DEFAULT
+        settings = resolve(flags, os.environ, Path(env_file) if env_file else None, env_file_required=named)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(
@@ -120,7 +122,7 @@ def run_client(settings: Settings) -> int:
 
     try:
         return asyncio.run(main())
-    except StartupError as exc:
+    except (StartupError, IdentityError) as exc:
         click.echo(f"gochat: {exc}", err=True)
         return 1
 

@@ -8,6 +8,7 @@ environment because we consult the environment first).
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from gochat import constants as C
 from gochat.wire.constants import MAX_NAME_bytes
@@ -72,6 +74,8 @@ def parse_host_port(text: str, default_port: int | None = None, allow_zero: bool
     text = text.strip()
     if not text:
         raise ValueError("expected HOST:PORT")
+    if "://" in text:
+        raise ValueError("expected HOST:PORT, not a URL (the bootnode speaks UDP), e.g. chat.example.org:9595")
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
@@ -154,6 +158,10 @@ def parse_name(text: str) -> str:
     name = text.strip()
     if not name:
         raise ValueError("must not be empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line
+        raise ValueError("must be UTF-8 text") from None
     if len(name.encode("utf-8")) > MAX_NAME_bytes:
         raise ValueError(f"at most {MAX_NAME_bytes} bytes of UTF-8")
     if _CONTROL.search(name):
@@ -401,26 +409,52 @@ def _describe(spec: Spec, source: str) -> str:
     return f"{spec.env} ({source})"  # the .env file
 
 
-def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Path | None) -> Settings:
+def _shown(raw: str, limit: int = 60) -> str:
+    """A bad value as an error message quotes it: whole if short, else its start."""
+    text = raw.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates from argv
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(raw)} characters)"
+
+
+def _read_env_file(env_file: Path, required: bool) -> dict[str, str | None]:
+    """The .env file's values; a missing file is no file unless it was asked for by name."""
+    if env_file.is_dir():
+        raise ConfigError(f"--env-file {env_file}: is a directory")
+    if not env_file.exists():
+        if required:
+            raise ConfigError(f"--env-file {env_file}: no such file")
+        return {}
+    try:
+        text = env_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"file {env_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"file {env_file}: {exc.strerror or exc}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:  # python-dotenv would only log it, and go on without the line
+            raise ConfigError(f"file {env_file}, line {binding.original.line}: expected NAME=VALUE")
+    return dotenv_values(stream=io.StringIO(text))
+
+
+def resolve(
+    flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Path | None, env_file_required: bool = False
+) -> Settings:
     """Resolve every setting by precedence and validate it; raise ConfigError on the first
-    bad one. ``flags`` maps field names to command-line values (None when not given)."""
-    dotenv: dict[str, str | None] = {}
-    env_file_label = "file .env"
-    if env_file is not None:
-        if env_file.is_dir():
-            raise ConfigError(f"--env-file {env_file}: is a directory")
-        if env_file.exists():
-            dotenv = dotenv_values(env_file)
-            env_file_label = f"file {env_file}"
+    bad one. ``flags`` maps field names to command-line values (None when not given). An
+    empty value in the environment or the .env file means unset (as `.env.example` ships
+    them), so the next source decides."""
+    dotenv = _read_env_file(env_file, env_file_required) if env_file is not None else {}
+    env_file_label = f"file {env_file}"
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in SPECS:
         raw: str | None
         if flags.get(spec.field) is not None:
             raw, source = str(flags[spec.field]), "flag"
-        elif spec.env in environ:
+        elif environ.get(spec.env, "").strip():
             raw, source = environ[spec.env], "environment"
-        elif dotenv.get(spec.env) is not None:
+        elif (dotenv.get(spec.env) or "").strip():
             raw, source = dotenv[spec.env], env_file_label
         else:
             raw, source = spec.default, "default"
@@ -431,7 +465,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Path
         try:
             values[spec.field] = spec.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {sources[spec.field]}: {raw!r}: {exc}") from None
+            raise ConfigError(f"invalid {sources[spec.field]}: {_shown(raw)}: {exc}") from None
 
     if values["name"] is None:
         values["name"] = default_name(environ)
@@ -445,7 +479,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], env_file: Path
         try:
             values["bootnode"] = parse_host_port(values["bootnode"], values["bootnode_udp_port"])
         except ValueError as exc:
-            raise ConfigError(f"invalid {sources['bootnode']}: {values['bootnode']!r}: {exc}") from None
+            raise ConfigError(f"invalid {sources['bootnode']}: {_shown(values['bootnode'])}: {exc}") from None
     else:
         values["bootnode"] = None
     if values["heartbeat_interval"] >= values["peer_timeout"]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import random
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gochat.config import ConfigError, parse_duration, parse_host_port, resolve
+from gochat.config import SPECS, ConfigError, parse_duration, parse_host_port, resolve
 
 BOOT = {"mode": "bootnode"}
 
@@ -76,9 +80,15 @@ def test_parsers():
         parse_host_port("[::1:9595")
 
 
-def run_cli(*args, env=None, cwd=None):
+def run_cli(*args, env=None, cwd=None, stdin=subprocess.DEVNULL):
     return subprocess.run(
-        [sys.executable, "-m", "gochat", *args], capture_output=True, text=True, timeout=30, env=env, cwd=cwd
+        [sys.executable, "-m", "gochat", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=cwd,
+        stdin=stdin,
     )
 
 
@@ -140,3 +150,89 @@ def test_max_peers_per_source():
     with pytest.raises(ConfigError) as info:
         resolve({**BOOT, "max_peers_per_source": "0"}, {}, None)
     assert "--max-peers-per-source (command line)" in str(info.value)
+
+
+# --- what a first day meets: the shipped .env.example, damaged files --------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _clean_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in {s.env for s in SPECS}}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    return env
+
+
+@pytest.mark.slow
+def test_every_mode_starts_with_the_shipped_env_example_copied_to_env(tmp_path: Path):
+    """`cp .env.example .env` leaves every setting empty but MODE: empty means unset."""
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    env = _clean_env(tmp_path)
+    bootnode = subprocess.Popen(
+        [sys.executable, "-m", "gochat", "--mode", "bootnode", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bootnode.stderr is not None
+        port = None
+        for line in bootnode.stderr:  # bounded: the process ends on a bad setting
+            if m := re.search(r"listening on udp (?:\S*?):(\d+)", line):
+                port = int(m.group(1))
+                break
+        assert port, "the bootnode did not start with the shipped .env"
+        client = run_cli(
+            "--bootnode", f"127.0.0.1:{port}", "--room", "r", "--no-ui", "--port", "0", env=env, cwd=tmp_path
+        )
+        assert client.returncode == 0, client.stderr  # end of input: a graceful quit
+        assert '"event": "started"' in client.stdout
+        demo = run_cli("--mode", "demo", "--no-ui", env=env, cwd=tmp_path)
+        assert demo.returncode == 0, demo.stderr
+    finally:
+        bootnode.terminate()
+        bootnode.wait(timeout=10)
+
+
+def _one_line_error(stderr: str, needle: str) -> None:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith(("Error:", "gochat:"))]
+    assert len(errors) == 1 and needle in errors[0], stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_random_bytes_as_env_or_state_files_give_one_line_and_a_defined_exit_code(tmp_path: Path, seed: int):
+    rng = random.Random(seed)
+    junk = [rng.randbytes(300), ("\n".join(rng.choice(["é=", "=x", "a b", "{", "\x00"]) for _ in range(9))).encode()]
+    env = _clean_env(tmp_path)
+    state = tmp_path / "data" / "gochat"
+    client = ("--mode", "client", "--bootnode", "127.0.0.1:9", "--room", "r", "--no-ui", "--register-timeout", "1s")
+    for data in junk:
+        (tmp_path / ".env").write_bytes(data)
+        r = run_cli(*client, env=env, cwd=tmp_path)
+        assert r.returncode == 2
+        _one_line_error(r.stderr, "file .env")
+    (tmp_path / ".env").unlink()
+    for name in ("identity", "known_peers.json", "known_bootnodes.json"):
+        for data in junk:
+            shutil.rmtree(state, ignore_errors=True)
+            state.mkdir(parents=True)
+            if name != "identity":  # a good identity beside the damaged file
+                assert run_cli(*client, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL).returncode in (0, 1)
+            path = state / name
+            path.write_bytes(data)
+            path.chmod(0o600)
+            r = run_cli(*client, env=env, cwd=tmp_path)
+            assert r.returncode == 1, r.stderr
+            _one_line_error(r.stderr, str(path))
+    for data in junk:
+        key = tmp_path / "bootnode.key"
+        key.write_bytes(data)
+        key.chmod(0o600)
+        r = run_cli("--mode", "bootnode", "--listen", "127.0.0.1:0", "--bootnode-key", str(key), env=env, cwd=tmp_path)
+        assert r.returncode == 2
+        _one_line_error(r.stderr, str(key))

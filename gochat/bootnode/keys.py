@@ -82,7 +82,7 @@ def load_or_create(path: Path) -> tuple[BootnodeKey, bool]:
             raise BootnodeKeyError(f"{path} is not a regular file")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise BootnodeKeyError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
-        words = path.read_text().split()
+        words = path.read_text(encoding="utf-8", errors="replace").split()
     except OSError as exc:
         raise BootnodeKeyError(f"{path}: {exc.strerror or exc}") from None
     if len(words) != 2 or words[0] != _MAGIC:

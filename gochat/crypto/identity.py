@@ -67,7 +67,7 @@ def load_or_create(path: Path) -> Identity:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise IdentityError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
-        lines = path.read_text().split()
+        lines = path.read_text(encoding="utf-8", errors="replace").split()
         if len(lines) != 2 or lines[0] != _MAGIC:
             raise IdentityError(f"{path} is not a gochat identity file")
         try:
