@@ -91,18 +91,17 @@ class Client:
         port: int = 0,
         env: dict | None = None,
         identity: str | None = None,
+        mode: str = "client",
     ) -> None:
         self.name = name
         identity = identity or str(tmp_path / name / "identity")
+        where = ["--bootnode", bootnode, "--room", room] if mode == "client" else []
         self.proc = subprocess.Popen(
             gochat_command(
                 "--mode",
-                "client",
+                mode,
                 "--no-ui",
-                "--bootnode",
-                bootnode,
-                "--room",
-                room,
+                *where,
                 "--name",
                 name,
                 "--port",

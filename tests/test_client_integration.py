@@ -161,3 +161,27 @@ def test_wrong_passphrase_gives_handshake_failed_and_no_message_crosses(tmp_path
     finally:
         for c in (alice, bob, carol):
             c.kill()
+
+
+def test_the_demo_meets_the_same_echo_every_run_and_leaves_real_trust_alone(tmp_path):
+    """Run the demo twice: echo answers both times, its key is the same (no key_changed
+    warning, which taught users to ignore it), and the demo's keys are remembered apart
+    from the ones the user trusts in real rooms."""
+    identity = tmp_path / "me" / "identity"
+    fingerprints = []
+    for _ in range(2):
+        me = Client("", "me", tmp_path, identity=str(identity), mode="demo", extra=())
+        try:
+            joined = me.wait_event("peer_connected", name="echo")
+            me.say("stressed")
+            me.wait_event("message", **{"from": "echo", "text": "desserts"})
+            fingerprints.append(joined["fingerprint"])
+            assert not me.kinds("key_changed")
+            assert [e["trust"] for e in me.kinds("peer_joined")] == (["new"] if len(fingerprints) == 1 else ["known"])
+            me.close_stdin()
+            assert me.proc.wait(15) == 0
+        finally:
+            me.kill()
+    assert fingerprints[0] == fingerprints[1]
+    assert not (identity.parent / "known_peers.json").exists()  # the real store: untouched
+    assert "echo" in (identity.parent / "demo" / "known_peers.json").read_text()

@@ -128,7 +128,7 @@ def test_demo_echo_verify_resize_and_quit(term):
     assert "me: hello tmux 漢字" in screen
     term.type(pane, "/verify echo")
     term.wait_for(pane, r"safety number with echo: (\d{5} ){5}\d{5}")
-    known_file = term.tmp / "me" / "gochat" / "known_peers.json"
+    known_file = term.tmp / "me" / "gochat" / "demo" / "known_peers.json"  # the demo keeps its own
     assert json.loads(known_file.read_text())["peers"]["echo"]["verified"] is False  # not compared yet
     term.type(pane, "/verify echo confirm")
     term.wait_for(pane, r"echo is now marked verified")

@@ -15,6 +15,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gochat import events as ev
@@ -45,6 +46,9 @@ class ClientConfig:
     peer_timeout: float
     bootnode_public_key: bytes | None = None  # pinned by a setting (else: known_bootnodes.json)
     register_timeout: float = DEFAULT_REGISTER_TIMEOUT_s  # how long the first registration tries
+    # Where the peers' and bootnodes' keys seen so far are remembered (known_peers.json,
+    # known_bootnodes.json); None: beside the identity file.
+    trust_dir: Path | None = None
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -87,8 +91,9 @@ class ClientDriver:
         self.config = config
         self.identity = identity
         self.sink = sink
-        self.known = KnownPeers(identity.path.parent / "known_peers.json")
-        self.known_bootnodes = KnownBootnodes(identity.path.parent / KNOWN_BOOTNODES_FILE)
+        trust_dir = config.trust_dir or identity.path.parent
+        self.known = KnownPeers(trust_dir / "known_peers.json")
+        self.known_bootnodes = KnownBootnodes(trust_dir / KNOWN_BOOTNODES_FILE)
         self.loop = asyncio.get_running_loop()
         self.machine: RoomClient  # set by start()
         self.transport: asyncio.DatagramTransport | None = None

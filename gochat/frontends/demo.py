@@ -2,14 +2,17 @@
 
 Over real UDP on loopback it starts a bootnode, a bot peer called ``echo`` that answers
 every message with the same text reversed, and the terminal UI joined to the room
-``lobby``. The bot has a throwaway identity; yours is your usual one.
+``lobby``. Yours is your usual identity; the bot's is kept beside it (``demo/``), the
+same on every run, and the demo remembers the keys it meets in a store of its own
+there: a demo never shows a key-change warning, and never touches the keys you trust
+in real rooms. (With a new bot key every run, it warned that echo's key had changed,
+and taught users to ignore that warning.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -41,9 +44,15 @@ class EchoBot:
             asyncio.get_running_loop().call_soon(self.driver.send_message, event.text[::-1])
 
 
-def client_config(port: int, name: str) -> ClientConfig:
+def client_config(port: int, name: str, trust_dir: Path) -> ClientConfig:
     return ClientConfig(
-        bootnode=("127.0.0.1", port), room=ROOM, name=name, port=0, passphrase=None, peer_timeout=DEFAULT_PEER_TIMEOUT_s
+        bootnode=("127.0.0.1", port),
+        room=ROOM,
+        name=name,
+        port=0,
+        passphrase=None,
+        peer_timeout=DEFAULT_PEER_TIMEOUT_s,
+        trust_dir=trust_dir,
     )
 
 
@@ -61,15 +70,15 @@ async def run_demo(identity: Identity, name: str, front_end: FrontEndRunner) -> 
     )
     node.start()
     port = node.address[1]
-    with tempfile.TemporaryDirectory(prefix="gochat-demo-") as tmp:
-        bot = EchoBot(client_config(port, BOT_NAME), load_or_create(Path(tmp) / "identity"))
-        await bot.driver.start()
+    demo_dir = identity.path.parent / "demo"
+    bot = EchoBot(client_config(port, BOT_NAME, demo_dir / "echo"), load_or_create(demo_dir / "echo" / "identity"))
+    await bot.driver.start()
+    try:
+        return await front_end(client_config(port, name, demo_dir), identity)
+    finally:
+        bot.driver.quit()
         try:
-            return await front_end(client_config(port, name), identity)
-        finally:
-            bot.driver.quit()
-            try:
-                await asyncio.wait_for(bot.driver.finished.wait(), 2.0)
-            except asyncio.TimeoutError:
-                log.warning("the echo bot did not finish leaving")
-            node.close()
+            await asyncio.wait_for(bot.driver.finished.wait(), 2.0)
+        except asyncio.TimeoutError:
+            log.warning("the echo bot did not finish leaving")
+        node.close()
