@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import socket
@@ -142,6 +143,11 @@ class Bootnode:
             self.fastpath_module.IMPLEMENTATION,
             rcvbuf,
         )
+        if self.fastpath_module.IMPLEMENTATION != "cython" and not os.environ.get("GOCHAT_PURE_PYTHON"):
+            log.warning(
+                "the compiled fast path is not installed (no C compiler when gochat was installed?): "
+                "the pure-Python fallback serves, about 5x slower per heartbeat"
+            )
         if self.key_created is not None:
             log.info("created a new bootnode key in %s", self.key_created)
         log.info("bootnode public key %s", self.key.public.hex())
