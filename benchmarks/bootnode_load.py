@@ -384,8 +384,8 @@ def run_one(pure: bool, args) -> dict[str, float]:
         m1 = node.metrics()
         accepted = m1["gochat_register_accepted_total"] - m0.get("gochat_register_accepted_total", 0)
         registrations_per_s = accepted / t_reg
-        reg_cpu_us = (m1["gochat_cpu_seconds"] - m0["gochat_cpu_seconds"]) / accepted * 1e6
-        bytes_per_peer = (m1["gochat_rss_bytes"] - m0["gochat_rss_bytes"]) / n_main
+        reg_cpu_us = (m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"]) / accepted * 1e6
+        bytes_per_peer = (m1["process_resident_memory_bytes"] - m0["process_resident_memory_bytes"]) / n_main
         log(
             f"[{label}] {accepted:.0f} registrations in {t_reg:.1f}s ({reg_cpu_us:.1f} us bootnode CPU each); "
             f"RSS +{bytes_per_peer:.0f} B/peer"
@@ -408,7 +408,7 @@ def run_one(pure: bool, args) -> dict[str, float]:
         elapsed = time.perf_counter() - t0
         m3 = node.metrics()
         hbs = m3["gochat_fast_heartbeats_total"] - m2["gochat_fast_heartbeats_total"]
-        cpu = m3["gochat_cpu_seconds"] - m2["gochat_cpu_seconds"]
+        cpu = m3["process_cpu_seconds_total"] - m2["process_cpu_seconds_total"]
         unknown = m3["gochat_fast_unknown_token_total"] - m2["gochat_fast_unknown_token_total"]
         batches = m3["gochat_fast_batches_total"] - m2["gochat_fast_batches_total"]
         log(
@@ -440,8 +440,8 @@ def run_one(pure: bool, args) -> dict[str, float]:
         expired = m4.get("gochat_expired_total", 0) - expired0
         log(
             f"[{label}] {expired:.0f} expired; largest tick expired {m4['gochat_tick_largest_expired']:.0f} "
-            f"in {m4['gochat_tick_largest_tick_ms']:.3f} ms "
-            f"(announcing them: {m4['gochat_tick_largest_announce_ms']:.1f} ms)"
+            f"in {m4['gochat_tick_largest_tick_seconds'] * 1000:.3f} ms "
+            f"(announcing them: {m4['gochat_tick_largest_announce_seconds'] * 1000:.1f} ms)"
         )
 
         log(f"[{label}] fan-out: building a room of {FANOUT_ROOM_SIZE} peers")
@@ -454,7 +454,7 @@ def run_one(pure: bool, args) -> dict[str, float]:
             gen, fanout_keys, base + FANOUT_ROOM_SIZE, 1, FANOUT_ROOM_SIZE, tokens, lambda: None, 30, fixed_room=0
         )
         m5 = node.metrics()
-        fanout_ms = m5["gochat_tick_last_join_ms"]
+        fanout_ms = m5["gochat_tick_last_join_seconds"] * 1000
         log(f"[{label}] join announced to a room of {m5['gochat_tick_last_join_room_size']:.0f} in {fanout_ms:.2f} ms")
         return {
             "implementation": "pure-python" if pure else "cython",
@@ -466,9 +466,9 @@ def run_one(pure: bool, args) -> dict[str, float]:
             "datagrams_per_batch": hbs / max(batches, 1),
             "cpu_us_per_heartbeat": cpu / max(hbs, 1) * 1e6,
             "bytes_per_peer": bytes_per_peer,
-            "expire_tick_ms": m4["gochat_tick_largest_tick_ms"],
+            "expire_tick_ms": m4["gochat_tick_largest_tick_seconds"] * 1000,
             "expire_tick_expired": m4["gochat_tick_largest_expired"],
-            "expire_announce_ms": m4["gochat_tick_largest_announce_ms"],
+            "expire_announce_ms": m4["gochat_tick_largest_announce_seconds"] * 1000,
             "registrations_per_s": registrations_per_s,
             "registration_cpu_us": reg_cpu_us,
             "registrations_per_cpu_s": 1e6 / reg_cpu_us,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import signal
 import socket
 import time
@@ -249,24 +248,13 @@ class Bootnode:
         # the loop is adding counters.
         out: dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
         out.update(dict(self.machine.stats))
-        ru = resource.getrusage(resource.RUSAGE_SELF)
         out.update(
             peers=len(self.table),
             rooms=self.table.room_count,
             internal_errors=self.internal_errors,
-            cpu_seconds=ru.ru_utime + ru.ru_stime,
-            rss_bytes=_rss_bytes(),
             **{f"tick.{k}": v for k, v in self.ticks.__dict__.items()},
         )
         return out
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 async def serve(
@@ -284,8 +272,15 @@ async def serve(
     if metrics_listen is not None:
         from gochat.bootnode.metrics import start_metrics_server
 
-        bound = start_metrics_server(node, metrics_listen)
-        log.info("metrics on http://%s/metrics", format_endpoint(bound))
+        try:
+            bound = start_metrics_server(node, metrics_listen, node.fastpath_module.IMPLEMENTATION)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s (METRICS_LISTEN): %s", format_endpoint(metrics_listen), exc.strerror or exc
+            )
+            node.close()
+            return 1
+        log.info("metrics on http://%s/metrics (health: /healthz)", format_endpoint(bound))
     try:
         await stop.wait()
     finally:
