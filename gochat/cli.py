@@ -14,6 +14,7 @@ import click
 from click.core import ParameterSource
 
 from gochat.config import SPECS, ConfigError, Settings, resolve
+from gochat.logs import log_to_file, log_to_stderr
 
 from . import __version__
 
@@ -64,11 +65,7 @@ def main(env_file: str, **flags: Any) -> None:
         settings = resolve(flags, os.environ, Path(env_file) if env_file else None, env_file_required=named)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(settings.log_level, settings.log_format)
     if settings.mode == "bootnode":
         sys.exit(run_bootnode(settings))
     sys.exit(run_client(settings))  # client and demo
@@ -91,7 +88,7 @@ def run_client(settings: Settings) -> int:
         click.echo("gochat: not a terminal: running in line mode (--no-ui)", err=True)
         use_ui = False
     if use_ui:
-        _log_to_file(identity.path.parent / "gochat.log", settings.log_level)
+        log_to_file(identity.path.parent / "gochat.log", settings.log_level, settings.log_format)
 
     async def front_end(config: ClientConfig, identity: Identity) -> int:
         if use_ui:
@@ -127,20 +124,6 @@ def run_client(settings: Settings) -> int:
         return 1
 
 
-def _log_to_file(path: Path, level: str) -> None:
-    """The screen belongs to the UI: logs go to a file beside the identity."""
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    try:
-        handler: logging.Handler = logging.FileHandler(path)
-    except OSError:
-        handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
 def run_bootnode(settings: Settings) -> int:
     from gochat.bootnode.driver import BootnodeConfig, serve
     from gochat.bootnode.keys import BootnodeKeyError, default_key_path, load_or_create
@@ -169,7 +152,7 @@ def run_bootnode(settings: Settings) -> int:
         key=key,
     )
     try:
-        return asyncio.run(serve(config, settings.metrics_listen))
+        return asyncio.run(serve(config, settings.metrics_listen, summary_interval_s=settings.log_summary_interval))
     except OSError as exc:
         logging.getLogger("gochat").error("cannot serve on %s:%s: %s", *settings.listen, exc.strerror or exc)
         return 1

@@ -366,6 +366,22 @@ SPECS: tuple[Spec, ...] = (
         parse_choice("debug", "info", "warning", "error"),
         "log verbosity",
     ),
+    Spec(
+        "log_format",
+        "LOG_FORMAT",
+        "--log-format",
+        "text",
+        parse_choice("text", "json"),
+        "log lines as text, or as one JSON object each (for log collectors)",
+    ),
+    Spec(
+        "log_summary_interval",
+        "LOG_SUMMARY_INTERVAL",
+        "--log-summary-interval",
+        f"{C.DEFAULT_LOG_SUMMARY_INTERVAL_s:g}s",
+        parse_duration,
+        "bootnode: how often it logs what it did (registrations, refusals, malformed datagrams...)",
+    ),
 )
 
 SPEC_BY_FIELD = {s.field: s for s in SPECS}
@@ -396,6 +412,8 @@ class Settings:
     recv_buffer: int
     metrics_listen: HostPort | None
     log_level: str
+    log_format: str
+    log_summary_interval: float
     sources: dict[str, str]
 
 

@@ -29,6 +29,7 @@ DEFAULT_REGISTER_BURST_PER_IP = 40
 MAX_RATE_LIMITED_SOURCES = 100_000
 # SO_RCVBUF: absorbs the bootnode's wake-up latency. The Linux default (~208 KiB,
 # about 256 small datagrams) loses packets on a busy loopback even at 40% CPU.
+DEFAULT_LOG_SUMMARY_INTERVAL_s = 60.0  # the bootnode logs what it did this often (if anything)
 DEFAULT_RECV_BUFFER_bytes = 8 * 1024 * 1024
 # recvmmsg/sendmmsg batch size (datagrams per system call).
 BATCH_SIZE = 64

@@ -21,6 +21,7 @@ def documented_events() -> dict[str, tuple[set[str], set[str], dict[str, set[str
     """kind -> (fields, optional fields, nested fields per field) from the README table."""
     text = README.read_text()
     section = text[text.index("### Line mode") :]
+    section = section[: section.index("\n## ")]  # up to the next top-level section
     rows = re.findall(r"^\| (`\w+`(?: / `\w+`)*) \|([^|]*)\|[^|]*\|$", section, flags=re.M)
     assert rows, "README.md has no line-mode table"
     table = {}

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from gochat.bootnode import fastpath as default_fastpath
 from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
 from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
-from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP
+from gochat.bootnode.summary import summarize
+from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP, DEFAULT_LOG_SUMMARY_INTERVAL_s
 from gochat.wire.endpoints import format_endpoint
 
 log = logging.getLogger("gochat.bootnode")
@@ -135,13 +136,24 @@ class Bootnode:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
         self._arm_timer()
+        # Linux doubles what it is asked for (bookkeeping), up to net.core.rmem_max unless
+        # root forced it: report both, so that an operator sees a capped buffer.
         rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         log.info(
-            "bootnode listening on udp %s (fast path: %s, receive buffer %d bytes)",
+            "bootnode listening on udp %s (fast path: %s, receive buffer: asked %d bytes, the kernel gave %d)",
             format_endpoint(self.address),
             self.fastpath_module.IMPLEMENTATION,
+            self.config.recv_buffer_bytes,
             rcvbuf,
         )
+        if rcvbuf < self.config.recv_buffer_bytes:
+            log.warning(
+                "the receive buffer is smaller than asked (%d < %d bytes): raise net.core.rmem_max "
+                "(sysctl -w net.core.rmem_max=%d) or run with CAP_NET_ADMIN, or bursts may be dropped",
+                rcvbuf,
+                self.config.recv_buffer_bytes,
+                self.config.recv_buffer_bytes,
+            )
         if self.fastpath_module.IMPLEMENTATION != "cython" and not os.environ.get("GOCHAT_PURE_PYTHON"):
             log.warning(
                 "the compiled fast path is not installed (no C compiler when gochat was installed?): "
@@ -261,14 +273,29 @@ async def serve(
     config: BootnodeConfig,
     metrics_listen: tuple[str, int] | None = None,
     fastpath: FastPathModule = default_fastpath,
+    summary_interval_s: float = DEFAULT_LOG_SUMMARY_INTERVAL_s,
 ) -> int:
-    """Run a bootnode until SIGINT or SIGTERM; returns the exit code."""
+    """Run a bootnode until SIGINT or SIGTERM; returns the exit code. Every
+    ``summary_interval_s`` it logs what it did (nothing if it did nothing)."""
     node = Bootnode(config, fastpath)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node.start()
+    last = node.snapshot()
+    summary: asyncio.TimerHandle | None = None
+
+    def summarize_activity() -> None:
+        nonlocal last, summary
+        now = node.snapshot()
+        line = summarize(last, now, summary_interval_s)
+        if line is not None:
+            log.log(logging.WARNING if now["internal_errors"] > last["internal_errors"] else logging.INFO, line)
+        last = now
+        summary = loop.call_later(summary_interval_s, summarize_activity)
+
+    summary = loop.call_later(summary_interval_s, summarize_activity)
     if metrics_listen is not None:
         from gochat.bootnode.metrics import start_metrics_server
 
@@ -284,6 +311,8 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        if summary is not None:
+            summary.cancel()
         snap = node.snapshot()
         node.close()
         log.info(
