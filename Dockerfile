@@ -14,8 +14,13 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --system --no-create-home gochat \
     && mkdir /data && chown gochat /data
 USER gochat
-# The client keeps its identity key and known peers under $XDG_DATA_HOME/gochat.
-ENV MODE=bootnode LISTEN=0.0.0.0:9595 XDG_DATA_HOME=/data
+# Client mode by default, as GoChat: `docker run -it --rm gochat --bootnode HOST:9595
+# --room test`. A bootnode is `--mode bootnode` (or MODE=bootnode, as the compose file
+# sets it). Identities, known peers and the bootnode's key live under /data.
+ENV XDG_DATA_HOME=/data
 VOLUME /data
 EXPOSE 9595/udp
+# A bootnode is healthy when its receive loop answers a heartbeat (no registration is
+# made); a client, while it runs.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["python", "-m", "gochat.healthcheck"]
 ENTRYPOINT ["gochat"]
