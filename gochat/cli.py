@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from gochat.config import SPECS, ConfigError, Settings, resolve
+from gochat.config import SPECS, ConfigError, Settings, distinct_default_name, resolve
 from gochat.logs import log_to_file, log_to_stderr
 
 from . import __version__
@@ -83,6 +83,8 @@ def run_client(settings: Settings) -> int:
     except (IdentityError, OSError) as exc:
         click.echo(f"gochat: identity {path}: {exc}", err=True)
         return 1
+    name_chosen = not settings.sources["name"].startswith("NAME (default")
+    name = settings.name if name_chosen else distinct_default_name(settings.name, identity.fingerprint)
     use_ui = not settings.no_ui
     if use_ui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         click.echo("gochat: not a terminal: running in line mode (--no-ui)", err=True)
@@ -101,13 +103,14 @@ def run_client(settings: Settings) -> int:
         if settings.mode == "demo":
             from gochat.frontends.demo import run_demo
 
-            return await run_demo(identity, settings.name, front_end)
+            return await run_demo(identity, name, front_end)
         assert settings.bootnode is not None and settings.room is not None
         return await front_end(
             ClientConfig(
                 bootnode=settings.bootnode,
                 room=settings.room,
-                name=settings.name,
+                name=name,
+                name_chosen=name_chosen,
                 port=settings.port,
                 passphrase=settings.passphrase or None,
                 peer_timeout=settings.peer_timeout,

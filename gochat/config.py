@@ -196,6 +196,16 @@ def default_name(environ: Mapping[str, str]) -> str:
     return login
 
 
+def distinct_default_name(login_name: str, fingerprint: str) -> str:
+    """The name of a client that chose none: the login name and the first group of its
+    fingerprint (``user-3ab6``), so that two people who did not set one, or two
+    containers of the same image, do not look alike."""
+    suffix = "-" + fingerprint[:4]
+    while len((login_name + suffix).encode("utf-8")) > MAX_NAME_bytes:
+        login_name = login_name[:-1]
+    return login_name + suffix
+
+
 # --- the settings table ------------------------------------------------------------------
 
 

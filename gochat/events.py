@@ -154,6 +154,18 @@ class KeyChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class NameClash(Event):
+    """A peer uses a name that another peer here (``other_fingerprint``), or we, use too:
+    not a key change, two parties. Front ends show both with their fingerprints."""
+
+    kind: ClassVar[str] = "name_clash"
+    name: str
+    fingerprint: str
+    other_fingerprint: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConnected(Event):
     """An authenticated session with the peer is up. ``path``: direct."""
 
@@ -298,6 +310,7 @@ LINE_MODE_EVENTS: tuple[type, ...] = (
     PeerJoined,
     PeerNamed,
     KeyChanged,
+    NameClash,
     PeerConnected,
     PathChanged,
     MessageReceived,

@@ -92,18 +92,19 @@ class Client:
         env: dict | None = None,
         identity: str | None = None,
         mode: str = "client",
+        choose_name: bool = True,
     ) -> None:
         self.name = name
         identity = identity or str(tmp_path / name / "identity")
         where = ["--bootnode", bootnode, "--room", room] if mode == "client" else []
+        named = ["--name", name] if choose_name else []
         self.proc = subprocess.Popen(
             gochat_command(
                 "--mode",
                 mode,
                 "--no-ui",
                 *where,
-                "--name",
-                name,
+                *named,
                 "--port",
                 str(port),
                 "--identity",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -185,3 +186,42 @@ def test_the_demo_meets_the_same_echo_every_run_and_leaves_real_trust_alone(tmp_
     assert fingerprints[0] == fingerprints[1]
     assert not (identity.parent / "known_peers.json").exists()  # the real store: untouched
     assert "echo" in (identity.parent / "demo" / "known_peers.json").read_text()
+
+
+def test_peers_are_told_apart_by_key_whatever_their_names(tmp_path, bootnode):
+    """Two people who set no name (same login name), a second `bob` beside the one we
+    know, and someone who takes our own name: nobody is mistaken for anyone, and no
+    false key-change warning."""
+    env = {"USER": "user", "LOGNAME": "user"}
+    watcher = Client(bootnode.address, "carol", tmp_path)
+    bob = Client(bootnode.address, "bob", tmp_path)
+    clients = [watcher, bob]
+    try:
+        watcher.wait_event("peer_connected", name="bob")
+        first = [Client(bootnode.address, f"anon{i}", tmp_path, env=env, choose_name=False) for i in range(2)]
+        clients += first
+        names = []
+        for anon in first:
+            started = anon.wait_event("started")
+            assert re.fullmatch(r"user-[0-9a-f]{4}", started["name"])
+            assert started["name"] == "user-" + started["fingerprint"][:4]
+            anon.wait_for(lambda e: e["event"] == "notice" and "--name" in e["message"], what="how to name")
+            names.append(started["name"])
+        assert names[0] != names[1]
+        for name in names:
+            watcher.wait_event("peer_connected", name=name)
+        other_bob = Client(bootnode.address, "bob", tmp_path / "elsewhere")  # another key, the same name
+        clients.append(other_bob)
+        clash = watcher.wait_event("name_clash", name="bob")
+        assert clash["fingerprint"] == other_bob.wait_event("started")["fingerprint"]
+        assert clash["other_fingerprint"] == bob.wait_event("started")["fingerprint"]
+        impostor = Client(bootnode.address, "carol", tmp_path / "elsewhere")  # takes the watcher's name
+        clients.append(impostor)
+        mine = watcher.wait_event("name_clash", name="carol")
+        assert "your name" in mine["message"]
+        assert not watcher.kinds("key_changed")
+        joined = {e["fingerprint"]: e["trust"] for e in watcher.kinds("peer_joined")}
+        assert len(joined) == 5 and set(joined.values()) == {"new"}
+    finally:
+        for c in clients:
+            c.kill()

@@ -120,3 +120,32 @@ def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
 def test_peer_colours_are_stable_and_spread():
     assert peer_colour(BOB_FP) == peer_colour(BOB_FP)
     assert len({peer_colour(f"{i:04x} fingerprint") for i in range(100)}) >= 6
+
+
+BOB2_FP = "6cd5 0000 1111 2222 3333 4444 5555 6666"
+
+
+def test_two_peers_with_one_name_are_two_rows_two_labels_and_one_leaves_alone():
+    """Peers are told apart by key: two `bob`s are `bob (1234)` and `bob (6cd5)` in the
+    sidebar and on their messages; one leaving leaves the other in place."""
+    screen, _ = screen_with_bob()
+    screen.handle_event(ev.PeerJoined("bob", BOB2_FP, "cd" * 32, trust="new"))
+    screen.handle_event(ev.PeerConnected("bob", BOB2_FP, "direct", "198.51.100.3:4545"))
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "from the first"))
+    screen.handle_event(ev.MessageReceived("bob", BOB2_FP, "from the second"))
+    out = text_of(screen, 110, 24)
+    assert "bob (1234): from the first" in out and "bob (6cd5): from the second" in out
+    assert "│bob (1234) 1234 5678" in out and "│bob (6cd5) 6cd5 0000" in out  # two rows
+    screen.handle_event(ev.PeerLeft("bob", BOB2_FP, "quit"))
+    out = text_of(screen, 110, 24)
+    assert "bob (6cd5) left (quit)" in out
+    assert "│bob 1234 5678" in out and "nobody yet" not in out  # the first bob stays, plain again
+
+
+def test_a_peer_with_our_name_is_shown_with_its_fingerprint():
+    screen, _ = screen_with_bob()
+    screen.handle_event(ev.PeerJoined("alice", BOB2_FP, "cd" * 32, trust="new"))
+    screen.handle_event(ev.NameClash("alice", BOB2_FP, ME_FP, "someone else joined with your name"))
+    screen.handle_event(ev.MessageReceived("alice", BOB2_FP, "i am alice too"))
+    out = text_of(screen, 110, 24)
+    assert "alice (6cd5): i am alice too" in out and "someone else joined with your name" in out

@@ -49,6 +49,9 @@ class ClientConfig:
     # Where the peers' and bootnodes' keys seen so far are remembered (known_peers.json,
     # known_bootnodes.json); None: beside the identity file.
     trust_dir: Path | None = None
+    # False when the name is the default (login name and fingerprint): the front end
+    # says how to choose one.
+    name_chosen: bool = True
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -226,8 +229,37 @@ class ClientDriver:
         previous = self.known.get(name)
         status = self.known.remember(name, key)
         verified = status == KnownPeers.KNOWN and previous is not None and previous.get("verified")
+        namesakes = [p for p in self.machine.peers.values() if p.name == name and p.key != key]
+        if (
+            status == KnownPeers.CHANGED
+            and previous is not None
+            and any(p.key.hex() == previous["key"] for p in namesakes)
+        ):
+            status = KnownPeers.NEW  # the bob we know is here too: this is another bob, not his new key
         if before is not None:
             self.sink(dataclasses.replace(before, trust="verified" if verified else status))
+        if name == self.config.name:
+            own = self.identity.fingerprint
+            self.sink(
+                ev.NameClash(
+                    name,
+                    fp,
+                    own,
+                    f"someone else ({fp}) joined with your name {name!r}: you appear to the room as "
+                    f"{name} ({own[:4]}), they as {name} ({fp[:4]}). A distinct name (--name or NAME) helps.",
+                )
+            )
+        elif namesakes:
+            other = namesakes[0].fingerprint
+            self.sink(
+                ev.NameClash(
+                    name,
+                    fp,
+                    other,
+                    f"two peers are called {name!r}: {name} ({other[:4]}) and {name} ({fp[:4]}); "
+                    "tell them apart by fingerprint",
+                )
+            )
         if status == KnownPeers.CHANGED and previous is not None:
             old = fingerprint(bytes.fromhex(previous["key"]))
             self.sink(

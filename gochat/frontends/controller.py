@@ -18,11 +18,13 @@ from gochat import events as ev
 from gochat.client.driver import ClientConfig, ClientDriver
 from gochat.client.reliable import MessageTooLong
 from gochat.crypto.identity import Identity, safety_number
+from gochat.frontends import names
 
 COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /clear"
 HELP = (
     f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
-    "channel and marks NAME verified; /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
+    "channel, and /verify NAME confirm marks NAME verified (NAME may be `bob (3ab6)` or a fingerprint's "
+    "start when two peers share a name); /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
     "what you typed, Ctrl-C quits."
 )
 NOBODY_HERE = "nobody else is in the room yet: message not sent"
@@ -57,6 +59,14 @@ class ChatController:
     async def start(self) -> None:
         """Bind the socket and start registering; StartupError if that cannot be done."""
         await self.driver.start()
+
+    def greet(self) -> None:
+        """Once the front end has shown that it started: what a newcomer should know."""
+        config = self.driver.config
+        if not config.name_chosen:
+            self.front_end.show(
+                ev.Notice(f"you are {config.name!r} to the room; choose your name with --name or NAME (in .env)")
+            )
 
     @property
     def port(self) -> int:
@@ -98,17 +108,21 @@ class ChatController:
     def verify(self, arg: str) -> None:
         """/verify NAME shows the safety number; /verify NAME confirm, typed after both
         sides compared it over another channel, marks NAME's key verified."""
-        name, _, word = arg.rpartition(" ") if arg.endswith(" confirm") else (arg, "", "")
+        query, _, word = arg.rpartition(" ") if arg.endswith(" confirm") else (arg, "", "")
         confirmed = word == "confirm"
         machine = self.driver.machine
-        peer = next((p for p in machine.peers.values() if p.name == name), None)
-        if peer is None:
-            self.front_end.show(ev.Error(f"/verify NAME: no peer called {name!r} here" if name else "/verify NAME"))
+        found = names.find(query, [(p.name, p.fingerprint, p) for p in machine.peers.values()])
+        if not found:
+            self.front_end.show(ev.Error(f"/verify NAME: no peer called {query!r} here" if query else "/verify NAME"))
             return
+        if len(found) > 1:
+            self.front_end.show(ev.Error(names.ambiguity(query, [(p.name, p.fingerprint) for p in found])))
+            return
+        peer = found[0]
         if confirmed:
-            self.driver.known.verify(name, peer.key)
+            self.driver.known.verify(peer.name, peer.key)
         number = safety_number(machine.public_key, peer.key)
-        self.front_end.show(ev.Verified(name, peer.fingerprint, number, confirmed))
+        self.front_end.show(ev.Verified(peer.name, peer.fingerprint, number, confirmed))
 
     def quit(self) -> None:
         """Leave gracefully: a bye to every peer, a disconnect to the bootnode."""

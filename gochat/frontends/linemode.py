@@ -60,6 +60,7 @@ class LineMode:
             print(f"gochat: {exc}", file=sys.stderr)
             return 1
         self.show(ev.Started(self.config.name, self.config.room, self.identity.fingerprint, controller.port))
+        controller.greet()
         threading.Thread(target=self._read_stdin, args=(loop,), daemon=True, name="stdin").start()
         await controller.wait_finished()
         return controller.exit_code()

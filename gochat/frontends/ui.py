@@ -21,6 +21,7 @@ import urwid
 from gochat import events as ev
 from gochat.client.driver import ClientConfig
 from gochat.crypto.identity import Identity, short_fingerprint
+from gochat.frontends import names
 from gochat.frontends.controller import ChatController
 
 log = logging.getLogger("gochat.ui")
@@ -158,7 +159,7 @@ class ChatScreen(urwid.WidgetWrap):
         self.sidebar_text = urwid.Text("")
         self.more = urwid.Text("", wrap="clip")
         self.input = InputLine(on_input)
-        self.peers: dict[str, dict] = {}  # name -> latest snapshot or event fields
+        self.peers: dict[str, dict] = {}  # fingerprint -> name and latest state: keyed by key, never by name
         self.bootnode_state = "registering"
         self.bootnode_rtt_ms: float | None = None
         self._own: list[tuple[str, urwid.Text, list]] = []  # (text, widget, markup) of our messages
@@ -181,16 +182,27 @@ class ChatScreen(urwid.WidgetWrap):
             f" gochat · room {self.room} · {self.name} ({short_fingerprint(self.fingerprint)}) · bootnode {state}{rtt}"
         )
         lines: list = []
-        for name, peer in sorted(self.peers.items()):
+        for fp, peer in sorted(self.peers.items(), key=lambda item: (item[1]["name"], item[0])):
             rtt_ms = peer.get("rtt_ms")
             lines += [
-                (peer_colour(peer["fingerprint"]), name),
+                (peer_colour(fp), self.label(peer["name"], fp)),
                 f" {short_fingerprint(peer['fingerprint'])}\n",
                 ("sidebar", f"  {peer.get('state', '?')}" + (f" {rtt_ms:g} ms" if rtt_ms is not None else "") + "\n"),
             ]
         self.sidebar_text.set_text(lines or ("sidebar", "nobody yet"))
         m = self.messages
         self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen else "")
+
+    def label(self, name: str, fingerprint: str) -> str:
+        """How to show a peer: its name, with its fingerprint's first group when another
+        peer here (or we) use the same name."""
+        return names.label(name, fingerprint, [p["name"] for p in self.peers.values()], self.name)
+
+    def _peer(self, name: str, fingerprint: str) -> dict:
+        """The sidebar entry of a peer (made if new), its name as the event says."""
+        shown = self.peers.setdefault(fingerprint, {"fingerprint": fingerprint, "name": name})
+        shown["name"] = name
+        return shown
 
     def line(self, markup: Any) -> tuple[urwid.Text, list[Any]]:
         """Add a line stamped with the time; returns the widget and its whole markup."""
@@ -208,11 +220,12 @@ class ChatScreen(urwid.WidgetWrap):
         self._own.append((text, widget, full))
         del self._own[:-200]
 
-    def mark_undelivered(self, to: tuple[str, ...], text: str, reason: str) -> None:
+    def mark_undelivered(self, to: tuple[str, ...], text: str, reason: str, fingerprints: tuple[str, ...] = ()) -> None:
         """On the message itself. A timeout only says the peer did not confirm it (it may
         still have it); the other reasons say it never got there."""
         what = "not confirmed by" if reason == "timeout" else "not delivered to"
-        who = ", ".join(to[:5]) + (f" and {len(to) - 5} more" if len(to) > 5 else "")
+        shown = [self.label(n, fp) for n, fp in zip(to, fingerprints, strict=True)] if fingerprints else list(to)
+        who = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
         for own_text, widget, full in reversed(self._own):
             if own_text == text:
                 full.append(("undelivered", f"  ✗ {what} {who}"))
@@ -238,32 +251,34 @@ class ChatScreen(urwid.WidgetWrap):
                     + f" with the bootnode; your public endpoint is {endpoint}"
                 )
             case ev.PeerJoined(name=name, fingerprint=fp, trust=trust):
-                self.peers[name] = {"fingerprint": fp, "state": "punching"}
-                self.system(f"{name} joined · {fp}{TRUST_NOTES.get(trust or '', '')}")
+                self._peer(name, fp)["state"] = "punching"
+                self.system(f"{self.label(name, fp)} joined · {fp}{TRUST_NOTES.get(trust or '', '')}")
             case ev.KeyChanged(message=message):
                 self.system(message, "warning")
+            case ev.NameClash(message=message):
+                self.system(message, "warning")
             case ev.PeerConnected(name=name, fingerprint=fp, path=path, endpoint=endpoint):
-                self.peers.setdefault(name, {"fingerprint": fp})["state"] = path
-                self.system(f"{name} connected ({path}, {endpoint})")
-            case ev.PathChanged(name=name, path=path, endpoint=endpoint, previous_endpoint=previous):
-                self.system(f"{name} now reached {path} at {endpoint} (was {previous})")
+                self._peer(name, fp)["state"] = path
+                self.system(f"{self.label(name, fp)} connected ({path}, {endpoint})")
+            case ev.PathChanged(name=name, fingerprint=fp, path=path, endpoint=endpoint, previous_endpoint=previous):
+                self.system(f"{self.label(name, fp)} now reached {path} at {endpoint} (was {previous})")
             case ev.MessageReceived(sender=sender, fingerprint=fp, text=text):
-                self.line([(peer_colour(fp), sender), ": ", text])
-            case ev.Undelivered(to=to, text=text, reason=reason):
-                self.mark_undelivered(to, text, reason)
+                self.line([(peer_colour(fp), self.label(sender, fp)), ": ", text])
+            case ev.Undelivered(to=to, fingerprints=fps, text=text, reason=reason):
+                self.mark_undelivered(to, text, reason, fps)
             case ev.PeerNamed(name=name, fingerprint=fp, announced=announced):
-                shown = self.peers.pop(announced, None)
-                self.peers[name] = shown if shown is not None else {"fingerprint": fp}
-                self.system(f"{announced} is {name}: the name its handshake proved ({fp})", "warning")
-            case ev.PeerLeft(name=name, reason=reason):
-                self.peers.pop(name, None)
-                self.system(f"{name} left ({reason.replace('_', ' ')})")
+                self._peer(name, fp)
+                self.system(f"{announced} is {self.label(name, fp)}: the name its handshake proved ({fp})", "warning")
+            case ev.PeerLeft(name=name, fingerprint=fp, reason=reason):
+                shown = self.label(name, fp)
+                self.peers.pop(fp, None)
+                self.system(f"{shown} left ({reason.replace('_', ' ')})")
             case ev.PeerUnreachable(name=name, fingerprint=fp, message=message):
-                self.peers.setdefault(name, {"fingerprint": fp})["state"] = "unreachable"
+                self._peer(name, fp)["state"] = "unreachable"
                 self.system(message, "error")
             case ev.HandshakeFailed(name=name, fingerprint=fp, reason=reason):
-                self.peers.setdefault(name, {"fingerprint": fp})["state"] = "failed"
-                self.system(f"handshake with {name} failed: {reason}", "error")
+                self._peer(name, fp)["state"] = "failed"
+                self.system(f"handshake with {self.label(name, fp)} failed: {reason}", "error")
             case ev.BootnodeUnanswered(bootnode=bootnode, tries=tries, waited_s=waited, give_up_s=give_up):
                 self.bootnode_state = f"registering (no answer for {waited:.0f} s)"
                 if tries == 1:
@@ -283,17 +298,17 @@ class ChatScreen(urwid.WidgetWrap):
                     self.system("no peers")
                 for p in peers:
                     rtt = f", {p.rtt_ms:g} ms" if p.rtt_ms is not None else ""
-                    self.system(
-                        f"{p.name} · {p.fingerprint} · {p.path or p.state}{' ' + p.endpoint if p.endpoint else ''}{rtt}"
-                    )
-            case ev.Verified(name=name, safety_number=number, confirmed=False):
-                self.system(f"safety number with {name}: {number}")
+                    where = f"{p.path or p.state}{' ' + p.endpoint if p.endpoint else ''}{rtt}"
+                    self.system(f"{self.label(p.name, p.fingerprint)} · {p.fingerprint} · {where}")
+            case ev.Verified(name=name, fingerprint=fp, safety_number=number, confirmed=False):
+                shown = self.label(name, fp)
+                self.system(f"safety number with {shown}: {number}")
                 self.system(
-                    f"read it to {name} over another channel (phone, in person); if it matches on both "
-                    f"screens, the session is not intercepted: then type /verify {name} confirm"
+                    f"read it to {shown} over another channel (phone, in person); if it matches on both "
+                    f"screens, the session is not intercepted: then type /verify {shown} confirm"
                 )
-            case ev.Verified(name=name):
-                self.system(f"{name} is now marked verified in your known peers")
+            case ev.Verified(name=name, fingerprint=fp):
+                self.system(f"{self.label(name, fp)} is now marked verified in your known peers")
             case ev.Notice(message=message):
                 self.system(message)
             case ev.Error(message=message):
@@ -304,7 +319,7 @@ class ChatScreen(urwid.WidgetWrap):
         """Round-trip times and states from the driver (refreshed now and then)."""
         self.bootnode_state, self.bootnode_rtt_ms = status.bootnode.state, status.bootnode.rtt_ms
         for peer in status.peers:
-            shown = self.peers.setdefault(peer.name, {"fingerprint": peer.fingerprint})
+            shown = self._peer(peer.name, peer.fingerprint)
             shown["state"] = peer.path or peer.state
             shown["rtt_ms"] = peer.rtt_ms
         self.refresh()
@@ -371,6 +386,7 @@ class ChatApp:
         Raises StartupError before touching the terminal if the client cannot start.
         Returns the exit code: 0 after a graceful quit, 1 if registration failed."""
         await self.controller.start()
+        self.controller.greet()
         aloop = asyncio.get_running_loop()
         terminal = urwid.display.raw.Screen()
         terminal.set_terminal_properties(colors=256)
