@@ -149,3 +149,54 @@ def test_a_peer_with_our_name_is_shown_with_its_fingerprint():
     screen.handle_event(ev.MessageReceived("alice", BOB2_FP, "i am alice too"))
     out = text_of(screen, 110, 24)
     assert "alice (6cd5): i am alice too" in out and "someone else joined with your name" in out
+
+
+def _type(screen, size, keys):
+    for key in keys:
+        screen.keypress(size, key)
+
+
+def test_shell_editing_keys():
+    screen, _ = screen_with_bob()
+    size = (80, 10)
+    _type(screen, size, "hello big world")
+    _type(screen, size, ["ctrl w"])
+    assert screen.input.edit_text == "hello big "
+    _type(screen, size, ["ctrl a"])
+    _type(screen, size, "oh ")
+    assert screen.input.edit_text == "oh hello big " and screen.input.edit_pos == 3
+    _type(screen, size, ["ctrl k"])
+    assert screen.input.edit_text == "oh "
+    _type(screen, size, ["ctrl e", *"there", "left", "left", "ctrl u"])
+    assert screen.input.edit_text == "re" and screen.input.edit_pos == 0
+
+
+def test_tab_completes_peer_names_and_commands():
+    screen, sent = screen_with_bob()
+    screen.handle_event(ev.PeerJoined("bobby", BOB2_FP, "cd" * 32, trust="new"))
+    size = (80, 10)
+    _type(screen, size, ["b", "o", "tab"])
+    assert screen.input.edit_text == "bob"  # the common start of bob and bobby
+    _type(screen, size, ["tab"])
+    assert screen.input.edit_text == "bob: "
+    _type(screen, size, ["tab"])
+    assert screen.input.edit_text == "bobby: "  # each match in turn
+    _type(screen, size, ["ctrl u", "/", "v", "e", "tab"])
+    assert screen.input.edit_text == "/verify "
+    _type(screen, size, ["b", "o", "b", "b", "tab", "enter"])
+    assert sent == ["/verify bobby "]
+
+
+def test_a_key_jumps_back_to_the_newest_line():
+    screen, _ = screen_with_bob()
+    for i in range(60):
+        screen.handle_event(ev.MessageReceived("bob", BOB_FP, f"line {i}"))
+    size = (80, 12)
+    text_of(screen, *size)
+    screen.keypress(size, "page up")
+    screen.keypress(size, "page up")
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "while away"))
+    assert "more below (1 new)" in text_of(screen, *size)
+    screen.keypress(size, "ctrl end")
+    out = text_of(screen, *size)
+    assert "while away" in out and "more below" not in out

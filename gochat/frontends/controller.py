@@ -21,6 +21,7 @@ from gochat.crypto.identity import Identity, safety_number
 from gochat.frontends import names
 
 COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /clear"
+COMMAND_NAMES = ("/help", "/quit", "/peers", "/verify", "/clear")
 HELP = (
     f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
     "channel, and /verify NAME confirm marks NAME verified (NAME may be `bob (3ab6)` or a fingerprint's "

@@ -22,7 +22,7 @@ from gochat import events as ev
 from gochat.client.driver import ClientConfig
 from gochat.crypto.identity import Identity, short_fingerprint
 from gochat.frontends import names
-from gochat.frontends.controller import ChatController
+from gochat.frontends.controller import COMMAND_NAMES, ChatController
 
 log = logging.getLogger("gochat.ui")
 
@@ -59,21 +59,30 @@ HISTORY_LIMIT = 500
 SCROLLBACK_LIMIT = 5000
 
 
+JUMP_KEYS = ("ctrl end", "meta end", "ctrl g")  # back to the newest line from the scrollback
+
+
 def peer_colour(fingerprint: str) -> str:
     """A stable colour per peer: the same fingerprint always gets the same one."""
     return f"peer{hashlib.sha256(fingerprint.encode()).digest()[0] % len(PEER_COLOURS)}"
 
 
 class InputLine(urwid.Edit):
-    """The input line, with a history recalled by Up and Down."""
+    """The input line: a history recalled by Up and Down, the editing keys of a shell
+    (Ctrl-A/E start and end, Ctrl-U/K delete to the start or the end, Ctrl-W the word
+    before the cursor) and Tab completion of peer names and commands."""
 
-    def __init__(self, on_submit: Callable[[str], None]) -> None:
+    def __init__(self, on_submit: Callable[[str], None], completions: Callable[[], list[str]] = list) -> None:
         super().__init__(("prompt", "> "))
         self.on_submit = on_submit
+        self.completions = completions  # peer names and commands, asked at each Tab
         self.history: list[str] = []
         self._recall: int | None = None
+        self._cycle: tuple[int, list[str], int, str] | None = None  # repeated Tabs: (start, matches, shown, inserted)
 
     def keypress(self, size, key):
+        if key != "tab":
+            self._cycle = None
         if key == "enter":
             text = self.edit_text
             self.set_edit_text("")
@@ -93,7 +102,64 @@ class InputLine(urwid.Edit):
             self.set_edit_text(self.history[self._recall] if self._recall is not None else "")
             self.set_edit_pos(len(self.edit_text))
             return None
-        return super().keypress(size, key)
+        text, pos = self.edit_text, self.edit_pos
+        if key == "ctrl a":
+            self.set_edit_pos(0)
+        elif key == "ctrl e":
+            self.set_edit_pos(len(text))
+        elif key == "ctrl u":
+            self.set_edit_text(text[pos:])
+            self.set_edit_pos(0)
+        elif key == "ctrl k":
+            self.set_edit_text(text[:pos])
+        elif key == "ctrl w":
+            start = len(text[:pos].rstrip())
+            start = text.rfind(" ", 0, start) + 1
+            self.set_edit_text(text[:start] + text[pos:])
+            self.set_edit_pos(start)
+        elif key == "tab":
+            self._complete()
+        else:
+            return super().keypress(size, key)
+        return None
+
+    def _complete(self) -> None:
+        """The word before the cursor completed: a command at the start of the line, else
+        a peer's name (followed by ': ' at the start of a line, as IRC clients do). Several
+        matches: their common start first, then each in turn at every Tab."""
+        text, pos = self.edit_text, self.edit_pos
+        if self._cycle is not None:
+            start, matches, shown, inserted = self._cycle
+            shown = (shown + 1) % len(matches)
+            rest = text[start + len(inserted) :]
+        else:
+            start = text.rfind(" ", 0, pos) + 1
+            word, rest = text[start:pos], text[pos:]
+            if not word:
+                return
+            matches = sorted({c for c in self.completions() if c.lower().startswith(word.lower())})
+            if not matches:
+                return
+            common = _common_start(matches)
+            if len(matches) > 1 and len(common) > len(word):
+                self.set_edit_text(text[:start] + common + rest)
+                self.set_edit_pos(start + len(common))
+                return
+            shown = 0
+        choice = matches[shown]
+        inserted = choice + (": " if start == 0 and not choice.startswith("/") else " ")
+        self.set_edit_text(text[:start] + inserted + rest)
+        self.set_edit_pos(start + len(inserted))
+        self._cycle = (start, matches, shown, inserted) if len(matches) > 1 else None
+
+
+def _common_start(words: list[str]) -> str:
+    """The longest start all ``words`` share (character by character)."""
+    first, last = min(words), max(words)
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 class MessagePane(urwid.ListBox):
@@ -128,6 +194,11 @@ class MessagePane(urwid.ListBox):
             self.set_focus(len(self.walker) - 1)
             self.unseen = 0
 
+    def jump_to_newest(self) -> None:
+        if self.walker:
+            self.set_focus(len(self.walker) - 1)
+        self.following, self.unseen = True, 0
+
     def clear(self) -> None:
         del self.walker[:]
         self.following, self.unseen = True, 0
@@ -158,7 +229,7 @@ class ChatScreen(urwid.WidgetWrap):
         self.messages = MessagePane()
         self.sidebar_text = urwid.Text("")
         self.more = urwid.Text("", wrap="clip")
-        self.input = InputLine(on_input)
+        self.input = InputLine(on_input, self._completions)
         self.peers: dict[str, dict] = {}  # fingerprint -> name and latest state: keyed by key, never by name
         self.bootnode_state = "registering"
         self.bootnode_rtt_ms: float | None = None
@@ -192,6 +263,9 @@ class ChatScreen(urwid.WidgetWrap):
         self.sidebar_text.set_text(lines or ("sidebar", "nobody yet"))
         m = self.messages
         self.more.set_text(("more", f" more below ({m.unseen} new) · PgDn ") if not m.following and m.unseen else "")
+
+    def _completions(self) -> list[str]:
+        return [p["name"] for p in self.peers.values()] + list(COMMAND_NAMES)
 
     def label(self, name: str, fingerprint: str) -> str:
         """How to show a peer: its name, with its fingerprint's first group when another
@@ -236,6 +310,10 @@ class ChatScreen(urwid.WidgetWrap):
     def keypress(self, size, key):
         if key in ("page up", "page down"):
             self.messages.scroll(key)
+            self.refresh()
+            return None
+        if key in JUMP_KEYS:
+            self.messages.jump_to_newest()
             self.refresh()
             return None
         return super().keypress(size, key)
