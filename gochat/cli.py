@@ -111,6 +111,7 @@ def run_client(settings: Settings) -> int:
                 room=settings.room,
                 name=name,
                 name_chosen=name_chosen,
+                bell=settings.bell == "on",
                 port=settings.port,
                 passphrase=settings.passphrase or None,
                 peer_timeout=settings.peer_timeout,

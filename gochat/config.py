@@ -369,6 +369,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)",
     ),
     Spec(
+        "bell",
+        "BELL",
+        "--bell",
+        "on",
+        parse_choice("on", "off"),
+        "client UI: ring the terminal bell when a message names you or is sent to you alone",
+    ),
+    Spec(
         "log_level",
         "LOG_LEVEL",
         "--log-level",
@@ -421,6 +429,7 @@ class Settings:
     bootnode_key: Path | None
     recv_buffer: int
     metrics_listen: HostPort | None
+    bell: str
     log_level: str
     log_format: str
     log_summary_interval: float

@@ -191,12 +191,14 @@ class PathChanged(Event):
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived(Event):
-    """A chat message from a peer (``from`` in JSON)."""
+    """A chat message from a peer (``from`` in JSON). ``style``: ``say``; ``action``
+    (/me: shown as "* bob waves"); ``private`` (/msg: sent to us alone)."""
 
     kind: ClassVar[str] = "message"
     sender: str
     fingerprint: str
     text: str
+    style: str = "say"
 
 
 @dataclass(frozen=True, slots=True)

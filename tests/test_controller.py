@@ -60,9 +60,9 @@ class Recorded(EventLog):
             self.add(event)
             show(event)
 
-        def recording_sent(text: str) -> None:
-            self.sent_lines.append(text)
-            sent(text)
+        def recording_sent(text: str, style: str = "say", to: str | None = None) -> None:
+            self.sent_lines.append(text if style == "say" else (text, style, to))
+            sent(text, style, to)
 
         front.show = recording_show
         front.sent = recording_sent
@@ -111,6 +111,8 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
         c = alice.front.controller
         bob_log = EventLog()
         bob = ClientDriver(_config(port, "bob"), load_or_create(tmp_path / "bob" / "identity"), bob_log.add)
+        carol_log = EventLog()
+        carol = ClientDriver(_config(port, "carol"), load_or_create(tmp_path / "carol" / "identity"), carol_log.add)
         try:
             await c.start()
             await alice.wait_for(lambda e: isinstance(e, ev.Registered))
@@ -141,6 +143,27 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             assert [(p.name, p.state, p.path) for p in status.peers] == [("bob", "connected", "direct")]
             assert status.bootnode.state == "connected"
 
+            await carol.start()
+            await alice.wait_for(lambda e: isinstance(e, ev.PeerConnected) and e.name == "carol")
+            c.submit("/me waves")
+            c.submit("/msg bob just for you")
+            c.submit("/msg nobody hi")
+            await alice.wait_for(lambda e: isinstance(e, ev.Error) and "/msg NAME TEXT: no peer" in e.message)
+            c.submit("after")
+            await carol_log.wait_for(lambda e: isinstance(e, ev.MessageReceived) and e.text == "after")
+            await bob_log.wait_for(lambda e: isinstance(e, ev.MessageReceived) and e.text == "after")
+            styles = [(e.text, e.style) for e in carol_log.events if isinstance(e, ev.MessageReceived)]
+            assert styles == [("waves", "action"), ("after", "say")]  # nothing of bob's private message
+            styles = [(e.text, e.style) for e in bob_log.events if isinstance(e, ev.MessageReceived)]
+            assert styles == [("hello bob", "say"), ("waves", "action"), ("just for you", "private"), ("after", "say")]
+            assert alice.sent_lines[1:] == [("waves", "action", None), ("just for you", "private", "bob"), "after"]
+            c.submit("/whoami")
+            who = await alice.wait_for(lambda e: isinstance(e, ev.Notice) and "your fingerprint" in e.message)
+            assert alice_id.fingerprint in who.message and "'alice'" in who.message
+            carol.quit()
+            await asyncio.wait_for(carol.finished.wait(), WAIT_s)
+            await alice.wait_for(lambda e: isinstance(e, ev.PeerLeft) and e.name == "carol")
+
             c.submit("/verify bob")
             verified = await alice.wait_for(lambda e: isinstance(e, ev.Verified))
             bob_key = bob.machine.public_key
@@ -156,7 +179,8 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             await asyncio.wait_for(c.driver.finished.wait(), WAIT_s)
             assert c.exit_code() == 0
             await bob_log.wait_for(lambda e: isinstance(e, ev.PeerLeft) and e.reason == "quit")
-            assert [e.text for e in bob_log.events if isinstance(e, ev.MessageReceived)] == ["hello bob"]
+            received = [e.text for e in bob_log.events if isinstance(e, ev.MessageReceived)]
+            assert received == ["hello bob", "waves", "just for you", "after"]
         finally:
             bob.quit()
             await asyncio.wait_for(bob.finished.wait(), WAIT_s)
@@ -173,6 +197,7 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             )
         else:
             assert "alice: hello bob" in out and f"safety number with bob: {verified.safety_number}" in out
+            assert "* alice waves" in out and "alice → bob (private): just for you" in out
             assert "type /verify bob confirm" in out and "is now marked verified" in out
             assert "unknown command /frobnicate: try /help" in out and NOBODY_HERE in out
             assert "bob · " in out and "direct 127.0.0.1:" in out  # the /peers listing

@@ -122,6 +122,7 @@ def test_json_names_follow_the_documented_schema():
         "from": "bob",
         "fingerprint": "ab12",
         "text": "hi",
+        "style": "say",
     }
     assert ev.Error("boom").to_json() == {"event": "error", "message": "boom"}
     assert ev.Error("boom", fatal=True).to_json() == {"event": "error", "message": "boom", "fatal": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import urwid
 
 from gochat import events as ev
@@ -200,3 +202,29 @@ def test_a_key_jumps_back_to_the_newest_line():
     screen.keypress(size, "ctrl end")
     out = text_of(screen, *size)
     assert "while away" in out and "more below" not in out
+
+
+def test_mentions_are_highlighted_and_ring_and_styles_are_shown():
+    rings = []
+    screen = ChatScreen("lobby", "alice", ME_FP, lambda _: None, bell=lambda: rings.append(1))
+    screen.handle_event(ev.PeerJoined("bob", BOB_FP, "ab" * 32, trust="new"))
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "lunch, anyone?"))
+    assert rings == []
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "Alice: lunch?"))
+    assert rings == [1]
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "malice aforethought"))  # not a word of its own
+    assert rings == [1]
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "waves at alice", "action"))
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "a secret", "private"))
+    assert rings == [1, 1, 1]
+    out = text_of(screen, 100, 20)
+    assert "* bob waves at alice" in out and "bob → you (private): a secret" in out
+    assert re.search(r"^\d\d:\d\d:\d\d bob: Alice: lunch\?", out, re.M)  # seconds in the time
+    mention = next(w for w in screen.messages.walker if "Alice: lunch?" in w.text)
+    assert ("mention", len("Alice: lunch?")) in mention.get_text()[1]
+
+
+def test_without_a_bell_nothing_rings():
+    screen = ChatScreen("lobby", "alice", ME_FP, lambda _: None, bell=None)
+    screen.handle_event(ev.MessageReceived("bob", BOB_FP, "alice!", "private"))  # no error, no bell
+    assert "bob → you (private): alice!" in text_of(screen, 100, 10)

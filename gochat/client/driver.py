@@ -52,6 +52,7 @@ class ClientConfig:
     # False when the name is the default (login name and fingerprint): the front end
     # says how to choose one.
     name_chosen: bool = True
+    bell: bool = True  # terminal UI: ring the bell on a mention of our name or a private message
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -176,8 +177,8 @@ class ClientDriver:
         self.machine.handle_timer(self.loop.time())
         self._after_input()
 
-    def send_message(self, text: str) -> int:
-        n = self.machine.send_message(text, self.loop.time())
+    def send_message(self, text: str, to: bytes | None = None) -> int:
+        n = self.machine.send_message(text, self.loop.time(), to)
         self._after_input()
         return n
 

@@ -427,7 +427,8 @@ class Peer:
                 messages, ack = self.receiver.on_data(frame)
                 self._send_frame(ack, now)
                 for message in messages:
-                    self.ctx.event(ev.MessageReceived(self.name, self.fingerprint, message.decode("utf-8", "replace")))
+                    style, body = pw.message_style(message.decode("utf-8", "replace"))
+                    self.ctx.event(ev.MessageReceived(self.name, self.fingerprint, body, style))
             elif kind == pw.FrameType.ACK:
                 self.sender.on_ack(*reliable.parse_ack(frame), now)
                 self._flush(now)  # fragments the ACK showed lost go again at once

@@ -383,12 +383,17 @@ class RoomClient:
 
     # --- user actions ---------------------------------------------------------------
 
-    def send_message(self, text: str, now: float) -> int:
-        """Send ``text`` to every peer of the room that can still get it; returns how
-        many. Messages to peers still connecting wait for the session (and may end
-        undelivered). Raises MessageTooLong over 64 KiB."""
+    def send_message(self, text: str, now: float, to: bytes | None = None) -> int:
+        """Send ``text`` to every peer of the room that can still get it (or to the peer
+        whose key is ``to`` alone, over its own session); returns how many. Messages to
+        peers still connecting wait for the session (and may end undelivered). Raises
+        MessageTooLong over 64 KiB."""
         check_length(text.encode("utf-8"))  # before anyone gets it, so all or nobody do
-        recipients = [p for p in self.peers.values() if p.accepts_messages and p.key not in self._unannounced]
+        recipients = [
+            p
+            for p in self.peers.values()
+            if p.accepts_messages and p.key not in self._unannounced and (to is None or p.key == to)
+        ]
         ref = next(self._message_refs)
         for peer in recipients:
             peer.send_message(text, now, ref)

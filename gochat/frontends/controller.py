@@ -16,17 +16,22 @@ from typing import Protocol
 
 from gochat import events as ev
 from gochat.client.driver import ClientConfig, ClientDriver
+from gochat.client.peer import Peer
 from gochat.client.reliable import MessageTooLong
 from gochat.crypto.identity import Identity, safety_number
 from gochat.frontends import names
+from gochat.wire import data as pw
+from gochat.wire.endpoints import format_endpoint
 
-COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /clear"
-COMMAND_NAMES = ("/help", "/quit", "/peers", "/verify", "/clear")
+COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /me ACTION, /msg NAME TEXT, /whoami, /clear"
+COMMAND_NAMES = ("/help", "/quit", "/peers", "/verify", "/me", "/msg", "/whoami", "/clear")
 HELP = (
-    f"commands: {COMMANDS}. /verify NAME shows the safety number to compare with NAME over another "
-    "channel, and /verify NAME confirm marks NAME verified (NAME may be `bob (3ab6)` or a fingerprint's "
-    "start when two peers share a name); /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
-    "what you typed, Ctrl-C quits."
+    f"commands: {COMMANDS}. /me waves shows '* you waves' to everyone; /msg NAME TEXT goes to "
+    "NAME alone, over NAME's own encrypted session; /whoami shows your full fingerprint to copy. "
+    "/verify NAME shows the safety number to compare with NAME over another channel, and "
+    "/verify NAME confirm marks NAME verified (NAME may be `bob (3ab6)` or a fingerprint's start "
+    "when two peers share a name); /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
+    "what you typed, Tab completes, Ctrl-C quits."
 )
 NOBODY_HERE = "nobody else is in the room yet: message not sent"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,8 +43,9 @@ class FrontEnd(Protocol):
     def show(self, event: ev.Event) -> None:
         """An event from the network or the answer to a command."""
 
-    def sent(self, text: str) -> None:
-        """``text`` went out to the room (the UI echoes it; line mode does not)."""
+    def sent(self, text: str, style: str = "say", to: str | None = None) -> None:
+        """``text`` went out (the UI echoes it; line mode does not): to the room, as an
+        action (``style`` action), or to the peer labelled ``to`` alone (``private``)."""
 
     def clear(self) -> None:
         """/clear: forget the messages on screen (nothing to do without a screen)."""
@@ -55,6 +61,9 @@ class ChatController:
             "/peers": lambda _: front_end.show(self.driver.status()),
             "/verify": self.verify,
             "/clear": lambda _: front_end.clear(),
+            "/me": self.action,
+            "/msg": self.private,
+            "/whoami": lambda _: self.whoami(),
         }
 
     async def start(self) -> None:
@@ -96,15 +105,57 @@ class ChatController:
         else:
             handler(arg.strip())
 
-    def send(self, text: str) -> None:
+    def send(self, text: str, shown: str | None = None, style: str = "say", to: Peer | None = None) -> None:
+        """``text`` on the wire (``shown`` on our screen) to the room, or to ``to`` alone."""
         try:
-            if self.driver.send_message(text) == 0:
-                self.front_end.show(ev.Error(NOBODY_HERE))
+            if self.driver.send_message(text, to.key if to is not None else None) == 0:
+                self.front_end.show(ev.Error(NOBODY_HERE if to is None else f"{to.name} cannot get messages now"))
                 return
         except MessageTooLong as exc:
             self.front_end.show(ev.Error(str(exc)))
             return
-        self.front_end.sent(text)
+        self.front_end.sent(text if shown is None else shown, style, to.name if to is not None else None)
+
+    def action(self, arg: str) -> None:
+        """/me waves: an action, shown as "* alice waves"."""
+        if not arg:
+            self.front_end.show(ev.Error("/me ACTION: what you do, e.g. /me waves"))
+            return
+        self.send(pw.ACTION_PREFIX + arg, shown=arg, style="action")
+
+    def private(self, arg: str) -> None:
+        """/msg NAME TEXT: to NAME alone, over NAME's own session (the others get nothing)."""
+        machine = self.driver.machine
+        candidates = [(p.name, p.fingerprint, p) for p in machine.peers.values()]
+        # the longest NAME that names a peer: names may have spaces, as may `bob (3ab6)`
+        words = arg.split(" ")
+        for cut in range(len(words) - 1, 0, -1):
+            query, text = " ".join(words[:cut]), " ".join(words[cut:])
+            found = names.find(query, candidates)
+            if found:
+                break
+        else:
+            self.front_end.show(ev.Error("/msg NAME TEXT: no peer called that here" if arg else "/msg NAME TEXT"))
+            return
+        if len(found) > 1:
+            self.front_end.show(ev.Error(names.ambiguity(query, [(p.name, p.fingerprint) for p in found])))
+            return
+        if not text.strip():
+            self.front_end.show(ev.Error("/msg NAME TEXT: the text is missing"))
+            return
+        peer = found[0]
+        self.send(pw.PRIVATE_PREFIX + text, shown=text, style="private", to=peer)
+
+    def whoami(self) -> None:
+        config, machine = self.driver.config, self.driver.machine
+        endpoint = machine.link.public_endpoint
+        where = f"; the bootnode sees you at {format_endpoint(endpoint)}" if endpoint else ""
+        self.front_end.show(
+            ev.Notice(
+                f"you are {config.name!r} in room {config.room!r}{where}; your fingerprint: "
+                f"{self.driver.identity.fingerprint}"
+            )
+        )
 
     def verify(self, arg: str) -> None:
         """/verify NAME shows the safety number; /verify NAME confirm, typed after both

@@ -42,7 +42,7 @@ class LineMode:
         except (BrokenPipeError, ValueError):  # nobody reads our output any more
             pass
 
-    def sent(self, text: str) -> None:
+    def sent(self, text: str, style: str = "say", to: str | None = None) -> None:
         """Scripts know what they sent."""
 
     def clear(self) -> None:

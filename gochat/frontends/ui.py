@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from gochat.client.driver import ClientConfig
 from gochat.crypto.identity import Identity, short_fingerprint
 from gochat.frontends import names
 from gochat.frontends.controller import COMMAND_NAMES, ChatController
+from gochat.wire import data as pw
 
 log = logging.getLogger("gochat.ui")
 
@@ -45,6 +47,8 @@ PALETTE = [
     ("warning", "light red,bold", ""),
     ("error", "light red", ""),
     ("me", "white,bold", ""),
+    ("private", "light magenta", ""),
+    ("mention", "yellow,bold", ""),
     ("undelivered", "light red", ""),
     ("sidebar", "light gray", ""),
     ("sidebar_title", "white,bold", ""),
@@ -223,8 +227,16 @@ class Body(urwid.WidgetWrap):
 class ChatScreen(urwid.WidgetWrap):
     """The whole screen as one widget (rendered in tests with urwid canvases)."""
 
-    def __init__(self, room: str, name: str, fingerprint: str, on_input: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        room: str,
+        name: str,
+        fingerprint: str,
+        on_input: Callable[[str], None],
+        bell: Callable[[], None] | None = None,
+    ) -> None:
         self.room, self.name, self.fingerprint = room, name, fingerprint
+        self.bell = bell  # rings on a mention of our name and on a private message; None: never
         self.header = urwid.Text("", wrap="clip")
         self.messages = MessagePane()
         self.sidebar_text = urwid.Text("")
@@ -280,7 +292,7 @@ class ChatScreen(urwid.WidgetWrap):
 
     def line(self, markup: Any) -> tuple[urwid.Text, list[Any]]:
         """Add a line stamped with the time; returns the widget and its whole markup."""
-        full = [("time", time.strftime("%H:%M "))] + (markup if isinstance(markup, list) else [markup])
+        full = [("time", time.strftime("%H:%M:%S "))] + (markup if isinstance(markup, list) else [markup])
         widget = urwid.Text(full)
         self.messages.add(widget)
         self.refresh()
@@ -289,10 +301,34 @@ class ChatScreen(urwid.WidgetWrap):
     def system(self, text: str, attr: str = "system") -> None:
         self.line((attr, f"* {text}"))
 
-    def own_message(self, text: str) -> None:
-        widget, full = self.line([("me", self.name), ": ", text])
-        self._own.append((text, widget, full))
+    def own_message(self, text: str, style: str = "say", to: str | None = None) -> None:
+        if style == "action":
+            markup: list[Any] = [("me", f"* {self.name} "), text]
+            wire_text = pw.ACTION_PREFIX + text
+        elif style == "private":
+            markup = [("me", self.name), ("private", f" → {to} (private)"), ": ", text]
+            wire_text = pw.PRIVATE_PREFIX + text
+        else:
+            markup, wire_text = [("me", self.name), ": ", text], text
+        widget, full = self.line(markup)
+        self._own.append((wire_text, widget, full))  # an undelivered report names the text as sent
         del self._own[:-200]
+
+    def mentions_me(self, text: str) -> bool:
+        """Our name in a message, as a word of its own (any case): highlighted, and a bell."""
+        return re.search(rf"(?<!\w){re.escape(self.name)}(?!\w)", text, re.IGNORECASE) is not None
+
+    def received(self, sender: str, fingerprint: str, text: str, style: str) -> None:
+        who = (peer_colour(fingerprint), self.label(sender, fingerprint))
+        body: Any = ("mention", text) if self.mentions_me(text) else text
+        if style == "action":
+            self.line([(who[0], f"* {who[1]} "), body])
+        elif style == "private":
+            self.line([who, ("private", " → you (private)"), ": ", body])
+        else:
+            self.line([who, ": ", body])
+        if self.bell is not None and (style == "private" or self.mentions_me(text)):
+            self.bell()
 
     def mark_undelivered(self, to: tuple[str, ...], text: str, reason: str, fingerprints: tuple[str, ...] = ()) -> None:
         """On the message itself. A timeout only says the peer did not confirm it (it may
@@ -340,8 +376,8 @@ class ChatScreen(urwid.WidgetWrap):
                 self.system(f"{self.label(name, fp)} connected ({path}, {endpoint})")
             case ev.PathChanged(name=name, fingerprint=fp, path=path, endpoint=endpoint, previous_endpoint=previous):
                 self.system(f"{self.label(name, fp)} now reached {path} at {endpoint} (was {previous})")
-            case ev.MessageReceived(sender=sender, fingerprint=fp, text=text):
-                self.line([(peer_colour(fp), self.label(sender, fp)), ": ", text])
+            case ev.MessageReceived(sender=sender, fingerprint=fp, text=text, style=style):
+                self.received(sender, fp, text, style)
             case ev.Undelivered(to=to, fingerprints=fps, text=text, reason=reason):
                 self.mark_undelivered(to, text, reason, fps)
             case ev.PeerNamed(name=name, fingerprint=fp, announced=announced):
@@ -409,12 +445,15 @@ class ChatApp:
     STATUS_EVERY_s = 2.0
 
     def __init__(self, config: ClientConfig, identity: Identity) -> None:
-        self.screen = ChatScreen(config.room, config.name, identity.fingerprint, self.submit)
+        self.screen = ChatScreen(
+            config.room, config.name, identity.fingerprint, self.submit, self.ring if config.bell else None
+        )
         self.controller = ChatController(config, identity, self)
         self.driver = self.controller.driver
         self._status_timer: asyncio.TimerHandle | None = None
         self._redraw_pending = False
         self.loop: urwid.MainLoop | None = None
+        self._terminal: urwid.display.raw.Screen | None = None
 
     # --- FrontEnd ---------------------------------------------------------------------
 
@@ -426,8 +465,14 @@ class ChatApp:
             self.screen.system(f"internal error showing a {event.kind} event (details in the log)", "error")
         self._request_redraw()
 
-    def sent(self, text: str) -> None:
-        self.screen.own_message(text)
+    def sent(self, text: str, style: str = "say", to: str | None = None) -> None:
+        self.screen.own_message(text, style, to)
+
+    def ring(self) -> None:
+        """The terminal bell (a mention, a private message)."""
+        if self._terminal is not None:
+            self._terminal.write("\a")
+            self._terminal.flush()
 
     def clear(self) -> None:
         self.screen.messages.clear()
@@ -466,7 +511,7 @@ class ChatApp:
         await self.controller.start()
         self.controller.greet()
         aloop = asyncio.get_running_loop()
-        terminal = urwid.display.raw.Screen()
+        terminal = self._terminal = urwid.display.raw.Screen()
         terminal.set_terminal_properties(colors=256)
         self.loop = urwid.MainLoop(
             self.screen, PALETTE, screen=terminal, event_loop=urwid.AsyncioEventLoop(loop=aloop), handle_mouse=False

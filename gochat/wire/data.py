@@ -249,3 +249,19 @@ def decode(data: bytes) -> PeerMessage:
         _, _, _, _, index, counter = _TRANSPORT_HEAD.unpack_from(data)
         return Transport(index, counter, data[TRANSPORT_HEAD_SIZE_bytes:], data[:TRANSPORT_HEAD_SIZE_bytes])
     raise DecodeError("unknown_type", f"0x{msg_type:02x}")
+
+
+# --- message text -------------------------------------------------------------------
+# A typed line that starts with "/" is a command and never goes out as a message, so
+# two prefixes can mark a message's style without an escape (docs/PROTOCOL.md 7.5).
+ACTION_PREFIX = "/me "  # an action: shown as "* alice waves"
+PRIVATE_PREFIX = "/msg "  # sent to the receiver alone
+
+
+def message_style(text: str) -> tuple[str, str]:
+    """(style, body) of a received message text: ``say``, ``action`` or ``private``."""
+    if text.startswith(ACTION_PREFIX):
+        return "action", text[len(ACTION_PREFIX) :]
+    if text.startswith(PRIVATE_PREFIX):
+        return "private", text[len(PRIVATE_PREFIX) :]
+    return "say", text
