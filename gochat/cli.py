@@ -55,12 +55,20 @@ def _options(func: F) -> F:
     default=None,
     help="client: line mode for scripts: stdin lines are messages, stdout JSON events [env NO_UI]",
 )
+@click.option(
+    "--no-history",
+    "no_history",
+    is_flag=True,
+    default=None,
+    help="client UI: keep no conversation on disk (each room's is kept by default) [env NO_HISTORY]",
+)
 @click.version_option(__version__, "--version", prog_name="gochat")
 def main(env_file: str, **flags: Any) -> None:
     """Peer-to-peer group chat over UDP: a bootnode introduces the peers of a room."""
     try:
-        if flags.get("no_ui"):
-            flags["no_ui"] = "true"
+        for flag in ("no_ui", "no_history"):
+            if flags.get(flag):
+                flags[flag] = "true"
         named = click.get_current_context().get_parameter_source("env_file") is not ParameterSource.DEFAULT
         settings = resolve(flags, os.environ, Path(env_file) if env_file else None, env_file_required=named)
     except ConfigError as exc:
@@ -112,6 +120,7 @@ def run_client(settings: Settings) -> int:
                 name=name,
                 name_chosen=name_chosen,
                 bell=settings.bell == "on",
+                history=not settings.no_history,
                 port=settings.port,
                 passphrase=settings.passphrase or None,
                 peer_timeout=settings.peer_timeout,

@@ -280,6 +280,7 @@ SPECS: tuple[Spec, ...] = (
         "client: room passphrase; peers need the same one (prefer the environment: flags show in ps)",
     ),
     Spec("no_ui", "NO_UI", None, "false", parse_bool, "client: line mode, JSON events on stdout"),
+    Spec("no_history", "NO_HISTORY", None, "false", parse_bool, "client UI: keep no conversation on disk"),
     Spec(
         "register_timeout",
         "REGISTER_TIMEOUT",
@@ -418,6 +419,7 @@ class Settings:
     identity: Path | None
     passphrase: str
     no_ui: bool
+    no_history: bool
     register_timeout: float
     heartbeat_interval: float
     peer_timeout: float

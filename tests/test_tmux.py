@@ -206,3 +206,41 @@ def test_unreachable_bootnode_leaves_the_terminal_clean_with_the_reason(term):
         assert "room r" not in screen  # the UI is gone, the shell's screen is back
     finally:
         hold.close()
+
+
+def test_the_conversation_is_there_after_a_restart_until_cleared(tmp_path):
+    """Quit and start again: the room's conversation is back, each line at its time;
+    after /clear it is gone for good."""
+
+    def run_demo() -> tuple[Tmux, str]:
+        (tmp_path / "me" / "exit").unlink(missing_ok=True)
+        t = Tmux(tmp_path)
+        pane = t.run("me", "--mode", "demo", "--name", "me")
+        t.wait_for(pane, r"echo connected \(direct")
+        return t, pane
+
+    t, pane = run_demo()
+    try:
+        t.type(pane, "remember me")
+        t.wait_for(pane, r"echo: em rebmemer")
+        t.type(pane, "/quit")
+        assert t.exit_code(pane) == 0
+    finally:
+        t.close()
+    t, pane = run_demo()
+    try:
+        screen = t.wait_for(pane, r"above: 2 earlier messages of this room")
+        assert re.search(r"\d\d:\d\d:\d\d me: remember me", screen) and "echo: em rebmemer" in screen
+        t.type(pane, "/clear")
+        t.type(pane, "/quit")
+        assert t.exit_code(pane) == 0
+    finally:
+        t.close()
+    t, pane = run_demo()
+    try:
+        screen = t.screen(pane)
+        assert "remember me" not in screen and "earlier messages" not in screen
+        t.type(pane, "/quit")
+        assert t.exit_code(pane) == 0
+    finally:
+        t.close()

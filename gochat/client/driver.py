@@ -53,6 +53,7 @@ class ClientConfig:
     # says how to choose one.
     name_chosen: bool = True
     bell: bool = True  # terminal UI: ring the bell on a mention of our name or a private message
+    history: bool = True  # terminal UI: keep the room's conversation on disk (beside the trust files)
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:

@@ -24,6 +24,7 @@ from gochat.client.driver import ClientConfig
 from gochat.crypto.identity import Identity, short_fingerprint
 from gochat.frontends import names
 from gochat.frontends.controller import COMMAND_NAMES, ChatController
+from gochat.frontends.history import Entry, History, history_path
 from gochat.wire import data as pw
 
 log = logging.getLogger("gochat.ui")
@@ -49,6 +50,7 @@ PALETTE = [
     ("me", "white,bold", ""),
     ("private", "light magenta", ""),
     ("mention", "yellow,bold", ""),
+    ("day", "dark gray,bold", ""),
     ("undelivered", "light red", ""),
     ("sidebar", "light gray", ""),
     ("sidebar_title", "white,bold", ""),
@@ -234,9 +236,12 @@ class ChatScreen(urwid.WidgetWrap):
         fingerprint: str,
         on_input: Callable[[str], None],
         bell: Callable[[], None] | None = None,
+        history: History | None = None,
     ) -> None:
         self.room, self.name, self.fingerprint = room, name, fingerprint
         self.bell = bell  # rings on a mention of our name and on a private message; None: never
+        self.history = history  # the room's conversation on disk; None: kept nowhere
+        self._day: str | None = None  # of the latest line: a new day gets a line of its own
         self.header = urwid.Text("", wrap="clip")
         self.messages = MessagePane()
         self.sidebar_text = urwid.Text("")
@@ -290,9 +295,16 @@ class ChatScreen(urwid.WidgetWrap):
         shown["name"] = name
         return shown
 
-    def line(self, markup: Any) -> tuple[urwid.Text, list[Any]]:
-        """Add a line stamped with the time; returns the widget and its whole markup."""
-        full = [("time", time.strftime("%H:%M:%S "))] + (markup if isinstance(markup, list) else [markup])
+    def line(self, markup: Any, when: float | None = None) -> tuple[urwid.Text, list[Any]]:
+        """Add a line stamped with its time (now, or a kept message's), after a line
+        naming the day when the day changed since the line before; returns the widget
+        and its whole markup."""
+        moment = time.localtime(time.time() if when is None else when)
+        day = time.strftime("%A %d %B %Y", moment)
+        if self._day is not None and day != self._day:
+            self.messages.add(urwid.Text(("day", f"─── {day} ───")))
+        self._day = day
+        full = [("time", time.strftime("%H:%M:%S ", moment))] + (markup if isinstance(markup, list) else [markup])
         widget = urwid.Text(full)
         self.messages.add(widget)
         self.refresh()
@@ -302,31 +314,52 @@ class ChatScreen(urwid.WidgetWrap):
         self.line((attr, f"* {text}"))
 
     def own_message(self, text: str, style: str = "say", to: str | None = None) -> None:
-        if style == "action":
-            markup: list[Any] = [("me", f"* {self.name} "), text]
-            wire_text = pw.ACTION_PREFIX + text
-        elif style == "private":
-            markup = [("me", self.name), ("private", f" → {to} (private)"), ": ", text]
-            wire_text = pw.PRIVATE_PREFIX + text
-        else:
-            markup, wire_text = [("me", self.name), ": ", text], text
-        widget, full = self.line(markup)
+        entry = Entry(time.time(), None, None, text, style, to)
+        widget, full = self.show_entry(entry)
+        wire_text = {"action": pw.ACTION_PREFIX, "private": pw.PRIVATE_PREFIX}.get(style, "") + text
         self._own.append((wire_text, widget, full))  # an undelivered report names the text as sent
         del self._own[:-200]
+        if self.history is not None:
+            self.history.append(entry)
+
+    def show_entry(self, entry: Entry) -> tuple[urwid.Text, list[Any]]:
+        """A message (ours when ``entry.sender`` is None) as a line, at its own time."""
+        if entry.sender is None:
+            who: tuple[str, str] = ("me", self.name)
+        else:
+            fp = entry.fingerprint or ""
+            who = (peer_colour(fp), self.label(entry.sender, fp) if fp in self.peers else entry.sender)
+        body: Any = ("mention", entry.text) if entry.sender is not None and self.mentions_me(entry.text) else entry.text
+        if entry.style == "action":
+            markup: list[Any] = [(who[0], f"* {who[1]} "), body]
+        elif entry.style == "private":
+            to = f" → {entry.to} (private)" if entry.sender is None else " → you (private)"
+            markup = [who, ("private", to), ": ", body]
+        else:
+            markup = [who, ": ", body]
+        return self.line(markup, entry.time)
+
+    def show_history(self) -> None:
+        """The room's conversation kept from earlier runs, each line at its own time."""
+        if self.history is None:
+            return
+        kept = self.history.load()
+        for entry in kept:
+            self.show_entry(entry)
+        if kept:
+            self.system(
+                f"above: {len(kept)} earlier messages of this room (/clear forgets them; --no-history keeps none)"
+            )
 
     def mentions_me(self, text: str) -> bool:
         """Our name in a message, as a word of its own (any case): highlighted, and a bell."""
         return re.search(rf"(?<!\w){re.escape(self.name)}(?!\w)", text, re.IGNORECASE) is not None
 
     def received(self, sender: str, fingerprint: str, text: str, style: str) -> None:
-        who = (peer_colour(fingerprint), self.label(sender, fingerprint))
-        body: Any = ("mention", text) if self.mentions_me(text) else text
-        if style == "action":
-            self.line([(who[0], f"* {who[1]} "), body])
-        elif style == "private":
-            self.line([who, ("private", " → you (private)"), ": ", body])
-        else:
-            self.line([who, ": ", body])
+        entry = Entry(time.time(), sender, fingerprint, text, style)
+        self.show_entry(entry)
+        if self.history is not None:
+            self.history.append(entry)
         if self.bell is not None and (style == "private" or self.mentions_me(text)):
             self.bell()
 
@@ -445,9 +478,14 @@ class ChatApp:
     STATUS_EVERY_s = 2.0
 
     def __init__(self, config: ClientConfig, identity: Identity) -> None:
+        history = None
+        if config.history:
+            data_dir = config.trust_dir or identity.path.parent
+            history = History(history_path(data_dir, config.bootnode[0], config.room))
         self.screen = ChatScreen(
-            config.room, config.name, identity.fingerprint, self.submit, self.ring if config.bell else None
+            config.room, config.name, identity.fingerprint, self.submit, self.ring if config.bell else None, history
         )
+        self.screen.show_history()
         self.controller = ChatController(config, identity, self)
         self.driver = self.controller.driver
         self._status_timer: asyncio.TimerHandle | None = None
@@ -476,6 +514,8 @@ class ChatApp:
 
     def clear(self) -> None:
         self.screen.messages.clear()
+        if self.screen.history is not None:
+            self.screen.history.clear()
 
     # --- drawing ------------------------------------------------------------------------
 
