@@ -65,8 +65,9 @@ wheel: $(STAMP)
 # goes on, and the package runs on the pure-Python fallback. Installed into a throwaway
 # venv and tried: the demo (bootnode, echo bot, a client) in line mode, to the end.
 wheel-without-compiler: $(STAMP)
-	rm -rf build/nocc && mkdir -p build/nocc
-	CC=false $(BIN)/python -m pip wheel -v --no-deps -w build/nocc/dist . > build/nocc/build.log 2>&1 \
+	rm -rf build/nocc && mkdir -p build/nocc/src
+	git ls-files -z | xargs -0 cp --parents -t build/nocc/src  # the sources alone: no extension built in place
+	CC=false $(BIN)/python -m pip wheel -v --no-deps -w build/nocc/dist build/nocc/src > build/nocc/build.log 2>&1 \
 		|| { cat build/nocc/build.log; exit 1; }
 	grep -q "WARNING: gochat's compiled fast path could not be built" build/nocc/build.log
 	$(PYTHON) -m venv build/nocc/venv
