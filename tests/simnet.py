@@ -126,6 +126,7 @@ class SimWorld:
         passphrase: str | None = None,
         key: bytes | None = None,
         local: bool = True,
+        bootnode: Endpoint | None = None,
         **kw,
     ) -> RoomClient:
         if nat is not None:
@@ -136,7 +137,7 @@ class SimWorld:
             name=name,
             room=room,
             psk=room_psk(room, passphrase),
-            bootnode=self.bootnode_addr,
+            bootnode=bootnode or self.bootnode_addr,
             now=self.now,
             local_endpoints=[(ip, port)] if local else [],
             random_bytes=self.rng.randbytes,

@@ -825,3 +825,18 @@ def test_a_nat_that_forgets_its_mappings_costs_a_reconnection_not_the_peer(alice
     w.run_until(lambda: texts(w, "alice", "bob") == ["welcome back"], limit=10)
     assert a.peers[b.public_key].state.value == b.peers[a.public_key].state.value == "connected"
     assert not w.kinds("alice", ev.Undelivered) and not w.kinds("bob", ev.Undelivered)
+
+
+def test_a_bootnode_name_with_several_addresses_is_tried_address_by_address():
+    """`--bootnode localhost:PORT` resolves to 127.0.0.1 and ::1; the bootnode may listen on
+    only one of them. Registration goes to the next address when one stays silent, and
+    the one that answered is the bootnode from then on (its announcements are taken)."""
+    w = SimWorld()
+    w.start_bootnode()
+    silent = ("192.0.2.250", 9595)  # the name's first address: nobody there
+    a = w.add_client("alice", "198.51.100.10", bootnode=silent, bootnode_alternatives=[w.bootnode_addr])
+    w.add_client("bob", "198.51.100.20")
+    took = w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=10)
+    assert 1.0 <= took < 2.0  # one unanswered try (1 s), then the second address answered
+    assert a.bootnode == w.bootnode_addr and a.link.addresses == [silent, w.bootnode_addr]
+    assert w.kinds("alice", ev.BootnodeUnanswered)[0].bootnode == "192.0.2.250:9595"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gochat import events as ev
 from gochat.constants import (
@@ -78,8 +78,12 @@ class BootnodeLink:
         random_bytes: Callable[[int], bytes] = os.urandom,
         static_private: bytes | None = None,
         give_up_s: float = DEFAULT_REGISTER_TIMEOUT_s,
+        alternatives: Sequence[wire.Endpoint] = (),
     ) -> None:
+        # The bootnode's address; a name that resolves to several (localhost: 127.0.0.1
+        # and ::1) gives ``alternatives``, tried in turn while registration goes unanswered.
         self.bootnode = bootnode
+        self.addresses = list(dict.fromkeys([bootnode, *alternatives]))
         self.room = room
         self.room_id = room_id_for(room)
         self.card = card
@@ -328,6 +332,8 @@ class BootnodeLink:
                     )
                 )
             self._check_lost(now)
+            if len(self.addresses) > 1:  # unanswered here: the next address of the name
+                self.bootnode = self.addresses[(self.addresses.index(self.bootnode) + 1) % len(self.addresses)]
             self._register(now, new_request=False)
         elif self.state == REGISTERED:
             if self._check_lost(now):

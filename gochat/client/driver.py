@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -56,15 +57,19 @@ class ClientConfig:
     history: bool = True  # terminal UI: keep the room's conversation on disk (beside the trust files)
 
 
-def resolve_bootnode(host: str, port: int) -> tuple[int, tuple[str, int]]:
-    """(socket family, (address, port)) of the bootnode; StartupError if it does not resolve."""
+def resolve_bootnode(host: str, port: int) -> tuple[int, list[tuple[str, int]]]:
+    """(socket family, the bootnode's addresses, IPv4 first: most NATs are IPv4);
+    StartupError if the name does not resolve. A name with addresses of both families
+    (localhost) gets an IPv6 socket that serves both, so that each can be tried."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise StartupError(f"cannot resolve bootnode {host}: {exc.strerror}") from None
-    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 first: most NATs are IPv4
-    family, _, _, _, sockaddr = infos[0]
-    return family, canonical_endpoint(sockaddr)
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)
+    families = {i[0] for i in infos}
+    family = socket.AF_INET6 if socket.AF_INET6 in families else socket.AF_INET
+    addresses = list(dict.fromkeys(canonical_endpoint(i[4]) for i in infos))
+    return family, addresses
 
 
 def local_endpoint_towards(family: int, target: tuple[str, int], port: int) -> list[tuple[str, int]]:
@@ -106,19 +111,37 @@ class ClientDriver:
         self.finished = asyncio.Event()
 
     async def start(self) -> None:
-        family, bootnode = resolve_bootnode(*self.config.bootnode)
+        family, addresses = resolve_bootnode(*self.config.bootnode)
+        try:
+            try:
+                sock = self._bind(family)
+            except OSError as exc:
+                ipv4 = [a for a in addresses if ":" not in a[0]]
+                if family != socket.AF_INET6 or not ipv4 or exc.errno == errno.EADDRINUSE:
+                    raise
+                family, addresses = socket.AF_INET, ipv4  # no IPv6 on this host: the name's IPv4 addresses
+                sock = self._bind(family)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use UDP port {self.config.port}: {exc.strerror or exc} "
+                "(choose another with --port or LOCAL_UDP_PORT)"
+            ) from None
+        await self._start_on(family, addresses, sock)
+
+    def _bind(self, family: int) -> socket.socket:
         bind = ("::" if family == socket.AF_INET6 else "0.0.0.0", self.config.port)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind(bind)
-        except OSError as exc:
+        except OSError:
             sock.close()
-            raise StartupError(
-                f"cannot use UDP port {self.config.port}: {exc.strerror or exc} "
-                "(choose another with --port or LOCAL_UDP_PORT)"
-            ) from None
+            raise
+        return sock
+
+    async def _start_on(self, family: int, addresses: list[tuple[str, int]], sock: socket.socket) -> None:
+        bootnode = addresses[0]
         self.family = family
         self.port: int = sock.getsockname()[1]
         self.transport, _ = await self.loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
@@ -133,6 +156,7 @@ class ClientDriver:
             local_endpoints=local_endpoint_towards(family, bootnode, self.port),
             peer_timeout=self.config.peer_timeout,
             register_timeout=self.config.register_timeout,
+            bootnode_alternatives=addresses[1:],
         )
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
         self._pin_bootnode_key()

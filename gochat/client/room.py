@@ -73,6 +73,7 @@ class RoomClient:
         peer_timeout: float = 15.0,
         register_timeout: float = DEFAULT_REGISTER_TIMEOUT_s,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        bootnode_alternatives: Sequence[Endpoint] = (),
     ) -> None:
         self.static_private = static_private
         self.public_key = public_key(static_private)
@@ -113,10 +114,17 @@ class RoomClient:
         self._initiations = TokenBuckets(
             HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP, HANDSHAKE_INIT_SOURCES
         )
-        self.bootnode = canonical_endpoint(bootnode)
+        bootnode = canonical_endpoint(bootnode)
         card = wire.encode_card(self.public_key, name, list(local_endpoints))
         self.link = BootnodeLink(
-            self.bootnode, room, card, now, random_bytes, static_private=static_private, give_up_s=register_timeout
+            bootnode,
+            room,
+            card,
+            now,
+            random_bytes,
+            static_private=static_private,
+            give_up_s=register_timeout,
+            alternatives=[canonical_endpoint(a) for a in bootnode_alternatives],
         )
         self.quitting = False
         self._failure: str | None = None
@@ -172,6 +180,11 @@ class RoomClient:
         return secret
 
     # --- inputs ---------------------------------------------------------------------
+
+    @property
+    def bootnode(self) -> Endpoint:
+        """The bootnode's address (the one registration is trying, then the one that answered)."""
+        return self.link.bootnode
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
         """One datagram from the socket. Never raises for bad input: it is counted."""
