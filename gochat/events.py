@@ -228,6 +228,17 @@ class PeerNamed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerRenamed(Event):
+    """A peer proved a new name in a new handshake (it used /nick): ``previous`` is the
+    name it had proved before."""
+
+    kind: ClassVar[str] = "peer_renamed"
+    name: str
+    fingerprint: str
+    previous: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerLeft(Event):
     """A peer left. ``reason``: quit, disconnected or timed_out."""
 
@@ -311,6 +322,7 @@ LINE_MODE_EVENTS: tuple[type, ...] = (
     Registered,
     PeerJoined,
     PeerNamed,
+    PeerRenamed,
     KeyChanged,
     NameClash,
     PeerConnected,

@@ -82,6 +82,7 @@ class SimWorld:
         self._queue: list[tuple] = []
         self._seq = itertools.count()
         self.nodes: dict[Endpoint, object] = {}  # bound endpoint -> RoomClient / Rendezvous
+        self._labels: dict[int, str] = {}  # id(client) -> the name its events are kept under
         self.nats: dict[str, Nat] = {}  # public ip -> Nat
         self.nat_of: dict[str, Nat] = {}  # private ip -> Nat
         self.events: dict[str, list[ev.Event]] = {}
@@ -146,6 +147,7 @@ class SimWorld:
         self.nodes[(ip, port)] = client
         self.events[name] = []
         self.event_times[name] = []
+        self._labels[id(client)] = name  # events stay under this name whatever /nick does
         self._drain(client, (ip, port))
         return client
 
@@ -231,8 +233,9 @@ class SimWorld:
         for data, dst in client.outbox:
             self._transmit(me, dst, data)
         client.outbox.clear()
-        self.events[client.name].extend(client.events)
-        self.event_times.setdefault(client.name, []).extend([self.now] * len(client.events))
+        label = self._labels.get(id(client), client.name)
+        self.events[label].extend(client.events)
+        self.event_times.setdefault(label, []).extend([self.now] * len(client.events))
         client.events.clear()
 
     # --- time ---------------------------------------------------------------------------

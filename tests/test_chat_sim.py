@@ -840,3 +840,40 @@ def test_a_bootnode_name_with_several_addresses_is_tried_address_by_address():
     assert 1.0 <= took < 2.0  # one unanswered try (1 s), then the second address answered
     assert a.bootnode == w.bootnode_addr and a.link.addresses == [silent, w.bootnode_addr]
     assert w.kinds("alice", ev.BootnodeUnanswered)[0].bootnode == "192.0.2.250:9595"
+
+
+@pytest.mark.parametrize("alice_initiates", [True, False])
+def test_a_rename_is_proved_in_a_new_handshake_and_shown_as_a_rename(alice_initiates):
+    """/nick: the bootnode announces the new name (a hint) and each session proves it in a
+    new handshake, whichever side initiates; the others see one rename, no mismatch
+    warning, and the chat goes on under the new name without restarting anything."""
+    ka, kb = _keys_with(alice_initiates)
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w.send(a, "before")
+    w.run_until(lambda: texts(w, "bob") == ["before"], limit=5)
+    a.rename("alicia", w.now)
+    w.run_until(lambda: w.kinds("bob", ev.PeerRenamed), limit=5)
+    assert [(e.name, e.previous) for e in w.kinds("bob", ev.PeerRenamed)] == [("alicia", "alice")]
+    w.run_for(10)  # past the wait for a proof: nothing more to say
+    assert not w.kinds("bob", ev.PeerNamed) and len(w.kinds("bob", ev.PeerRenamed)) == 1
+    w.send(a, "after")
+    w.run_until(lambda: texts(w, "bob", "alicia") == ["after"], limit=5)
+    assert b.peers[a.public_key].name == "alicia" and not w.kinds("bob", ev.Undelivered)
+    assert len(w.kinds("bob", ev.PeerConnected)) == 1  # the same session, rekeyed
+
+
+def test_a_name_the_bootnode_announces_but_no_handshake_proves_is_reported():
+    """A bootnode (or anyone who could make it) announcing another name for a connected
+    peer: after a grace period for the proof, the mismatch is shown; the proved name stays."""
+    w, a, b = _established()
+    entry = wire.PeerEntry(a.public_key, "mallory", (("198.51.100.10", 4545),))
+    b._introduce(entry, w.now)  # what a PEER_JOINED with that entry does
+    w.run_for(2)
+    assert not w.kinds("bob", ev.PeerNamed)
+    w.run_for(5)
+    (named,) = w.kinds("bob", ev.PeerNamed)
+    assert (named.name, named.announced) == ("alice", "mallory") and b.peers[a.public_key].name == "alice"

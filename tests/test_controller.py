@@ -174,6 +174,13 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
             await alice.wait_for(lambda e: isinstance(e, ev.Verified) and e.confirmed)
             assert KnownPeers(known).get("bob")["verified"] is True
 
+            c.submit("/nick " + "x" * 40)
+            await alice.wait_for(lambda e: isinstance(e, ev.Error) and "/nick NAME: at most 32 bytes" in e.message)
+            c.submit("/nick alicia")
+            await alice.wait_for(lambda e: isinstance(e, ev.Notice) and e.message == "you are now 'alicia'")
+            renamed = await bob_log.wait_for(lambda e: isinstance(e, ev.PeerRenamed))
+            assert (renamed.name, renamed.previous) == ("alicia", "alice")
+
             c.submit("/quit")
             await alice.wait_for(lambda e: isinstance(e, ev.Notice) and e.message == "leaving…")
             await asyncio.wait_for(c.driver.finished.wait(), WAIT_s)

@@ -146,6 +146,18 @@ class BootnodeLink:
             return signed + bytes(PROOF_SIZE_bytes)
         return signed + wire.register_proof(self._proof_key, signed)
 
+    def rename(self, card: bytes, now: float) -> None:
+        """Register again with a new card (a new display name): the bootnode replaces the
+        registration and announces it to the room as a join with the new name."""
+        card_key, self.name, _ = wire.decode_card(card)
+        if self._static_private is not None and public_key(self._static_private) != card_key:
+            raise ValueError("the card's public key is not the static private key's")
+        self.card = card
+        if self.state in (REGISTERED, REGISTERING):
+            self.state = REGISTERING
+            self._attempt = 0
+            self._register(now, new_request=True)
+
     # --- the bootnode's key ------------------------------------------------------
 
     def pin_bootnode_key(self, key: bytes, where: str, unpin: str) -> None:

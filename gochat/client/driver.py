@@ -207,6 +207,12 @@ class ClientDriver:
         self._after_input()
         return n
 
+    def rename(self, name: str) -> None:
+        """/nick: our display name from now on (re-registered, proved to each peer)."""
+        self.config = dataclasses.replace(self.config, name=name, name_chosen=True)
+        self.machine.rename(name, self.loop.time())
+        self._after_input()
+
     def quit(self) -> None:
         self.machine.quit(self.loop.time())
         self._after_input()
@@ -244,6 +250,11 @@ class ClientDriver:
         elif isinstance(event, ev.PeerNamed):
             self.sink(event)
             self._trust(event.name, event.fingerprint, event.public_key, before=None)
+        elif isinstance(event, ev.PeerRenamed):
+            self.sink(event)
+            peer = next((p for p in self.machine.peers.values() if p.fingerprint == event.fingerprint), None)
+            if peer is not None:
+                self._trust(event.name, event.fingerprint, peer.key.hex(), before=None)
         else:
             self.sink(event)
 

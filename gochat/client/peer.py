@@ -47,6 +47,9 @@ from gochat.wire.endpoints import format_endpoint
 # A responder that answered a new epoch's initiation sends no DATA for this long, or
 # until the initiator confirms (a round trip): it would go to the peer's old record.
 NEW_EPOCH_HOLD_s = 2.0
+# A connected peer that the bootnode announces with a new name (/nick) proves it in a new
+# handshake; the mismatch is reported only if no such proof came within this long.
+NAME_PROOF_WAIT_s = 5.0
 
 
 class PeerState(enum.Enum):
@@ -131,6 +134,7 @@ class Peer:
         self.reconnecting = False  # silent once connected: punching again before giving up
         self.failures = 0  # punch series or handshakes that ended without a session, in a row
         self._retry_due: float | None = None  # UNREACHABLE / FAILED: when to look again
+        self._names_check_due: float | None = None  # an announced rename waits this long for its proof
         self._reported: str | None = None  # the last failure told to the user (told once)
         self._start_punching(now)
         # handshake in flight (initiator side)
@@ -352,9 +356,16 @@ class Peer:
         self._flush(now)  # messages typed while the session was coming up
 
     def _authenticated(self, name: str) -> None:
-        """A confirmed handshake named the peer: that name is its name from now on."""
-        shown = self.name
+        """A confirmed handshake named the peer: that name is its name from now on. A
+        proved name that replaces a proved one is a rename (/nick), told as such."""
+        previous, shown = self.authenticated_name, self.name
         self.authenticated_name = self.name = name
+        if previous is not None and name != previous:
+            self.ctx.event(ev.PeerRenamed(name, self.fingerprint, previous))
+            self._names_told = (self.announced_name, name)
+            if name == self.announced_name:
+                self._names_check_due = None
+                return
         if name != shown or name != self.announced_name:
             self._tell_names()
 
@@ -511,6 +522,16 @@ class Peer:
         self.current = self.previous = self.next_keypair = None
         self._hs_index = None
 
+    def renamed(self, now: float) -> None:
+        """Our name changed: prove it in a new handshake (same epoch: nothing restarts)."""
+        if self.state is not CONNECTED or self.path is None:
+            return
+        if self.initiator:
+            if self._hs is None:
+                self._send_initiation(now)
+        else:  # a punch from our path while connected asks the initiator for a handshake
+            self._send_all([self.punching.request(self.path, now)])
+
     def reintroduced(self, name: str, endpoints: Sequence[Endpoint], now: float) -> None:
         """The bootnode announced this key again (re-registration): refresh candidates and
         try again if we had given up. The name is the bootnode's word: it names the peer
@@ -519,7 +540,10 @@ class Peer:
         if self.authenticated_name is None:
             self.name = name
         elif name != self.authenticated_name:
-            self._tell_names()
+            if self.state is CONNECTED:  # a rename's handshake may be on its way: wait for it a moment
+                self._names_check_due = now + NAME_PROOF_WAIT_s
+            else:
+                self._tell_names()
         self.punching.set_endpoints(endpoints)
         if self.state in (UNREACHABLE, FAILED):
             self._on_retry(now)
@@ -541,6 +565,7 @@ class Peer:
             (self._retransmit_at, self._flush),
             (self._hold_ends_at, self._on_hold_ends),
             (self._keepalive_at, self._on_keepalive),
+            (self._names_check_at, self._on_names_check),
         )
 
     def get_timer(self) -> float | None:
@@ -564,6 +589,15 @@ class Peer:
         self.path = None
         self._hs_deadline = None
         self._start_punching(now)
+
+    def _names_check_at(self) -> float | None:
+        return self._names_check_due
+
+    def _on_names_check(self, now: float) -> None:
+        """The bootnode announced another name and no handshake proved it: say so."""
+        self._names_check_due = None
+        if self.authenticated_name is not None and self.announced_name != self.authenticated_name:
+            self._tell_names()
 
     def _punch_deadline_at(self) -> float | None:
         return self.punching.deadline if self.state is PUNCHING else None

@@ -115,7 +115,8 @@ class RoomClient:
             HANDSHAKE_INIT_RATE_PER_IP, HANDSHAKE_INIT_BURST_PER_IP, HANDSHAKE_INIT_SOURCES
         )
         bootnode = canonical_endpoint(bootnode)
-        card = wire.encode_card(self.public_key, name, list(local_endpoints))
+        self.local_endpoints = list(local_endpoints)
+        card = wire.encode_card(self.public_key, name, self.local_endpoints)
         self.link = BootnodeLink(
             bootnode,
             room,
@@ -412,6 +413,16 @@ class RoomClient:
             peer.send_message(text, now, ref)
             self._schedule(peer)
         return len(recipients)
+
+    def rename(self, name: str, now: float) -> None:
+        """/nick: our display name becomes ``name``. The bootnode announces it (a hint to
+        the others); each session proves it in a new handshake: we start one towards the
+        peers we initiate with and ask the others to (a punch from the session's path)."""
+        self.name = name
+        self.link.rename(wire.encode_card(self.public_key, name, self.local_endpoints), now)
+        for peer in self.peers.values():
+            peer.renamed(now)
+            self._schedule(peer)
 
     def peer_snapshot(self) -> list[ev.PeerStatus]:
         return [p.snapshot() for p in self.peers.values()]

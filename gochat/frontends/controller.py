@@ -18,16 +18,18 @@ from gochat import events as ev
 from gochat.client.driver import ClientConfig, ClientDriver
 from gochat.client.peer import Peer
 from gochat.client.reliable import MessageTooLong
+from gochat.config import parse_name
 from gochat.crypto.identity import Identity, safety_number
 from gochat.frontends import names
 from gochat.wire import data as pw
 from gochat.wire.endpoints import format_endpoint
 
-COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /me ACTION, /msg NAME TEXT, /whoami, /clear"
-COMMAND_NAMES = ("/help", "/quit", "/peers", "/verify", "/me", "/msg", "/whoami", "/clear")
+COMMANDS = "/help, /quit, /peers, /verify NAME [confirm], /me ACTION, /msg NAME TEXT, /nick NAME, /whoami, /clear"
+COMMAND_NAMES = ("/help", "/quit", "/peers", "/verify", "/me", "/msg", "/nick", "/whoami", "/clear")
 HELP = (
     f"commands: {COMMANDS}. /me waves shows '* you waves' to everyone; /msg NAME TEXT goes to "
-    "NAME alone, over NAME's own encrypted session; /whoami shows your full fingerprint to copy. "
+    "NAME alone, over NAME's own encrypted session; /nick NAME changes your name (each peer's "
+    "session proves it); /whoami shows your full fingerprint to copy. "
     "/verify NAME shows the safety number to compare with NAME over another channel, and "
     "/verify NAME confirm marks NAME verified (NAME may be `bob (3ab6)` or a fingerprint's start "
     "when two peers share a name); /clear clears the messages. PgUp/PgDn scroll, Up/Down recall "
@@ -50,6 +52,9 @@ class FrontEnd(Protocol):
     def clear(self) -> None:
         """/clear: forget the messages on screen (nothing to do without a screen)."""
 
+    def renamed(self, name: str) -> None:
+        """/nick: our name is ``name`` from now on."""
+
 
 class ChatController:
     def __init__(self, config: ClientConfig, identity: Identity, front_end: FrontEnd) -> None:
@@ -64,6 +69,7 @@ class ChatController:
             "/me": self.action,
             "/msg": self.private,
             "/whoami": lambda _: self.whoami(),
+            "/nick": self.nick,
         }
 
     async def start(self) -> None:
@@ -145,6 +151,20 @@ class ChatController:
             return
         peer = found[0]
         self.send(pw.PRIVATE_PREFIX + text, shown=text, style="private", to=peer)
+
+    def nick(self, arg: str) -> None:
+        """/nick NAME: register again under NAME; every peer's session proves it anew."""
+        try:
+            name = parse_name(arg)
+        except ValueError as exc:
+            self.front_end.show(ev.Error(f"/nick NAME: {exc}"))
+            return
+        if name == self.driver.config.name:
+            self.front_end.show(ev.Notice(f"you are already {name!r}"))
+            return
+        self.driver.rename(name)
+        self.front_end.renamed(name)
+        self.front_end.show(ev.Notice(f"you are now {name!r}"))
 
     def whoami(self) -> None:
         config, machine = self.driver.config, self.driver.machine

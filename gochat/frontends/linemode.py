@@ -48,6 +48,9 @@ class LineMode:
     def clear(self) -> None:
         """No screen to clear."""
 
+    def renamed(self, name: str) -> None:
+        """The notice that follows says it."""
+
     # --- running ------------------------------------------------------------------------
 
     async def run(self) -> int:

@@ -416,6 +416,9 @@ class ChatScreen(urwid.WidgetWrap):
             case ev.PeerNamed(name=name, fingerprint=fp, announced=announced):
                 self._peer(name, fp)
                 self.system(f"{announced} is {self.label(name, fp)}: the name its handshake proved ({fp})", "warning")
+            case ev.PeerRenamed(name=name, fingerprint=fp, previous=previous):
+                self._peer(name, fp)
+                self.system(f"{previous} is now {self.label(name, fp)}")
             case ev.PeerLeft(name=name, fingerprint=fp, reason=reason):
                 shown = self.label(name, fp)
                 self.peers.pop(fp, None)
@@ -505,6 +508,10 @@ class ChatApp:
 
     def sent(self, text: str, style: str = "say", to: str | None = None) -> None:
         self.screen.own_message(text, style, to)
+
+    def renamed(self, name: str) -> None:
+        self.screen.name = name
+        self.screen.refresh()
 
     def ring(self) -> None:
         """The terminal bell (a mention, a private message)."""
