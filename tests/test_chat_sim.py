@@ -877,3 +877,50 @@ def test_a_name_the_bootnode_announces_but_no_handshake_proves_is_reported():
     w.run_for(5)
     (named,) = w.kinds("bob", ev.PeerNamed)
     assert (named.name, named.announced) == ("alice", "mallory") and b.peers[a.public_key].name == "alice"
+
+
+def test_a_lost_introduction_behind_a_filtering_nat_is_found_by_the_room_digest():
+    """Bob's NAT lets in only what he sent to, and the bootnode's PEER_JOINED telling him
+    of alice is lost: her punches die at his NAT, and he never punches her. The digest
+    in his heartbeat acknowledgements shows a member he does not know; he asks for the
+    list again and they meet (before: alice unreachable, bob unaware, for good)."""
+    w = SimWorld()
+    w.start_bootnode()
+    nat_a, nat_b = w.add_nat("203.0.113.1", PORT_RESTRICTED), w.add_nat("203.0.113.2", PORT_RESTRICTED)
+    b = w.add_client("bob", "10.0.2.2", nat=nat_b)
+    w.run_for(1)
+    bob_public = w.bootnode.table.endpoint(w.bootnode.table.room_members(b.room_id)[0])
+    lost = []
+
+    def drop_first_join_to_bob(src, dst, data):
+        if src == w.bootnode_addr and dst == bob_public and data[2] == 0x0B and not lost:
+            lost.append(data)
+            return False
+        return True
+
+    w.filter = drop_first_join_to_bob
+    a = w.add_client("alice", "10.0.1.2", nat=nat_a)
+    took = w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=60)
+    assert lost and b.counters["roster_resync"] == 1 and a.counters["roster_resync"] == 0
+    assert took > PUNCH_DEADLINE_s  # alice gave up once; bob's punches, after his resync, woke her
+    w.run_for(30)
+    assert b.counters["roster_resync"] == 1  # the digest agrees from then on
+
+
+def test_a_lost_leave_is_found_by_the_room_digest_and_nothing_else_resyncs():
+    """Carol vanishes and the bootnode's PEER_LEFT to alice is lost: her record of the room
+    still holds carol until the digest says otherwise; in a quiet room nobody resyncs."""
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10")
+    w.add_client("bob", "198.51.100.20")
+    c = w.add_client("carol", "198.51.100.30")
+    w.run_until(lambda: connected(w, "alice", "carol") and connected(w, "alice", "bob"), limit=5)
+    w.run_for(40)
+    assert a.counters["roster_resync"] == 0  # heartbeats with acks, nothing missed
+    w.filter = lambda src, dst, data: not (src == w.bootnode_addr and dst[0] == "198.51.100.10" and data[2] == 0x0C)
+    w.remove(("198.51.100.30", 4545))  # carol's process dies
+    w.run_until(lambda: c.public_key not in a.peers, limit=60)
+    assert c.public_key in a._roster  # the bootnode's word never came
+    w.run_until(lambda: c.public_key not in a._roster, limit=40)
+    assert a.counters["roster_resync"] == 1

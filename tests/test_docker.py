@@ -58,7 +58,7 @@ def test_probe_names_what_answered_wrongly():
 
         def answer_with_garbage() -> None:
             _, addr = echo.recvfrom(2048)
-            echo.sendto(b"\x47\x01\x06\x00" + bytes(12), addr)  # a HEARTBEAT_ACK, not UNKNOWN_TOKEN
+            echo.sendto(b"\x47\x01\x06\x00" + bytes(20), addr)  # a HEARTBEAT_ACK, not UNKNOWN_TOKEN
 
         t = threading.Thread(target=answer_with_garbage)
         t.start()

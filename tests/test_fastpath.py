@@ -3,6 +3,7 @@ Cython extension and its pure-Python twin, plus differential tests between them.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import socket
 import time
@@ -415,3 +416,35 @@ def test_wire_endpoint_matches_the_reference_encoder(impl, addr):
     t = impl.RegistrationTable(10, 15.0, 0.0)
     s = add(t, 5, addr=addr)
     assert t.wire_endpoint(s) == wire.encode_endpoint(addr)
+
+
+def _xor8(cards) -> bytes:
+    d = bytes(8)
+    for c in cards:
+        d = bytes(x ^ y for x, y in zip(d, c[:8], strict=True))
+    return d
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.booleans()), max_size=60))
+def test_room_digest_is_the_xor_of_the_members_keys_in_both_tables(ops):
+    """What HEARTBEAT_ACK carries: for every sequence of joins and leaves (long cards that
+    spill out of the slot included), both tables agree with the XOR of the members' keys."""
+    from .conftest import IMPLS
+
+    tables = [IMPLS[name]().RegistrationTable(64, 15.0, 0.0) for name in ("cython", "pure")]
+    members: dict[int, tuple[bytes, list[int]]] = {}  # key number -> (card, slot per table)
+    for join, n, long in ops:
+        if join and n not in members and len(members) < 60:
+            key = hashlib.sha256(bytes([n])).digest()  # keys whose first 8 bytes differ
+            c = key + card(n, long)[32:]
+            slots = [t.add(ROOM_A, TAG, bytes([n + 1]) * 8, c, ("127.0.0.1", 1000 + n), 0.0) for t in tables]
+            members[n] = (c, slots)
+        elif not join and n in members:
+            _, slots = members.pop(n)
+            for t, slot in zip(tables, slots, strict=True):
+                t.remove(slot)
+        want = _xor8(c for c, _ in members.values())
+        assert [t.room_digest(ROOM_A) for t in tables] == [want, want]
+        assert (want != bytes(8)) == bool(members) or len(members) > 1
+        assert [t.room_digest(ROOM_B) for t in tables] == [bytes(8), bytes(8)]

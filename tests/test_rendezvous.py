@@ -174,12 +174,19 @@ def test_large_room_peer_list_is_split_across_datagrams(impl):
     assert names == sorted(c.name for c in clients)
 
 
+def ack(net, client):
+    """The HEARTBEAT_ACK ``client`` gets: its token and its room's membership digest."""
+    return wire.TokenMessage(
+        MsgType.HEARTBEAT_ACK, client.token, digest=net.machine.table.room_digest(room_id("lobby"))
+    )
+
+
 def test_heartbeat_ack_unknown_and_rebinding(impl):
     net = make(impl)
     a = Client(net, ("203.0.113.5", 4000), "a")
     a.register(1000.0)
     net.send(a.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), a.addr, 1005.0)
-    assert net.take(a.addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert net.take(a.addr) == [ack(net, a)]
     net.send(a.token_msg(MsgType.HEARTBEAT), a.addr, 1006.0)
     assert net.take(a.addr) == []
     new_addr = ("203.0.113.5", 4999)  # the NAT gave the client a new port
@@ -190,7 +197,7 @@ def test_heartbeat_ack_unknown_and_rebinding(impl):
         MsgType.HEARTBEAT, a.token, wire.FLAG_REBIND | wire.FLAG_ACK_REQUESTED, challenge.challenge
     )
     net.send(wire.encode(answer), new_addr, 1007.05)
-    assert net.take(new_addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert net.take(new_addr) == [ack(net, a)]
     assert (net.machine.stats["rebinds"], net.machine.stats["rebind_challenges"]) == (1, 1)
     b = Client(net, ("203.0.113.9", 4000), "b")
     _, rest = b.register(1008.0)
@@ -383,7 +390,7 @@ def test_register_with_another_members_key_is_refused(impl):
     net.send(wire.encode(mallory.message(cookie)), mallory.addr, 1001.0)
     assert net.take(mallory.addr) == [wire.Refused(7, RefuseReason.BAD_PROOF, 30_000)]
     net.send(alice.token_msg(MsgType.HEARTBEAT, wire.FLAG_ACK_REQUESTED), alice.addr, 1002.0)
-    assert net.take(alice.addr) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, alice.token)]
+    assert net.take(alice.addr) == [ack(net, alice)]
     _nothing_announced(net, alice, bob)
 
 
@@ -557,10 +564,10 @@ def test_a_forged_stale_or_borrowed_challenge_moves_nothing(impl):
     fresh = refused(rebind_answer(a.token, challenge.challenge), new, 1121.0)  # stale: past two cookie buckets
     assert net.machine.stats["rebind_refused"] == 4 and net.machine.stats["rebinds"] == 0
     net.send(rebind_answer(a.token, fresh.challenge), new, 1121.1)  # the fresh one works
-    assert net.take(new) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert net.take(new) == [ack(net, a)]
     assert table.endpoint(table.lookup(a.token)) == new and net.machine.stats["rebinds"] == 1
     net.send(rebind_answer(a.token, fresh.challenge), new, 1121.2)  # a retransmission, from where it is
-    assert net.take(new) == [wire.TokenMessage(MsgType.HEARTBEAT_ACK, a.token)]
+    assert net.take(new) == [ack(net, a)]
     assert net.machine.stats["rebinds"] == 1
 
 

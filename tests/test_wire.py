@@ -172,13 +172,18 @@ messages = st.one_of(
     ),
     st.builds(wire.Refused, st.integers(0, 2**32 - 1), st.sampled_from(RefuseReason), st.integers(0, 2**32 - 1)),
     st.builds(
-        lambda t, token, flags, challenge: wire.TokenMessage(
-            t, token, flags, challenge if t is MsgType.HEARTBEAT and flags & wire.FLAG_REBIND else b""
+        lambda t, token, flags, challenge, digest: wire.TokenMessage(
+            t,
+            token,
+            flags,
+            challenge if t is MsgType.HEARTBEAT and flags & wire.FLAG_REBIND else b"",
+            digest if t is MsgType.HEARTBEAT_ACK else b"",
         ),
         st.sampled_from(sorted(wire.TOKEN_TYPES)),
         b(min_size=12, max_size=12),
         st.integers(0, 255),
         b(min_size=12, max_size=12),
+        b(min_size=8, max_size=8),
     ),
     st.builds(wire.RebindChallenge, b(min_size=12, max_size=12)),
     st.builds(

@@ -33,6 +33,8 @@ REFERENCE = {
     "FLAG_ACK_REQUESTED": W.FLAG_ACK_REQUESTED,
     "FLAG_REBIND": W.FLAG_REBIND,
     "HEARTBEAT_SIZE": W.HEARTBEAT_SIZE_bytes,
+    "ROOM_DIGEST_SIZE": W.ROOM_DIGEST_SIZE_bytes,
+    "HEARTBEAT_ACK_SIZE": W.HEARTBEAT_ACK_SIZE_bytes,
     "TOKEN_SIZE": W.TOKEN_SIZE_bytes,
     "TOKEN_INDEX_SIZE": W.TOKEN_INDEX_SIZE_bytes,
     "TOKEN_SECRET_SIZE": W.TOKEN_SECRET_SIZE_bytes,
@@ -87,7 +89,11 @@ def test_codec_struct_sizes_follow_the_constants():
         W.HEADER_SIZE_bytes + W.REQUEST_ID_SIZE_bytes + W.TOKEN_SIZE_bytes + W.ROOM_TAG_SIZE_bytes + 4 + 4
     )
     for t in control.TOKEN_TYPES:
-        assert len(control.encode(control.TokenMessage(t, bytes(W.TOKEN_SIZE_bytes)))) == W.HEARTBEAT_SIZE_bytes
+        if t is MsgType.HEARTBEAT_ACK:
+            ack = control.TokenMessage(t, bytes(W.TOKEN_SIZE_bytes), digest=bytes(W.ROOM_DIGEST_SIZE_bytes))
+            assert len(control.encode(ack)) == W.HEARTBEAT_ACK_SIZE_bytes == 24
+        else:
+            assert len(control.encode(control.TokenMessage(t, bytes(W.TOKEN_SIZE_bytes)))) == W.HEARTBEAT_SIZE_bytes
     rebind = control.TokenMessage(
         MsgType.HEARTBEAT, bytes(W.TOKEN_SIZE_bytes), W.FLAG_REBIND, bytes(W.CHALLENGE_SIZE_bytes)
     )
@@ -119,8 +125,8 @@ def test_compiled_layout():
     # secret, address (16), port (2), card length, expiring flag, last heartbeat (4),
     # wheel links, room index and room links (5 x 4): 52 bytes, aligned to 8
     assert got["SLOT_SIZE"] == 56
-    # room id, room tag, head (4), count (4)
-    assert got["ROOM_SIZE"] == W.ROOM_ID_SIZE_bytes + W.ROOM_TAG_SIZE_bytes + 4 + 4 == 32
+    # room id, room tag, head (4), count (4), membership digest (8)
+    assert got["ROOM_SIZE"] == W.ROOM_ID_SIZE_bytes + W.ROOM_TAG_SIZE_bytes + 4 + 4 + W.ROOM_DIGEST_SIZE_bytes == 40
 
 
 # --- and frame what the reference codec frames ---------------------------------------------
@@ -193,10 +199,13 @@ def test_reference_heartbeats_are_answered_in_the_reference_format(module):
         replies = []
         for _ in range(2):
             data = client.recv(4096)
-            assert len(data) == W.HEARTBEAT_SIZE_bytes
             replies.append(control.decode(data))
+            size = W.HEARTBEAT_ACK_SIZE_bytes if replies[-1].type is MsgType.HEARTBEAT_ACK else W.HEARTBEAT_SIZE_bytes
+            assert len(data) == size
+        digest = table.room_digest(ROOM)
+        assert digest == card(0)[: W.ROOM_DIGEST_SIZE_bytes]  # the one member's key, its first 8 bytes
         assert sorted(replies, key=lambda m: m.type) == [
-            control.TokenMessage(MsgType.HEARTBEAT_ACK, token),
+            control.TokenMessage(MsgType.HEARTBEAT_ACK, token, digest=digest),
             control.TokenMessage(MsgType.UNKNOWN_TOKEN, unknown),
         ]
         assert table.expire(24.999) == [] and table.expire(25.0) == [slot]  # the heartbeat at 10 s counted

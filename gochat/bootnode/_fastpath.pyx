@@ -81,6 +81,8 @@ cdef enum:
     TOKEN_SECRET_SIZE = 8      # wire: TOKEN_SECRET_SIZE_bytes
     TOKEN_SIZE = 12            # wire: TOKEN_SIZE_bytes
     HEARTBEAT_SIZE = 16        # wire: HEARTBEAT_SIZE_bytes
+    ROOM_DIGEST_SIZE = 8       # wire: ROOM_DIGEST_SIZE_bytes
+    HEARTBEAT_ACK_SIZE = 24    # wire: HEARTBEAT_ACK_SIZE_bytes
     ROOM_ID_SIZE = 16          # wire: ROOM_ID_SIZE_bytes
     ROOM_TAG_SIZE = 8          # wire: ROOM_TAG_SIZE_bytes
     PUBLIC_KEY_SIZE = 32       # wire: PUBLIC_KEY_SIZE_bytes
@@ -95,6 +97,14 @@ cdef uint8_t V4_PREFIX[12]
 memset(V4_PREFIX, 0, 10)
 V4_PREFIX[10] = 0xff
 V4_PREFIX[11] = 0xff
+
+cdef inline uint64_t _key8(const void *card) noexcept:
+    """The first 8 bytes of a card's public key, as a word: XORed into the room digest
+    (byte for byte, so the digest's bytes do not depend on the machine's byte order)."""
+    cdef uint64_t v
+    memcpy(&v, card, 8)
+    return v
+
 
 ctypedef struct Slot:
     uint64_t secret      # 0: free
@@ -114,6 +124,7 @@ ctypedef struct Room:
     uint8_t tag[ROOM_TAG_SIZE]
     int32_t head
     int32_t count        # 0 and head == NONE: free (then head reused as free-list link)
+    uint64_t digest      # XOR of the first 8 bytes of every member's public key (HEARTBEAT_ACK)
 
 
 from gochat.bootnode._purepath import TableFull  # one exception class for both twins
@@ -129,6 +140,8 @@ CONSTANTS = {
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
     "FLAG_REBIND": FLAG_REBIND,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE,
+    "ROOM_DIGEST_SIZE": ROOM_DIGEST_SIZE,
+    "HEARTBEAT_ACK_SIZE": HEARTBEAT_ACK_SIZE,
     "TOKEN_SIZE": TOKEN_SIZE,
     "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE,
     "TOKEN_SECRET_SIZE": TOKEN_SECRET_SIZE,
@@ -299,6 +312,7 @@ cdef class RegistrationTable:
         memcpy(self.rooms[r].tag, tag, ROOM_TAG_SIZE)
         self.rooms[r].head = NONE
         self.rooms[r].count = 0
+        self.rooms[r].digest = 0
         h = self._room_hash(rid) & self.room_index_mask
         while self.room_index[h] != NONE:
             h = (h + 1) & self.room_index_mask
@@ -448,6 +462,7 @@ cdef class RegistrationTable:
             self.slots[s.rnext].rprev = i
         self.rooms[r].head = i
         self.rooms[r].count += 1
+        self.rooms[r].digest ^= _key8(PyBytes_AS_STRING(card))
         self.used += 1
         return i
 
@@ -469,6 +484,10 @@ cdef class RegistrationTable:
             self.rooms[r].head = s.rnext
         if s.rnext != NONE:
             self.slots[s.rnext].rprev = s.rprev
+        if s.card_len:
+            self.rooms[r].digest ^= _key8(self.cards + <size_t>i * CARD_CELL)
+        else:
+            self.rooms[r].digest ^= _key8(PyBytes_AS_STRING(<bytes>self.spill[i]))
         self.rooms[r].count -= 1
         if self.rooms[r].count == 0:
             self._drop_room(r)
@@ -591,6 +610,16 @@ cdef class RegistrationTable:
         if r == NONE:
             return None
         return PyBytes_FromStringAndSize(<char *>self.rooms[r].tag, ROOM_TAG_SIZE)
+
+    def room_digest(self, bytes room_id):
+        """The room's membership digest (8 bytes), as HEARTBEAT_ACK carries it."""
+        cdef uint64_t d = 0
+        cdef int32_t r = NONE
+        if len(room_id) == ROOM_ID_SIZE:
+            r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        if r != NONE:
+            d = self.rooms[r].digest
+        return PyBytes_FromStringAndSize(<char *>&d, ROOM_DIGEST_SIZE)
 
     def room_size(self, bytes room_id):
         if len(room_id) != ROOM_ID_SIZE:
@@ -807,6 +836,14 @@ cdef class FastPath:
         self.tx.msgs[k].msg_hdr.msg_namelen = self.rx.msgs[i].msg_hdr.msg_namelen
         self.tx_count = k + 1
 
+    cdef inline void _queue_ack(self, int i, uint64_t digest) noexcept:
+        """HEARTBEAT_ACK to rx datagram i: its token, then the room's membership digest."""
+        self._queue_reply(i, T_HEARTBEAT_ACK)
+        cdef int k = self.tx_count - 1
+        cdef char *out = self.tx.bufs + <size_t>k * BUF_SIZE
+        memcpy(out + HEARTBEAT_SIZE, &digest, ROOM_DIGEST_SIZE)
+        self.tx.iov[k].iov_len = HEARTBEAT_ACK_SIZE
+
     def process_batch(self, double now):
         """One recvmmsg. Heartbeats from their registration's endpoint are handled here;
         returns the other datagrams, heartbeats from another source among them (a NAT
@@ -855,7 +892,7 @@ cdef class FastPath:
                 t._touch(idx, now_ms)
                 if p[3] & FLAG_ACK_REQUESTED:
                     self.c_acks += 1
-                    self._queue_reply(i, T_HEARTBEAT_ACK)
+                    self._queue_ack(i, t.rooms[s.room].digest)
             else:
                 self.c_passed += 1
                 others.append((PyBytes_FromStringAndSize(<char *>p, min(ln, <unsigned int>BUF_SIZE)), sockaddr_tuple(&self.rx.addrs[i])))

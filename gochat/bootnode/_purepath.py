@@ -20,8 +20,10 @@ from gochat.wire.constants import (
     T_UNKNOWN_TOKEN,
     VERSION,
     HEADER_SIZE_bytes,
+    HEARTBEAT_ACK_SIZE_bytes,
     HEARTBEAT_SIZE_bytes,
     PUBLIC_KEY_SIZE_bytes,
+    ROOM_DIGEST_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_INDEX_SIZE_bytes,
@@ -52,6 +54,8 @@ CONSTANTS = {
     "FLAG_ACK_REQUESTED": FLAG_ACK_REQUESTED,
     "FLAG_REBIND": FLAG_REBIND,
     "HEARTBEAT_SIZE": HEARTBEAT_SIZE_bytes,
+    "ROOM_DIGEST_SIZE": ROOM_DIGEST_SIZE_bytes,
+    "HEARTBEAT_ACK_SIZE": HEARTBEAT_ACK_SIZE_bytes,
     "TOKEN_SIZE": TOKEN_SIZE_bytes,
     "TOKEN_INDEX_SIZE": TOKEN_INDEX_SIZE_bytes,
     "TOKEN_SECRET_SIZE": TOKEN_SECRET_SIZE_bytes,
@@ -92,11 +96,17 @@ class _Registration:
 
 
 class _Room:
-    __slots__ = ("members", "tag")
+    __slots__ = ("digest", "members", "tag")
 
     def __init__(self, tag: bytes) -> None:
         self.tag = tag
         self.members: dict[int, _Registration] = {}  # slot -> registration, in join order
+        self.digest = 0  # XOR of the first 8 bytes of the members' keys (HEARTBEAT_ACK)
+
+
+def _key8(card: bytes) -> int:
+    """The first 8 bytes of a card's public key as a word (XORed: byte order is moot)."""
+    return int.from_bytes(card[:ROOM_DIGEST_SIZE_bytes], "little")
 
 
 class RegistrationTable:
@@ -220,6 +230,7 @@ class RegistrationTable:
         if room is None:
             room = self._rooms[room_id] = _Room(room_tag)
         room.members[i] = s
+        room.digest ^= _key8(s.card)
         self._used += 1
         return i
 
@@ -233,7 +244,9 @@ class RegistrationTable:
         s = self._get(i)
         if not s.expiring:
             self._unlink(i, s)
-        members = self._rooms[s.room_id].members
+        room = self._rooms[s.room_id]
+        room.digest ^= _key8(s.card)
+        members = room.members
         del members[i]
         if not members:
             del self._rooms[s.room_id]
@@ -286,6 +299,11 @@ class RegistrationTable:
     def room_tag(self, room_id: bytes) -> bytes | None:
         room = self._rooms.get(room_id)
         return room.tag if room else None
+
+    def room_digest(self, room_id: bytes) -> bytes:
+        """The room's membership digest (8 bytes), as HEARTBEAT_ACK carries it."""
+        room = self._rooms.get(room_id)
+        return (room.digest if room else 0).to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
 
     def room_size(self, room_id: bytes) -> int:
         room = self._rooms.get(room_id)
@@ -394,7 +412,8 @@ class FastPath:
                 t._touch(i, s, now_ms)
                 if data[3] & FLAG_ACK_REQUESTED:
                     self._c["heartbeat_acks"] += 1
-                    replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + token, addr))
+                    digest = t._rooms[s.room_id].digest.to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
+                    replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + token + digest, addr))
             else:
                 self._c["passed_to_python"] += 1
                 others.append((data, addr))

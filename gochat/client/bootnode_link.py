@@ -123,6 +123,8 @@ class BootnodeLink:
         self._heartbeat_sent: float | None = None
         self._rebind_answered: float | None = None
         self._request_id = 0
+        self._resyncing = False
+        self.room_digest: bytes | None = None  # the latest HEARTBEAT_ACK's membership digest
         self._register(now, new_request=True)
 
     # --- outputs -----------------------------------------------------------------
@@ -251,7 +253,18 @@ class BootnodeLink:
         self._heartbeat_sent = now
         return True
 
+    def resync(self, now: float) -> None:
+        """Ask for the room's member list again (the room's digest says we missed an
+        announcement): the same registration again, which the bootnode answers with its
+        reply and the list, announcing nothing. Quiet: no Registered event."""
+        if self.state == REGISTERED:
+            self._resyncing = True
+            self.state = REGISTERING
+            self._attempt = 0
+            self._register(now, new_request=True)
+
     def _registered(self, msg: wire.Registered, now: float) -> None:
+        quiet, self._resyncing = self._resyncing and self.ever_registered, False
         self.state = REGISTERED
         self.token, self.room_tag = msg.token, msg.room_tag
         self.heartbeat_interval = msg.heartbeat_interval_ms / 1000.0
@@ -263,6 +276,8 @@ class BootnodeLink:
         if self.lost:
             self.lost = False
             self.events.append(ev.BootnodeRestored())
+        if quiet:
+            return
         self.events.append(
             ev.Registered(
                 self.room,
@@ -293,6 +308,7 @@ class BootnodeLink:
     def _token_reply(self, msg: wire.TokenMessage, now: float) -> bool:
         if msg.type is MsgType.HEARTBEAT_ACK and self.state == REGISTERED:
             self.last_answer = now
+            self.room_digest = msg.digest
             if self._heartbeat_sent is not None:
                 self.rtt = now - self._heartbeat_sent
                 self._heartbeat_sent = None

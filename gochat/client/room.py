@@ -38,6 +38,7 @@ from gochat.crypto.noise import HandshakeState, NoiseError, dh, public_key
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import data as pw
+from gochat.wire.constants import ROOM_DIGEST_SIZE_bytes
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint
 
@@ -48,6 +49,9 @@ MAX_EARLY_ANNOUNCEMENTS = 16
 # peers that fail within moments of each other (a batch of fakes reaching their punch
 # deadline) make one report naming them all.
 UNDELIVERED_GATHER_s = 2.0
+# A HEARTBEAT_ACK whose membership digest differs from ours this many times in a row
+# makes us ask for the member list again (once may be an announcement on its way).
+ROSTER_MISSES_BEFORE_RESYNC = 2
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -99,6 +103,9 @@ class RoomClient:
         self._heap: list[tuple[float, int, bytes]] = []
         self._heap_order = itertools.count()
         self._early: list[wire.PeerList | wire.PeerJoined | wire.PeerLeft] = []
+        self._roster: set[bytes] = set()  # the members' keys as the bootnode announced them
+        self._list_parts: dict[int, list[bytes]] = {}  # a PEER_LIST being received, by part
+        self._digest_misses = 0
         self._waiting: OrderedDict[bytes, wire.PeerEntry] = OrderedDict()  # refused while full
         self._unannounced: set[bytes] = set()  # introduced by a punch, not yet named by a handshake
         self._unannounced_fingerprints: set[str] = set()
@@ -211,6 +218,42 @@ class RoomClient:
             self._announcement(msg, now)
         elif not self.link.receive(msg, now):
             self.counters["unexpected"] += 1
+        elif isinstance(msg, wire.TokenMessage) and msg.type is wire.MsgType.HEARTBEAT_ACK:
+            self._check_roster(msg.digest, now)
+
+    # --- the bootnode's view of the room ------------------------------------------
+
+    def _roster_digest(self) -> bytes:
+        """What the bootnode's HEARTBEAT_ACK says if we heard every announcement: the XOR
+        of the first 8 bytes of each member's key, ours included."""
+        d = int.from_bytes(self.public_key[:ROOM_DIGEST_SIZE_bytes], "little")
+        for key in self._roster:
+            d ^= int.from_bytes(key[:ROOM_DIGEST_SIZE_bytes], "little")
+        return d.to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
+
+    def _check_roster(self, digest: bytes, now: float) -> None:
+        """UDP lost an announcement if the digest differs twice in a row (once may be an
+        announcement still on its way): ask for the list again."""
+        if digest == self._roster_digest():
+            self._digest_misses = 0
+            return
+        self._digest_misses += 1
+        if self._digest_misses >= ROSTER_MISSES_BEFORE_RESYNC:
+            self._digest_misses = 0
+            self.counters["roster_resync"] += 1
+            self.link.resync(now)
+
+    def _list_part(self, msg: wire.PeerList, now: float) -> None:
+        """A whole PEER_LIST is the bootnode's view: members we knew that are not in it
+        are gone as far as the bootnode knows (its PEER_LEFT was lost)."""
+        self._list_parts[msg.part] = [e.public_key for e in msg.peers]
+        if len(self._list_parts) < msg.parts:
+            return
+        listed = {key for keys in self._list_parts.values() for key in keys}
+        self._list_parts = {}
+        for key in self._roster - listed:
+            self._announced_left(key, "timed_out", now)
+        self._roster = listed - {self.public_key}
 
     def _announcement(self, msg: wire.PeerList | wire.PeerJoined | wire.PeerLeft, now: float) -> None:
         if self.link.room_tag is None:
@@ -226,10 +269,15 @@ class RoomClient:
         self.link.last_answer = now
         if isinstance(msg, wire.PeerLeft):
             for key, reason in msg.left:
+                self._roster.discard(key)
                 self._announced_left(key, LeaveReason(reason).name.lower(), now)
         else:
             for entry in msg.peers:
+                if entry.public_key != self.public_key:
+                    self._roster.add(entry.public_key)
                 self._introduce(entry, now)
+            if isinstance(msg, wire.PeerList):
+                self._list_part(msg, now)
 
     def _announced_left(self, key: bytes, reason: str, now: float) -> None:
         """The bootnode's word alone does not end a live, authenticated session: a peer

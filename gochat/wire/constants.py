@@ -36,6 +36,10 @@ MAX_LOCAL_ENDPOINTS = 4
 MAX_DATAGRAM_bytes = 1200
 
 HEARTBEAT_SIZE_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes
+# HEARTBEAT_ACK: the token, then the room's membership digest (XOR of the first 8 bytes
+# of every member's public key), so that a client can tell that it missed an announcement.
+ROOM_DIGEST_SIZE_bytes = 8
+HEARTBEAT_ACK_SIZE_bytes = HEARTBEAT_SIZE_bytes + ROOM_DIGEST_SIZE_bytes
 # A HEARTBEAT with FLAG_REBIND: the token, then the challenge it answers.
 REBIND_HEARTBEAT_SIZE_bytes = HEARTBEAT_SIZE_bytes + CHALLENGE_SIZE_bytes
 # The answer to a heartbeat from a new source: no larger than the heartbeat.

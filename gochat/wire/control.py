@@ -37,6 +37,7 @@ from gochat.wire.constants import (
     MAX_NAME_bytes,
     PROOF_SIZE_bytes,
     PUBLIC_KEY_SIZE_bytes,
+    ROOM_DIGEST_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SIZE_bytes,
@@ -166,12 +167,14 @@ class Refused:
 class TokenMessage:
     """HEARTBEAT, HEARTBEAT_ACK, UNKNOWN_TOKEN, DISCONNECT, DISCONNECT_ACK: a token.
     A HEARTBEAT with FLAG_REBIND also carries ``challenge`` (12 bytes, the one of a
-    REBIND_CHALLENGE); every other has none."""
+    REBIND_CHALLENGE); a HEARTBEAT_ACK carries ``digest`` (8 bytes: the room's
+    membership digest); every other has neither."""
 
     type: MsgType
     token: bytes
     flags: int = 0
     challenge: bytes = b""
+    digest: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +385,11 @@ def encode(msg: Message) -> bytes:
             _check_len(msg.challenge, CHALLENGE_SIZE_bytes, "challenge")
         elif msg.challenge:
             raise ValueError("only a HEARTBEAT with FLAG_REBIND carries a challenge")
-        return header(msg.type, msg.flags) + msg.token + msg.challenge
+        if msg.type is MsgType.HEARTBEAT_ACK:
+            _check_len(msg.digest, ROOM_DIGEST_SIZE_bytes, "digest")
+        elif msg.digest:
+            raise ValueError("only a HEARTBEAT_ACK carries a digest")
+        return header(msg.type, msg.flags) + msg.token + msg.challenge + msg.digest
     if isinstance(msg, RebindChallenge):
         _check_len(msg.challenge, CHALLENGE_SIZE_bytes, "challenge")
         return header(MsgType.REBIND_CHALLENGE) + msg.challenge
@@ -535,7 +542,9 @@ def decode(data: bytes) -> Message:
     if msg_type in TOKEN_TYPES:
         token = r.take(TOKEN_SIZE_bytes)
         rebind = msg_type is MsgType.HEARTBEAT and flags & FLAG_REBIND
-        msg = TokenMessage(msg_type, token, flags, r.take(CHALLENGE_SIZE_bytes) if rebind else b"")
+        challenge = r.take(CHALLENGE_SIZE_bytes) if rebind else b""
+        digest = r.take(ROOM_DIGEST_SIZE_bytes) if msg_type is MsgType.HEARTBEAT_ACK else b""
+        msg = TokenMessage(msg_type, token, flags, challenge, digest)
     elif msg_type is MsgType.REBIND_CHALLENGE:
         msg = RebindChallenge(r.take(CHALLENGE_SIZE_bytes))
     elif msg_type is MsgType.REGISTER:
