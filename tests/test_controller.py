@@ -203,7 +203,7 @@ def test_commands_sending_and_quit_behave_the_same_in_both_front_ends(tmp_path, 
                 line["event"] == "verified" and line["safety_number"] == verified.safety_number for line in lines
             )
         else:
-            assert "alice: hello bob" in out and f"safety number with bob: {verified.safety_number}" in out
+            assert "alice: hello bob" in out and "safety number with bob:" in out and verified.safety_number in out
             assert "* alice waves" in out and "alice → bob (private): just for you" in out
             assert "type /verify bob confirm" in out and "is now marked verified" in out
             assert "unknown command /frobnicate: try /help" in out and NOBODY_HERE in out

@@ -452,7 +452,8 @@ class ChatScreen(urwid.WidgetWrap):
                     self.system(f"{self.label(p.name, p.fingerprint)} · {p.fingerprint} · {where}")
             case ev.Verified(name=name, fingerprint=fp, safety_number=number, confirmed=False):
                 shown = self.label(name, fp)
-                self.system(f"safety number with {shown}: {number}")
+                self.system(f"safety number with {shown}:")
+                self.system(number)  # a line of its own: read whole, never wrapped
                 self.system(
                     f"read it to {shown} over another channel (phone, in person); if it matches on both "
                     f"screens, the session is not intercepted: then type /verify {shown} confirm"
