@@ -244,3 +244,35 @@ def test_the_conversation_is_there_after_a_restart_until_cleared(tmp_path):
         assert t.exit_code(pane) == 0
     finally:
         t.close()
+
+
+def test_completion_editing_actions_and_private_messages_in_a_real_terminal(tmp_path):
+    boot = Bootnode()
+    term = Tmux(tmp_path, cols=246, rows=30)  # three panes of 80 columns
+    try:
+        args = ("--mode", "client", "--bootnode", boot.address, "--room", "keys", "--port", "0")
+        alice = term.run("alice", *args, "--name", "alice")
+        bob = term.run("bob", *args, "--name", "bob")
+        carol = term.run("carol", *args, "--name", "carol")
+        term.tmux("select-layout", "-t", "t", "even-horizontal")
+        for pane, others in ((alice, ("bob", "carol")), (bob, ("alice", "carol")), (carol, ("alice", "bob"))):
+            for other in others:
+                term.wait_for(pane, rf"{other} connected \(direct")
+        term.keys(alice, "b", "o", "Tab")  # completes the name, as IRC clients do
+        term.tmux("send-keys", "-t", alice, "-l", "lunch? no, wrong word")
+        term.keys(alice, "C-w", "C-w", "BSpace", "BSpace", "Enter")  # Ctrl-W twice, then the ", "
+        term.wait_for(bob, r"alice: bob: lunch\? no\s")
+        term.type(alice, "/me waves")
+        term.wait_for(carol, r"\* alice waves")
+        term.type(alice, "/msg carol only for you")
+        term.wait_for(carol, r"alice → you \(private\): only for you")
+        term.wait_for(alice, r"alice → carol \(private\): only for you")
+        term.type(alice, "after that")
+        term.wait_for(bob, r"alice: after that")
+        assert "only for you" not in term.screen(bob)  # bob got nothing of it
+        for pane in (alice, bob, carol):
+            term.type(pane, "/quit")
+            assert term.exit_code(pane) == 0
+    finally:
+        term.close()
+        boot.stop()

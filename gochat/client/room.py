@@ -52,6 +52,7 @@ UNDELIVERED_GATHER_s = 2.0
 # A HEARTBEAT_ACK whose membership digest differs from ours this many times in a row
 # makes us ask for the member list again (once may be an announcement on its way).
 ROSTER_MISSES_BEFORE_RESYNC = 2
+MAX_ROSTER = 1 << 16  # keys of the bootnode's view kept at most (a lying bootnode cannot fill memory)
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -253,7 +254,7 @@ class RoomClient:
         self._list_parts = {}
         for key in self._roster - listed:
             self._announced_left(key, "timed_out", now)
-        self._roster = listed - {self.public_key}
+        self._roster = set(itertools.islice(listed - {self.public_key}, MAX_ROSTER))
 
     def _announcement(self, msg: wire.PeerList | wire.PeerJoined | wire.PeerLeft, now: float) -> None:
         if self.link.room_tag is None:
@@ -273,7 +274,7 @@ class RoomClient:
                 self._announced_left(key, LeaveReason(reason).name.lower(), now)
         else:
             for entry in msg.peers:
-                if entry.public_key != self.public_key:
+                if entry.public_key != self.public_key and len(self._roster) < MAX_ROSTER:
                     self._roster.add(entry.public_key)
                 self._introduce(entry, now)
             if isinstance(msg, wire.PeerList):
