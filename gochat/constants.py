@@ -26,6 +26,8 @@ DEFAULT_REGISTER_RATE_PER_IP = 20.0
 DEFAULT_REGISTER_BURST_PER_IP = 40
 # Source addresses tracked by the rate limiter before it starts refusing: bounds memory
 # under a flood of spoofed sources (they cannot pass the cookie check anyway).
+STUN_RATE_PER_IP = 10.0  # STUN Binding answers per second per source IP (their replies are larger)
+STUN_BURST_PER_IP = 20
 MAX_RATE_LIMITED_SOURCES = 100_000
 # SO_RCVBUF: absorbs the bootnode's wake-up latency. The Linux default (~208 KiB,
 # about 256 small datagrams) loses packets on a busy loopback even at 40% CPU.

@@ -164,6 +164,12 @@ LABELLED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("gochat_malformed", "Datagrams dropped as malformed, by reason.", "malformed", MALFORMED_REASONS),
     ("gochat_refused", "Registrations refused, by reason.", "refused", REFUSED_REASONS),
     ("gochat_unexpected", "Well-formed datagrams of a type a bootnode does not take, by type.", "unexpected", ()),
+    (
+        "gochat_stun",
+        "STUN messages on the bootnode's port, by outcome.",
+        "stun",
+        ("binding", "error_420", "dropped", "rate_limited"),
+    ),
 )
 
 

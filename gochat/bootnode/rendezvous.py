@@ -25,9 +25,16 @@ from typing import NamedTuple, Protocol
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
-from gochat.constants import DEFAULT_MAX_PEERS_PER_SOURCE, MAX_RATE_LIMITED_SOURCES, WHEEL_TICK_ms
+from gochat.constants import (
+    DEFAULT_MAX_PEERS_PER_SOURCE,
+    MAX_RATE_LIMITED_SOURCES,
+    STUN_BURST_PER_IP,
+    STUN_RATE_PER_IP,
+    WHEEL_TICK_ms,
+)
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
+from gochat.wire import stun
 from gochat.wire.constants import (
     MAX_DATAGRAM_bytes,
     PUBLIC_KEY_SIZE_bytes,
@@ -118,6 +125,7 @@ class Rendezvous:
         self.key = key or BootnodeKey.generate()
         self._random = random_bytes
         self._rate = TokenBuckets(limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES)
+        self._stun_rate = TokenBuckets(STUN_RATE_PER_IP, STUN_BURST_PER_IP, MAX_RATE_LIMITED_SOURCES)
         self.stats: Counter = Counter()
         self.last_join_room_size = 0  # members that were announced the latest join
         self._pending_joins: dict[bytes, list[tuple]] = {}  # room id -> [(slot, token)] to announce
@@ -125,6 +133,8 @@ class Rendezvous:
     # --- inputs ------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> list[Action]:
+        if stun.is_stun(data):  # two zero bits and the magic cookie: not ours (0x47...)
+            return self._on_stun(data, addr, now)
         try:
             if len(data) > 2 and data[2] == MsgType.REGISTER:
                 return self._on_register(wire.decode_register(data), addr, now)
@@ -141,6 +151,21 @@ class Rendezvous:
                 return self._on_heartbeat(msg, addr, now)
         self.stats[f"unexpected.{type(msg).__name__}"] += 1
         return []
+
+    def _on_stun(self, data: bytes, addr: tuple, now: float) -> list[Action]:
+        """A STUN Binding request (RFC 8489) gets the source's reflexive address (RFC 3489
+        ones, without the magic cookie, are not STUN here: malformed.bad_magic). Its reply
+        is larger than the smallest request (32 or 44 bytes for 20, 1.6x and 2.2x), so
+        replies are limited per source IP (STUN_RATE_PER_IP, burst STUN_BURST_PER_IP)."""
+        if not self._stun_rate.allow(addr[0], now)[0]:
+            self.stats["stun.rate_limited"] += 1
+            return []
+        reply = stun.answer_binding(data, addr)
+        if reply is None:
+            self.stats["stun.dropped"] += 1
+            return []
+        self.stats["stun.error_420" if reply[:2] == b"\x01\x11" else "stun.binding"] += 1
+        return [Send(reply, addr)]
 
     def get_timer(self, now: float) -> float:
         """When handle_timer should run next: the next wheel tick."""
