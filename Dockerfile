@@ -19,7 +19,7 @@ USER gochat
 # sets it). Identities, known peers and the bootnode's key live under /data.
 ENV XDG_DATA_HOME=/data
 VOLUME /data
-EXPOSE 9595/udp
+EXPOSE 9595/udp 9596/udp
 # A bootnode is healthy when its receive loop answers a heartbeat (no registration is
 # made); a client, while it runs.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["python", "-m", "gochat.healthcheck"]

@@ -137,6 +137,16 @@ def run_client(settings: Settings) -> int:
         return 1
 
 
+def _discovery_port(settings: Settings) -> int:
+    """DISCOVERY_PORT as the driver takes it: -1 off, 0 any free port, else the port."""
+    if settings.discovery_port == "off":
+        return -1
+    if settings.discovery_port == "auto":
+        port = settings.listen[1]
+        return 0 if port in (0, 65535) else port + 1
+    return int(settings.discovery_port)
+
+
 def run_bootnode(settings: Settings) -> int:
     from gochat.bootnode.driver import BootnodeConfig, serve
     from gochat.bootnode.keys import BootnodeKeyError, default_key_path, load_or_create
@@ -163,6 +173,7 @@ def run_bootnode(settings: Settings) -> int:
         ),
         recv_buffer_bytes=settings.recv_buffer,
         key=key,
+        discovery_port=_discovery_port(settings),
     )
     try:
         return asyncio.run(serve(config, settings.metrics_listen, summary_interval_s=settings.log_summary_interval))

@@ -153,6 +153,17 @@ def parse_bool(text: str) -> bool:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def parse_discovery_port(text: str) -> int | str:
+    """``auto``, ``off`` or a port number (1..65535)."""
+    word = text.strip().lower()
+    if word in ("auto", "off"):
+        return word
+    try:
+        return parse_port(word)
+    except ValueError:
+        raise ValueError("expected auto, off or a port number") from None
+
+
 def parse_name(text: str) -> str:
     """A display name as the wire carries it: 1-32 UTF-8 bytes, no control characters."""
     name = text.strip()
@@ -370,6 +381,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)",
     ),
     Spec(
+        "discovery_port",
+        "DISCOVERY_PORT",
+        "--discovery-port",
+        "auto",
+        parse_discovery_port,
+        "bootnode: a second UDP port answering STUN for NAT discovery: auto (listen port + 1), off, or a port",
+    ),
+    Spec(
         "bell",
         "BELL",
         "--bell",
@@ -431,6 +450,7 @@ class Settings:
     bootnode_key: Path | None
     recv_buffer: int
     metrics_listen: HostPort | None
+    discovery_port: int | str
     bell: str
     log_level: str
     log_format: str

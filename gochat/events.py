@@ -127,6 +127,17 @@ class BootnodeReregistering(Event):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class NatMapping(Event):
+    """What the client learned of its NAT at start (once): ``independent`` when it keeps
+    one public port for every destination (hole punching likely works), False when it
+    maps per destination (a symmetric NAT)."""
+
+    kind: ClassVar[str] = "nat_mapping"
+    independent: bool
+    message: str
+
+
 # --- peers -------------------------------------------------------------------------------
 
 
@@ -336,6 +347,7 @@ LINE_MODE_EVENTS: tuple[type, ...] = (
     BootnodeLost,
     BootnodeRestored,
     BootnodeReregistering,
+    NatMapping,
     PeersStatus,
     Verified,
     Notice,

@@ -107,10 +107,15 @@ class SimWorld:
             key=BootnodeKey(b"b" * 32),  # kept across restarts, as a real bootnode keeps its key file
         )
         self.nodes[self.bootnode_addr] = self.bootnode
+        # its second port, answering STUN for NAT discovery (as a real bootnode's DISCOVERY_PORT)
+        second = (self.bootnode_addr[0], self.bootnode_addr[1] + 1)
+        self.bootnode.stun_other = second
+        self.nodes[second] = _SecondPort(self.bootnode)
         return self.bootnode
 
     def stop_bootnode(self) -> None:
         self.nodes.pop(self.bootnode_addr, None)
+        self.nodes.pop((self.bootnode_addr[0], self.bootnode_addr[1] + 1), None)
         self.bootnode = None
 
     def add_nat(self, public_ip: str, kind: str) -> Nat:
@@ -213,6 +218,9 @@ class SimWorld:
             return
         if isinstance(node, Rendezvous):
             self._deliver_bootnode(node.receive_datagram(data, src, self.now) + node.flush_announcements())
+        elif isinstance(node, _SecondPort):
+            for a in node.machine.receive_on_second_port(data, src, self.now):
+                self._transmit(dst, (wire.normalize_host(a.addr[0]), a.addr[1]), a.data)
         else:
             node.receive_datagram(data, src, self.now)
             self._drain(node, dst)
@@ -291,6 +299,16 @@ class SimWorld:
         me = next(ep for ep, node in self.nodes.items() if node is client)
         self._drain(client, me)
         return n
+
+
+class _SecondPort:
+    """The bootnode's discovery port: its machine's STUN answers, nothing else."""
+
+    def __init__(self, machine: Rendezvous) -> None:
+        self.machine = machine
+
+    def get_timer(self) -> float | None:
+        return None
 
 
 class SilentMember:

@@ -924,3 +924,28 @@ def test_a_lost_leave_is_found_by_the_room_digest_and_nothing_else_resyncs():
     assert c.public_key in a._roster  # the bootnode's word never came
     w.run_until(lambda: c.public_key not in a._roster, limit=40)
     assert a.counters["roster_resync"] == 1
+
+
+@pytest.mark.parametrize(
+    "kind,independent", [(None, True), (FULL_CONE, True), (PORT_RESTRICTED, True), (SYMMETRIC, False)]
+)
+def test_the_client_learns_once_whether_its_nat_maps_per_destination(kind, independent):
+    """The bootnode's main port and its second port each tell the client its public
+    endpoint; the same one means endpoint-independent mapping, another a symmetric NAT."""
+    w = SimWorld()
+    w.start_bootnode()
+    nat = w.add_nat("203.0.113.1", kind) if kind else None
+    w.add_client("alice", "10.0.1.2" if nat else "198.51.100.10", nat=nat)
+    w.run_for(5)
+    (found,) = w.kinds("alice", ev.NatMapping)
+    assert found.independent is independent
+    assert ("direct connections likely" in found.message) is independent
+
+
+def test_without_a_discovery_port_nothing_is_claimed():
+    w = SimWorld()
+    w.start_bootnode()
+    w.bootnode.stun_other = None  # an older bootnode, or DISCOVERY_PORT=off
+    a = w.add_client("alice", "198.51.100.10")
+    w.run_for(10)
+    assert not w.kinds("alice", ev.NatMapping) and a._nat is not None and a._nat.target is None

@@ -66,6 +66,8 @@ def test_port_restricted_against_symmetric_is_reported_unreachable(tmp_path, kin
         boot, (alice, bob) = _start(lab, tmp_path)
         try:
             alice.wait_event("peer_joined", name="bob")
+            for client, kind in ((alice, kind_a), (bob, kind_b)):  # the bootnode's two ports tell them apart
+                assert client.wait_event("nat_mapping")["independent"] is (kind != SYMMETRIC)
             event = alice.wait_event("peer_unreachable", name="bob", timeout=PUNCH_DEADLINE_s + 5)
             assert "both sides' NATs may be symmetric" in event["message"]
             bob.wait_event("peer_unreachable", name="alice", timeout=PUNCH_DEADLINE_s + 5)

@@ -143,3 +143,14 @@ def test_coturns_stun_client_learns_its_reflexive_address_from_a_real_bootnode()
         assert node.proc.poll() is None  # and the bootnode serves on
     finally:
         assert node.stop() == 0
+
+
+def test_other_address_only_for_those_who_ask_for_it():
+    other = ("0.0.0.0", 9596)
+    plain = stun.answer_binding(request(), ("203.0.113.5", 4000), other)
+    assert stun.ATTR_OTHER_ADDRESS not in parse(plain)[1]  # a generic client would start RFC 5780 tests
+    asked = stun.binding_request(TXID, ask_other_port=True)
+    reply = stun.answer_binding(asked, ("203.0.113.5", 4000), other)
+    assert stun.parse_binding_success(reply, TXID) == (("203.0.113.5", 4000), 9596)
+    assert len(reply) / len(asked) == 44 / 24  # IPv4; IPv6: 68 / 24
+    assert stun.parse_binding_success(reply, bytes(12)) is None  # not our transaction

@@ -25,7 +25,7 @@ from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
 from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
 from gochat.bootnode.summary import summarize
 from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP, DEFAULT_LOG_SUMMARY_INTERVAL_s
-from gochat.wire.endpoints import format_endpoint
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 
 log = logging.getLogger("gochat.bootnode")
 
@@ -80,6 +80,9 @@ class BootnodeConfig:
     # created on first start).
     key: BootnodeKey | None = None
     key_file: Path | None = None
+    # The second UDP port that answers STUN for NAT discovery: -1 off, 0 any free port,
+    # else that port (the settings' "auto" is the listen port + 1).
+    discovery_port: int = -1
 
 
 def _make_socket(listen: tuple[str, int], recv_buffer: int) -> socket.socket:
@@ -129,12 +132,26 @@ class Bootnode:
         self.internal_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.discovery_sock: socket.socket | None = None
+        if config.discovery_port >= 0:
+            try:
+                self.discovery_sock = _make_socket((config.listen[0], config.discovery_port), 1 << 16)
+                self.machine.stun_other = canonical_endpoint(self.discovery_sock.getsockname())
+            except OSError as exc:
+                log.warning(
+                    "NAT discovery off: cannot bind UDP port %d (DISCOVERY_PORT): %s",
+                    config.discovery_port,
+                    exc.strerror or exc,
+                )
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        if self.discovery_sock is not None:
+            self._loop.add_reader(self.discovery_sock.fileno(), self._on_discovery_readable)
+            log.info("NAT discovery: STUN also on udp %s", format_endpoint(self.discovery_sock.getsockname()))
         self._arm_timer()
         # Linux doubles what it is asked for (bookkeeping), up to net.core.rmem_max unless
         # root forced it: report both, so that an operator sees a capped buffer.
@@ -175,7 +192,30 @@ class Bootnode:
             self.config.peer_timeout_s,
         )
 
+    def _on_discovery_readable(self) -> None:
+        """The second port: a few STUN requests at a time, answered in Python (rare)."""
+        sock = self.discovery_sock
+        assert sock is not None
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                for action in self.machine.receive_on_second_port(data, addr, self._now()):
+                    if isinstance(action, Send):
+                        sock.sendto(action.data, sockaddr_for(sock.family, action.addr))
+            except Exception:  # a bug must cost one datagram, never the loop
+                self.internal_errors += 1
+                log.exception("internal error handling a datagram on the discovery port from %s", addr)
+
     def close(self) -> None:
+        if self.discovery_sock is not None:
+            if self._loop is not None and self.discovery_sock.fileno() != -1:
+                self._loop.remove_reader(self.discovery_sock.fileno())
+            self.discovery_sock.close()
         if self._loop is not None and self.sock.fileno() != -1:
             self._loop.remove_reader(self.sock.fileno())
         if self._timer is not None:

@@ -168,7 +168,7 @@ LABELLED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "gochat_stun",
         "STUN messages on the bootnode's port, by outcome.",
         "stun",
-        ("binding", "error_420", "dropped", "rate_limited"),
+        ("binding", "error_420", "second_port", "dropped", "rate_limited"),
     ),
 )
 

@@ -126,6 +126,9 @@ class Rendezvous:
         self._random = random_bytes
         self._rate = TokenBuckets(limits.register_rate_per_ip, limits.register_burst_per_ip, MAX_RATE_LIMITED_SOURCES)
         self._stun_rate = TokenBuckets(STUN_RATE_PER_IP, STUN_BURST_PER_IP, MAX_RATE_LIMITED_SOURCES)
+        # The bootnode's second port, which answers STUN alone (the driver sets it): the
+        # main port's Binding responses name it in OTHER-ADDRESS, for NAT discovery.
+        self.stun_other: tuple[str, int] | None = None
         self.stats: Counter = Counter()
         self.last_join_room_size = 0  # members that were announced the latest join
         self._pending_joins: dict[bytes, list[tuple]] = {}  # room id -> [(slot, token)] to announce
@@ -152,6 +155,18 @@ class Rendezvous:
         self.stats[f"unexpected.{type(msg).__name__}"] += 1
         return []
 
+    def receive_on_second_port(self, data: bytes, addr: tuple, now: float) -> list[Action]:
+        """The second port answers STUN Binding requests (no OTHER-ADDRESS) and nothing else."""
+        if not stun.is_stun(data):
+            self.stats["stun.dropped"] += 1
+            return []
+        if not self._stun_rate.allow(addr[0], now)[0]:
+            self.stats["stun.rate_limited"] += 1
+            return []
+        reply = stun.answer_binding(data, addr)
+        self.stats["stun.second_port" if reply is not None else "stun.dropped"] += 1
+        return [Send(reply, addr)] if reply is not None else []
+
     def _on_stun(self, data: bytes, addr: tuple, now: float) -> list[Action]:
         """A STUN Binding request (RFC 8489) gets the source's reflexive address (RFC 3489
         ones, without the magic cookie, are not STUN here: malformed.bad_magic). Its reply
@@ -160,7 +175,7 @@ class Rendezvous:
         if not self._stun_rate.allow(addr[0], now)[0]:
             self.stats["stun.rate_limited"] += 1
             return []
-        reply = stun.answer_binding(data, addr)
+        reply = stun.answer_binding(data, addr, self.stun_other)
         if reply is None:
             self.stats["stun.dropped"] += 1
             return []

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from gochat import events as ev
 from gochat.client.bootnode_link import FAILED, REGISTERED, BootnodeLink, room_id_for
+from gochat.client.nat_discovery import NatDiscovery
 from gochat.client.peer import CONNECTED, GONE, UNREACHABLE, Peer
 from gochat.client.peer import FAILED as PEER_FAILED
 from gochat.client.punching import punchable
@@ -38,6 +39,7 @@ from gochat.crypto.noise import HandshakeState, NoiseError, dh, public_key
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import data as pw
+from gochat.wire import stun
 from gochat.wire.constants import ROOM_DIGEST_SIZE_bytes
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint
@@ -53,6 +55,11 @@ UNDELIVERED_GATHER_s = 2.0
 # makes us ask for the member list again (once may be an announcement on its way).
 ROSTER_MISSES_BEFORE_RESYNC = 2
 MAX_ROSTER = 1 << 16  # keys of the bootnode's view kept at most (a lying bootnode cannot fill memory)
+NAT_INDEPENDENT_MESSAGE = "your NAT keeps one public port for every destination: direct connections likely"
+NAT_DEPENDENT_MESSAGE = (
+    "your NAT gives each destination a public port of its own (a symmetric NAT): peers behind "
+    "port-restricted or symmetric NATs cannot reach you directly, and no relay exists yet"
+)
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -105,6 +112,8 @@ class RoomClient:
         self._heap_order = itertools.count()
         self._early: list[wire.PeerList | wire.PeerJoined | wire.PeerLeft] = []
         self._roster: set[bytes] = set()  # the members' keys as the bootnode announced them
+        self._nat: NatDiscovery | None = None  # started at the first registration
+        self._nat_told = False
         self._list_parts: dict[int, list[bytes]] = {}  # a PEER_LIST being received, by part
         self._digest_misses = 0
         self._waiting: OrderedDict[bytes, wire.PeerEntry] = OrderedDict()  # refused while full
@@ -204,7 +213,9 @@ class RoomClient:
             self.counters["bad_source"] += 1
             return
         try:
-            if pw.is_peer_datagram(data):
+            if self._nat is not None and stun.is_stun(data) and self._nat.on_datagram(data, source, now):
+                pass  # an answer of NAT discovery (drained below)
+            elif pw.is_peer_datagram(data):
                 self._peer_datagram(pw.decode(data), source, now)
             elif source == self.bootnode:
                 self._bootnode_message(wire.decode(data), now)
@@ -517,6 +528,8 @@ class RoomClient:
 
     def get_timer(self) -> float | None:
         times = [t for t in (self.link.get_timer(),) if t is not None]
+        if self._nat is not None and (t := self._nat.get_timer()) is not None:
+            times.append(t)
         times += [first + UNDELIVERED_GATHER_s for _, _, first in self._give_ups.values()]
         if not self.quitting:
             t = self._next_peer_deadline()
@@ -527,6 +540,8 @@ class RoomClient:
     def handle_timer(self, now: float) -> None:
         self._now = now
         self.link.handle_timer(now)
+        if self._nat is not None:
+            self._nat.handle_timer(now)
         if not self.quitting:
             due = []
             while (t := self._next_peer_deadline()) is not None and t <= now:
@@ -541,6 +556,21 @@ class RoomClient:
             self._admit_waiting(now)
         self._drain_link(now)
 
+    def _drain_nat(self) -> None:
+        nat = self._nat
+        if nat is None:
+            return
+        self.outbox += nat.outbox
+        nat.outbox.clear()
+        if nat.independent is not None and not self._nat_told:
+            self._nat_told = True
+            self.events.append(
+                ev.NatMapping(
+                    nat.independent,
+                    NAT_INDEPENDENT_MESSAGE if nat.independent else NAT_DEPENDENT_MESSAGE,
+                )
+            )
+
     def _drain_link(self, now: float) -> None:
         """The end of every input: the link's datagrams and events, give-ups due."""
         self._report_undelivered(now)
@@ -554,6 +584,10 @@ class RoomClient:
             registered |= isinstance(event, ev.Registered)
             self.events.append(event)
         self.link.events.clear()
+        if registered and self._nat is None:  # once: what our NAT does does not change with a room
+            self._nat = NatDiscovery(self.bootnode, self.random_bytes, now)
+            self._nat.handle_timer(now)
+        self._drain_nat()
         if registered and self._early:
             early, self._early = self._early, []
             for msg in early:

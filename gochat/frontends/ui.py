@@ -402,6 +402,8 @@ class ChatScreen(urwid.WidgetWrap):
                 self.system(f"{self.label(name, fp)} joined · {fp}{TRUST_NOTES.get(trust or '', '')}")
             case ev.KeyChanged(message=message):
                 self.system(message, "warning")
+            case ev.NatMapping(independent=independent, message=message):
+                self.system(message, "system" if independent else "warning")
             case ev.NameClash(message=message):
                 self.system(message, "warning")
             case ev.PeerConnected(name=name, fingerprint=fp, path=path, endpoint=endpoint):

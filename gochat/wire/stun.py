@@ -30,6 +30,11 @@ ATTR_XOR_MAPPED_ADDRESS = 0x0020
 ATTR_ERROR_CODE = 0x0009
 ATTR_UNKNOWN_ATTRIBUTES = 0x000A
 ATTR_FINGERPRINT = 0x8028
+ATTR_OTHER_ADDRESS = 0x802C  # RFC 5780: where the server answers too (here: its second port)
+# gochat's own comprehension-optional attribute (empty): "name your second port". Only a
+# request carrying it gets OTHER-ADDRESS, because a generic client that sees OTHER-ADDRESS
+# takes the server for a full RFC 5780 one and goes on with CHANGE-REQUESTs it cannot serve.
+ATTR_GOCHAT_OTHER_PORT = 0xC057
 FINGERPRINT_XOR = 0x5354554E
 # Comprehension-required attributes a Binding request may carry that we understand
 # (none: we take no credentials); comprehension-optional ones (>= 0x8000) are ignored.
@@ -72,9 +77,53 @@ def xor_mapped_address(host: str, port: int, txid: bytes) -> bytes:
     return struct.pack("!BBH", 0, 0x02, x_port) + (int(ip) ^ mask).to_bytes(16, "big")
 
 
-def answer_binding(data: bytes, source: tuple) -> bytes | None:
+def _plain_address(host: str, port: int) -> bytes:
+    """An address attribute's value, not XORed (OTHER-ADDRESS)."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    family = 0x01 if isinstance(ip, ipaddress.IPv4Address) else 0x02
+    return struct.pack("!BBH", 0, family, port) + ip.packed
+
+
+def binding_request(txid: bytes, ask_other_port: bool = False) -> bytes:
+    """A Binding request: 20 bytes, or 24 asking for the second port."""
+    body = _attribute(ATTR_GOCHAT_OTHER_PORT, b"") if ask_other_port else b""
+    return HEADER.pack(BINDING_REQUEST, len(body), MAGIC_COOKIE, txid) + body
+
+
+def parse_binding_success(data: bytes, txid: bytes) -> tuple[tuple[str, int], int | None] | None:
+    """((mapped host, port), OTHER-ADDRESS port or None) of a Binding success response to
+    our request ``txid``; None for anything else."""
+    if not is_stun(data) or len(data) < HEADER_SIZE_bytes:
+        return None
+    msg_type, length, _, got = HEADER.unpack_from(data)
+    if msg_type != BINDING_SUCCESS or got != txid or HEADER_SIZE_bytes + length != len(data):
+        return None
+    mapped: tuple[str, int] | None = None
+    other: int | None = None
+    pos = HEADER_SIZE_bytes
+    while pos + 4 <= len(data):
+        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
+        value = data[pos + 4 : pos + 4 + attr_len]
+        if len(value) != attr_len:
+            return None
+        if attr_type == ATTR_XOR_MAPPED_ADDRESS and attr_len in (8, 20):
+            (x_port,) = struct.unpack_from("!H", value, 2)
+            mask = MAGIC_COOKIE.to_bytes(4, "big") + (txid if attr_len == 20 else b"")
+            raw = bytes(a ^ b for a, b in zip(value[4:], mask, strict=True))
+            mapped = (str(ipaddress.ip_address(raw)), x_port ^ (MAGIC_COOKIE >> 16))
+        elif attr_type == ATTR_OTHER_ADDRESS and attr_len in (8, 20):
+            (other,) = struct.unpack_from("!H", value, 2)
+        pos += 4 + attr_len + (-attr_len % 4)
+    return None if mapped is None else (mapped, other)
+
+
+def answer_binding(data: bytes, source: tuple, other: tuple[str, int] | None = None) -> bytes | None:
     """The response to a Binding request from ``source`` (host, port, ...), or None when
-    nothing is to be sent (not a request we answer, malformed, bad FINGERPRINT)."""
+    nothing is to be sent (not a request we answer, malformed, bad FINGERPRINT).
+    ``other``: the server's second address, given as OTHER-ADDRESS (RFC 5780) to a request
+    that asks for it (ATTR_GOCHAT_OTHER_PORT)."""
     if not is_stun(data):
         return None
     msg_type, length, _, txid = HEADER.unpack_from(data)
@@ -82,6 +131,7 @@ def answer_binding(data: bytes, source: tuple) -> bytes | None:
         return None
     unknown: list[int] = []
     fingerprint = False
+    wants_other = False
     pos = HEADER_SIZE_bytes
     while pos < len(data):
         if pos + 4 > len(data):
@@ -97,6 +147,8 @@ def answer_binding(data: bytes, source: tuple) -> bytes | None:
             if crc != _fingerprint(data[:pos]):
                 return None
             fingerprint = True
+        elif attr_type == ATTR_GOCHAT_OTHER_PORT:
+            wants_other = True
         elif attr_type < 0x8000 and attr_type not in KNOWN_REQUIRED and attr_type not in unknown:
             unknown.append(attr_type)
         pos = end + (-attr_len % 4)
@@ -106,4 +158,6 @@ def answer_binding(data: bytes, source: tuple) -> bytes | None:
         body = _attribute(ATTR_ERROR_CODE, error) + _attribute(ATTR_UNKNOWN_ATTRIBUTES, listed)
         return _message(BINDING_ERROR, txid, body, fingerprint)
     body = _attribute(ATTR_XOR_MAPPED_ADDRESS, xor_mapped_address(source[0], int(source[1]), txid))
+    if other is not None and wants_other:
+        body += _attribute(ATTR_OTHER_ADDRESS, _plain_address(*other))
     return _message(BINDING_SUCCESS, txid, body, fingerprint)
