@@ -60,7 +60,7 @@ def log(msg: str) -> None:
 class Bootnode:
     """A real `gochat --mode bootnode` process with its metrics endpoint."""
 
-    def __init__(self, pure: bool, peers: int, timeout_s: float) -> None:
+    def __init__(self, pure: bool, peers: int, timeout_s: float, batch_wait: str = "1ms") -> None:
         env = {**os.environ, "GOCHAT_PURE_PYTHON": "1" if pure else "0"}
         self._key_dir = tempfile.TemporaryDirectory(prefix="gochat-load-")
         args = [
@@ -93,6 +93,10 @@ class Bootnode:
             str(32 * 1024 * 1024),
             "--bootnode-key",
             os.path.join(self._key_dir.name, "bootnode.key"),
+            "--batch-wait",
+            batch_wait,
+            "--discovery-port",
+            "off",
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))
@@ -342,6 +346,25 @@ class Heartbeats:
             p.join(seconds + 30)
         return sum(v.value for v in counters)
 
+    def paced(self, seconds: float, rate: float) -> int:
+        """Offer ``rate`` heartbeats per second, evenly, in 1 ms steps, for ``seconds``
+        (from this process: a paced load needs no second core); returns those sent."""
+        socks = [k for k in range(len(self.gen.socks)) if self.counts[k]]
+        per_step = max(1, round(rate / 1000 / len(socks)))
+        sent, step = 0, 0.001
+        start = next_at = time.perf_counter()
+        while (now := time.perf_counter()) < start + seconds:
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.0005))
+                continue
+            for k in socks:
+                sent += fastpath.send_records(
+                    self.gen.socks[k], self.gen.bootnode, self.records[k], 16, self.pos[k], per_step
+                )
+                self.pos[k] = (self.pos[k] + per_step) % self.counts[k]
+            next_at += step
+        return sent
+
     def sweep(self) -> None:
         """Every peer once."""
         for k, s in enumerate(self.gen.socks):
@@ -480,6 +503,53 @@ def run_one(pure: bool, args) -> dict[str, float]:
         node.stop()
 
 
+def run_paced(args, batch_wait: str) -> dict[str, float]:
+    """The fast path under a paced load: ``args.rate`` heartbeats/s offered evenly (not a
+    flood), so the bootnode wakes for a few datagrams at a time unless it lets them gather
+    (``batch_wait``). Returns its CPU per heartbeat and datagrams per receive batch."""
+    label = f"paced, batch wait {batch_wait}"
+    node = Bootnode(False, args.peers, args.timeout, batch_wait=batch_wait)
+    gen = Generator(node.addr, args.sockets)
+    try:
+        gen.open()
+        tokens: dict[int, bytes] = {}
+        last_sweep = [time.perf_counter()]
+
+        def keepalive() -> None:
+            if time.perf_counter() - last_sweep[0] > args.timeout / 3 and tokens:
+                Heartbeats(gen, tokens, list(tokens)).sweep()
+                last_sweep[0] = time.perf_counter()
+
+        keys = PeerKeys(0, args.peers, gen.bootnode_key, args.generators)
+        register_peers(gen, keys, 0, args.peers, args.room_size, tokens, keepalive, deadline_s=600)
+        hb = Heartbeats(gen, tokens, list(tokens))
+        hb.sweep()
+        wait_until_idle(node, gen)
+        m0 = node.metrics()
+        t0 = time.perf_counter()
+        sent = hb.paced(args.seconds, args.rate)
+        elapsed = time.perf_counter() - t0
+        time.sleep(0.2)
+        m1 = node.metrics()
+        hbs = m1["gochat_fast_heartbeats_total"] - m0["gochat_fast_heartbeats_total"]
+        cpu = m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"]
+        batches = m1["gochat_fast_batches_total"] - m0["gochat_fast_batches_total"]
+        result = {
+            "offered_per_s": sent / elapsed,
+            "heartbeats_per_s": hbs / elapsed,
+            "cpu_us_per_heartbeat": cpu / max(hbs, 1) * 1e6,
+            "datagrams_per_batch": hbs / max(batches, 1),
+        }
+        log(
+            f"[{label}] offered {result['offered_per_s']:,.0f}/s, processed {result['heartbeats_per_s']:,.0f}/s, "
+            f"{result['cpu_us_per_heartbeat']:.2f} us CPU each, {result['datagrams_per_batch']:.1f} per batch"
+        )
+        return result
+    finally:
+        gen.close()
+        node.stop()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=100_000)
@@ -496,10 +566,24 @@ def main(argv=None) -> int:
     )
     p.add_argument("--timeout", type=float, default=15.0, help="PEER_TIMEOUT of the bootnode under test")
     p.add_argument("--only", choices=["fast", "pure"], help="run one implementation")
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="paced mode: offer this many heartbeats per second evenly (fast path, batch wait off and on)",
+    )
     args = p.parse_args(argv)
     if args.peers < 100 or args.seconds <= 0 or args.seconds > 600:
         p.error("--peers >= 100 and 0 < --seconds <= 600")
 
+    if args.rate:
+        paced = {wait: run_paced(args, wait) for wait in ("0", "1ms")}
+        paced["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        paced["date"] = time.strftime("%Y-%m-%d")
+        print(json.dumps(paced, indent=2))
+        if args.json_path:
+            with open(args.json_path, "w") as f:
+                json.dump(paced, f, indent=2)
+        return 0
     results = {}
     for name in ("fast", "pure"):
         if args.only in (None, name):

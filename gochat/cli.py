@@ -174,6 +174,7 @@ def run_bootnode(settings: Settings) -> int:
         recv_buffer_bytes=settings.recv_buffer,
         key=key,
         discovery_port=_discovery_port(settings),
+        batch_wait_s=settings.batch_wait,
     )
     try:
         return asyncio.run(serve(config, settings.metrics_listen, summary_interval_s=settings.log_summary_interval))

@@ -153,6 +153,13 @@ def parse_bool(text: str) -> bool:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def parse_duration_or_zero(text: str) -> float:
+    """A duration, or 0 (off)."""
+    if text.strip() in ("0", "0s", "0ms", "off"):
+        return 0.0
+    return parse_duration(text)
+
+
 def parse_discovery_port(text: str) -> int | str:
     """``auto``, ``off`` or a port number (1..65535)."""
     word = text.strip().lower()
@@ -381,6 +388,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: serve Prometheus metrics over HTTP on HOST:PORT (empty: off)",
     ),
     Spec(
+        "batch_wait",
+        "BATCH_WAIT",
+        "--batch-wait",
+        f"{C.DEFAULT_BATCH_WAIT_s * 1000:g}ms",
+        parse_duration_or_zero,
+        "bootnode: after a short receive batch, let datagrams gather this long (0: off)",
+    ),
+    Spec(
         "discovery_port",
         "DISCOVERY_PORT",
         "--discovery-port",
@@ -450,6 +465,7 @@ class Settings:
     bootnode_key: Path | None
     recv_buffer: int
     metrics_listen: HostPort | None
+    batch_wait: float
     discovery_port: int | str
     bell: str
     log_level: str

@@ -43,6 +43,7 @@ DATAGRAM_BUFFER_bytes = 2048
 INLINE_CARD_bytes = 64
 # Receive batches handled per readiness callback before yielding to other tasks.
 MAX_BATCHES_PER_WAKEUP = 64
+DEFAULT_BATCH_WAIT_s = 0.001  # after a short batch, let datagrams gather this long (BATCH_WAIT)
 
 # Timing wheel granularity. A power of two in milliseconds so that the 32-bit
 # millisecond clock wraps onto the same wheel slot sequence.

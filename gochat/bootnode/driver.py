@@ -24,7 +24,12 @@ from gochat.bootnode import fastpath as default_fastpath
 from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
 from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
 from gochat.bootnode.summary import summarize
-from gochat.constants import BATCH_SIZE, MAX_BATCHES_PER_WAKEUP, DEFAULT_LOG_SUMMARY_INTERVAL_s
+from gochat.constants import (
+    BATCH_SIZE,
+    MAX_BATCHES_PER_WAKEUP,
+    DEFAULT_BATCH_WAIT_s,
+    DEFAULT_LOG_SUMMARY_INTERVAL_s,
+)
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 
 log = logging.getLogger("gochat.bootnode")
@@ -83,6 +88,10 @@ class BootnodeConfig:
     # The second UDP port that answers STUN for NAT discovery: -1 off, 0 any free port,
     # else that port (the settings' "auto" is the listen port + 1).
     discovery_port: int = -1
+    # After a wakeup that found less than one batch, leave the socket alone this long so
+    # that the next read gets a fuller batch (as NAPI does): heartbeats can wait a
+    # millisecond, and at a paced load the wakeups, not the datagrams, cost the CPU. 0: off.
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_s
 
 
 def _make_socket(listen: tuple[str, int], recv_buffer: int) -> socket.socket:
@@ -133,6 +142,7 @@ class Bootnode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.discovery_sock: socket.socket | None = None
+        self._resume: asyncio.TimerHandle | None = None
         if config.discovery_port >= 0:
             try:
                 self.discovery_sock = _make_socket((config.listen[0], config.discovery_port), 1 << 16)
@@ -212,6 +222,8 @@ class Bootnode:
                 log.exception("internal error handling a datagram on the discovery port from %s", addr)
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
         if self.discovery_sock is not None:
             if self._loop is not None and self.discovery_sock.fileno() != -1:
                 self._loop.remove_reader(self.discovery_sock.fileno())
@@ -229,7 +241,9 @@ class Bootnode:
 
     def _on_readable(self) -> None:
         machine, fast = self.machine, self.fast
+        batches = 0
         for _ in range(MAX_BATCHES_PER_WAKEUP):
+            batches += 1
             now = self._now()
             others = fast.process_batch(now)
             if others:
@@ -253,6 +267,17 @@ class Bootnode:
                     self.ticks.last_join_room_size = machine.last_join_room_size
             if fast.drained:
                 break
+        if batches == 1 and self.config.batch_wait_s > 0 and self._loop is not None:
+            # One short batch: wait for more before reading again (the kernel queues them).
+            self._loop.remove_reader(self.sock.fileno())
+            self._resume = self._loop.call_later(self.config.batch_wait_s, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self._loop is not None and self.sock.fileno() != -1:
+            # Readiness calls us at once if anything queued meanwhile; an idle socket costs
+            # no timer at all (the pause starts only after a wakeup that found datagrams).
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def _execute(self, actions: list[Action]) -> None:
         """Queue the actions' datagrams in order; the caller flushes the queue."""
