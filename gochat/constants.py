@@ -73,11 +73,21 @@ HANDSHAKE_RETRY_s = 1.0  # a new initiation when no response came back
 HANDSHAKE_DEADLINE_s = 10.0  # after a path is found, a session must be up by then
 # An unreachable or failed peer is looked for again after PEER_RETRY_s, doubling after
 # each failure in a row up to PEER_RETRY_MAX_s, for as long as it is in the room.
-PEER_RETRY_s = 15.0
+PEER_RETRY_s = 4.0  # soon: a handshake that timed out under loss deserves another try
 PEER_RETRY_MAX_s = 60.0
 # A responder that answered this many initiations and never saw the initiator's first
-# transport packet concludes that the initiator failed to authenticate it.
-HANDSHAKE_UNCONFIRMED_LIMIT = 3
+# transport packet concludes that the initiator failed to authenticate it (a different
+# passphrase). Not 3: at 20% loss each way, 3 unconfirmed rounds in a row happen to
+# honest pairs about once in twenty handshakes; 6 about once in five hundred.
+HANDSHAKE_UNCONFIRMED_LIMIT = 6
+# An initiator that got this many responses failing to authenticate concludes the same
+# (loss cannot make a response fail to authenticate).
+HANDSHAKE_AUTH_FAILURE_LIMIT = 3
+# A HEARTBEAT whose ACK did not come within max(1 s, 3 RTT) is sent again, at most this
+# many times per heartbeat interval: at 20% loss each way, one heartbeat per interval
+# left a 15 s peer timeout without any answer often enough to call the bootnode lost.
+HEARTBEAT_RETRIES = 2
+HEARTBEAT_ACK_WAIT_MIN_s = 1.0
 # Keepalive on an idle session: well inside the 30 s that many NATs keep a UDP mapping.
 PEER_KEEPALIVE_MAX_s = 10.0
 MAX_PEERS_PER_CLIENT = 256  # peers a client tracks at once; more are refused politely

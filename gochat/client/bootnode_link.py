@@ -28,9 +28,11 @@ from collections.abc import Callable, Sequence
 
 from gochat import events as ev
 from gochat.constants import (
+    HEARTBEAT_RETRIES,
     DEFAULT_REGISTER_TIMEOUT_s,
     DISCONNECT_RETRY_s,
     DISCONNECT_WAIT_s,
+    HEARTBEAT_ACK_WAIT_MIN_s,
     REBIND_ANSWER_INTERVAL_s,
     REGISTER_RETRY_MAX_s,
     REGISTER_TIMEOUTS_s,
@@ -121,6 +123,8 @@ class BootnodeLink:
         self._close_deadline = now
         self._next_heartbeat: float | None = None
         self._heartbeat_sent: float | None = None
+        self._heartbeat_retry_at: float | None = None  # the ACK is late: send the heartbeat again
+        self._heartbeat_retries = 0
         self._rebind_answered: float | None = None
         self._request_id = 0
         self._resyncing = False
@@ -204,6 +208,14 @@ class BootnodeLink:
                 self.events.append(ev.Error(text))
         return False
 
+    def heartbeat_soon(self, now: float) -> None:
+        """Heartbeat (with an ACK) within a second: the room wants its digest again."""
+        if self.state == REGISTERED and self._next_heartbeat is not None:
+            self._next_heartbeat = min(self._next_heartbeat, now + HEARTBEAT_ACK_WAIT_MIN_s)
+
+    def _ack_wait(self) -> float:
+        return max(HEARTBEAT_ACK_WAIT_MIN_s, 3 * self.rtt) if self.rtt is not None else HEARTBEAT_ACK_WAIT_MIN_s
+
     def _token_message(self, msg_type: MsgType, flags: int = 0) -> bytes:
         assert self.token is not None
         return wire.header(msg_type, flags) + self.token
@@ -272,7 +284,9 @@ class BootnodeLink:
         self.public_endpoint = msg.observed_endpoint
         self.last_answer = now
         self._attempt = 0
-        self._next_heartbeat = now + self.heartbeat_interval
+        # The first heartbeat soon: its ACK's room digest tells at once whether the
+        # member list (or an announcement about us) was lost on the way.
+        self._next_heartbeat = now + min(HEARTBEAT_ACK_WAIT_MIN_s, self.heartbeat_interval)
         if self.lost:
             self.lost = False
             self.events.append(ev.BootnodeRestored())
@@ -309,6 +323,7 @@ class BootnodeLink:
         if msg.type is MsgType.HEARTBEAT_ACK and self.state == REGISTERED:
             self.last_answer = now
             self.room_digest = msg.digest
+            self._heartbeat_retry_at = None
             if self._heartbeat_sent is not None:
                 self.rtt = now - self._heartbeat_sent
                 self._heartbeat_sent = None
@@ -333,7 +348,8 @@ class BootnodeLink:
             return self._deadline
         if self.state == REGISTERED:
             assert self._next_heartbeat is not None
-            return min(self._next_heartbeat, self.last_answer + self.peer_timeout)
+            due = min(self._next_heartbeat, self.last_answer + self.peer_timeout)
+            return due if self._heartbeat_retry_at is None else min(due, self._heartbeat_retry_at)
         if self.state == CLOSING:
             return min(self._deadline, self._close_deadline)
         return None
@@ -374,6 +390,14 @@ class BootnodeLink:
                 self.outbox.append(self._token_message(MsgType.HEARTBEAT, FLAG_ACK_REQUESTED))
                 self._heartbeat_sent = now
                 self._next_heartbeat = now + self.heartbeat_interval
+                self._heartbeat_retries = 0
+                self._heartbeat_retry_at = now + self._ack_wait()
+            elif self._heartbeat_retry_at is not None and now >= self._heartbeat_retry_at:
+                self.outbox.append(self._token_message(MsgType.HEARTBEAT, FLAG_ACK_REQUESTED))
+                self._heartbeat_sent = None  # Karn: an ACK now times no particular one
+                self._heartbeat_retries += 1
+                more = self._heartbeat_retries < HEARTBEAT_RETRIES
+                self._heartbeat_retry_at = now + self._ack_wait() if more else None
         elif self.state == CLOSING:
             if now >= self._close_deadline:
                 self.state = CLOSED

@@ -31,6 +31,7 @@ from gochat import events as ev
 from gochat.client import reliable
 from gochat.client.punching import Punching, Verdict
 from gochat.constants import (
+    HANDSHAKE_AUTH_FAILURE_LIMIT,
     HANDSHAKE_UNCONFIRMED_LIMIT,
     HANDSHAKE_DEADLINE_s,
     HANDSHAKE_RETRY_s,
@@ -299,7 +300,7 @@ class Peer:
             self.ctx.counters["handshake_auth_failed"] += 1
             self._hs = None  # this attempt is dead; retry until the limit (it may be forged)
             self._auth_failures += 1
-            if self._auth_failures >= HANDSHAKE_UNCONFIRMED_LIMIT:
+            if self._auth_failures >= HANDSHAKE_AUTH_FAILURE_LIMIT:
                 self._fail("authentication failed (a different room passphrase?)", now)
             return
         try:

@@ -254,6 +254,8 @@ class RoomClient:
             self._digest_misses = 0
             self.counters["roster_resync"] += 1
             self.link.resync(now)
+        else:  # ask again in a second rather than a heartbeat interval
+            self.link.heartbeat_soon(now)
 
     def _list_part(self, msg: wire.PeerList, now: float) -> None:
         """A whole PEER_LIST is the bootnode's view: members we knew that are not in it
