@@ -116,6 +116,7 @@ def run_client(settings: Settings) -> int:
         return await front_end(
             ClientConfig(
                 bootnode=settings.bootnode,
+                more_bootnodes=settings.bootnodes[1:],
                 room=settings.room,
                 name=name,
                 name_chosen=name_chosen,

@@ -446,6 +446,7 @@ class Settings:
     listen: HostPort
     bootnode_udp_port: int
     bootnode: HostPort | None
+    bootnodes: tuple[HostPort, ...]  # every bootnode of BOOTNODE (a list: a:9595,b:9595); bootnode is the first
     bootnode_public_key: bytes | None
     room: str | None
     port: int
@@ -550,11 +551,23 @@ def resolve(
             raise ConfigError("client mode needs a room: set --room or ROOM")
         if not values["bootnode"]:
             raise ConfigError("client mode needs a bootnode: set --bootnode or BOOTNODE (HOST[:PORT])")
+    values["bootnodes"] = ()
     if values["bootnode"]:
         try:
-            values["bootnode"] = parse_host_port(values["bootnode"], values["bootnode_udp_port"])
+            # a list, a:9595,b:9595: several bootnodes serving the same rooms (see the client driver)
+            values["bootnodes"] = tuple(
+                dict.fromkeys(
+                    parse_host_port(part, values["bootnode_udp_port"]) for part in values["bootnode"].split(",")
+                )
+            )
         except ValueError as exc:
             raise ConfigError(f"invalid {sources['bootnode']}: {_shown(values['bootnode'])}: {exc}") from None
+        values["bootnode"] = values["bootnodes"][0]
+        if len(values["bootnodes"]) > 1 and values["bootnode_public_key"] is not None:
+            raise ConfigError(
+                f"{sources['bootnode_public_key']} pins one bootnode, but {sources['bootnode']} names "
+                f"{len(values['bootnodes'])}: leave it unset (each key is pinned on first use in known_bootnodes.json)"
+            )
     else:
         values["bootnode"] = None
     if values["heartbeat_interval"] >= values["peer_timeout"]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 
 import pytest
 
-from .procs import Bootnode, Client
+from .procs import FAST_TIMERS, Bootnode, Client
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +226,40 @@ def test_peers_are_told_apart_by_key_whatever_their_names(tmp_path, bootnode):
     finally:
         for c in clients:
             c.kill()
+
+
+def test_clients_given_two_bootnodes_meet_on_one_and_fail_over_to_the_other(tmp_path):
+    """BOOTNODE=a,b: every member of a room starts at the bootnode the room's hash picks,
+    so they meet; when it dies they register at the other one, in the list's order, and
+    meet there, while their conversation goes on directly. Each bootnode's key is pinned
+    on its own (a failover to another key is not an impersonation)."""
+    from gochat.client.driver import bootnode_order
+
+    nodes = [Bootnode(extra=[*FAST_TIMERS, "--bootnode-key", str(tmp_path / f"boot{i}.key")]) for i in range(2)]
+    addresses = [n.address for n in nodes]
+    first = bootnode_order([(n.host, n.port) for n in nodes], "lobby")[0]
+    primary = next(n for n in nodes if (n.host, n.port) == first)
+    other = next(n for n in nodes if n is not primary)
+    listed = ",".join(addresses)
+    clients = [Client(listed, name, tmp_path) for name in ("alice", "bob")]
+    try:
+        _all_connected(clients)
+        for c in clients:
+            assert c.wait_event("registered")["room"] == "lobby"
+        primary.stop()
+        for c in clients:  # lost, then registered again: at the other bootnode
+            c.wait_event("bootnode_lost", timeout=15)
+            c.wait_for(lambda e: e["event"] == "registered" and e["again"], timeout=20, what="re-registered")
+        clients[0].say("still here")
+        clients[1].wait_event("message", text="still here")
+        carol = Client(listed, "carol", tmp_path)  # a newcomer finds them at the second bootnode
+        clients.append(carol)
+        carol.wait_event("peer_connected", name="alice", timeout=20)
+        carol.wait_event("peer_connected", name="bob", timeout=20)
+        pins = json.loads((tmp_path / "alice" / "known_bootnodes.json").read_text())["bootnodes"]
+        assert set(pins) == set(addresses) and len({p["key"] for p in pins.values()}) == 2
+        assert not any(e["event"] == "error" for c in clients for e in c.events)
+    finally:
+        for c in clients:
+            c.kill()
+        other.stop()

@@ -236,3 +236,22 @@ def test_random_bytes_as_env_or_state_files_give_one_line_and_a_defined_exit_cod
         r = run_cli("--mode", "bootnode", "--listen", "127.0.0.1:0", "--bootnode-key", str(key), env=env, cwd=tmp_path)
         assert r.returncode == 2
         _one_line_error(r.stderr, str(key))
+
+
+def test_a_list_of_bootnodes():
+    s = resolve({"mode": "client", "room": "r", "bootnode": "a.example:9595, b.example,[::1]:7"}, {}, None)
+    assert s.bootnodes == (("a.example", 9595), ("b.example", 9595), ("::1", 7)) and s.bootnode == ("a.example", 9595)
+    with pytest.raises(ConfigError, match="pins one bootnode"):
+        resolve({"mode": "client", "room": "r", "bootnode": "a:1,b:2", "bootnode_public_key": "ab" * 32}, {}, None)
+
+
+def test_every_member_of_a_room_orders_the_bootnodes_alike_and_rooms_spread():
+    from gochat.client.driver import bootnode_order
+
+    nodes = [("a", 1), ("b", 2), ("c", 3)]
+    assert bootnode_order(nodes, "lobby") == bootnode_order(list(nodes), "lobby")
+    orders = {tuple(bootnode_order(nodes, f"room{i}")) for i in range(60)}
+    assert len({o[0] for o in orders}) == 3  # rooms start at every bootnode
+    for o in orders:  # always the list's order, rotated
+        k = nodes.index(o[0])
+        assert list(o) == nodes[k:] + nodes[:k]

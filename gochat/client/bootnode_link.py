@@ -97,6 +97,8 @@ class BootnodeLink:
         # The bootnode's static public key: pinned, or learned from its first COOKIE.
         self.bootnode_key: bytes | None = None
         self.learned_key: bytes | None = None  # learned on first use: for the driver to remember
+        self.learned_at: wire.Endpoint = bootnode  # the address that presented learned_key
+        self._pins: dict[wire.Endpoint, tuple[bytes, str, str]] = {}  # address -> (key, where, unpin)
         self._pinned_where = "the key it presented earlier"  # where the expected key came from
         self._unpin = "restart the client"  # what to do when the bootnode's key really changed
         self._proof_key: bytes | None = None
@@ -166,11 +168,29 @@ class BootnodeLink:
 
     # --- the bootnode's key ------------------------------------------------------
 
-    def pin_bootnode_key(self, key: bytes, where: str, unpin: str) -> None:
-        """Accept only ``key`` from this bootnode. If it presents another, the error says
-        ``where`` the pin came from and how to ``unpin`` it."""
-        self._pinned_where, self._unpin = where, unpin
-        self._use_key(key)
+    def pin_bootnode_key(self, key: bytes, where: str, unpin: str, address: wire.Endpoint | None = None) -> None:
+        """Accept only ``key`` from the bootnode at ``address`` (the current one when None).
+        If it presents another, the error says ``where`` the pin came from and how to
+        ``unpin`` it. Several bootnodes have a pin each."""
+        address = self.bootnode if address is None else address
+        self._pins[address] = (key, where, unpin)
+        if address == self.bootnode:
+            self._pinned_where, self._unpin = where, unpin
+            self._use_key(key)
+
+    def _switch_to(self, address: wire.Endpoint) -> None:
+        """Register with another address of the bootnode list: its own pin (or none: its
+        key is learned on first use), its own cookie."""
+        if address == self.bootnode:
+            return
+        self.bootnode = address
+        self.cookie = bytes(16)
+        self._cookie_rounds = 0
+        self.bootnode_key, self._proof_key = None, None
+        pin = self._pins.get(address)
+        if pin is not None:
+            self._pinned_where, self._unpin = pin[1], pin[2]
+            self._use_key(pin[0])
 
     def _use_key(self, key: bytes) -> bool:
         if self._static_private is None:
@@ -189,7 +209,8 @@ class BootnodeLink:
         if self.bootnode_key is None:
             if not self._use_key(key):
                 return False
-            self.learned_key = key
+            self.learned_key, self.learned_at = key, self.bootnode
+            self._pins[self.bootnode] = (key, "the key it presented earlier", "restart the client")
             return True
         if key == self.bootnode_key:
             return True
@@ -376,8 +397,8 @@ class BootnodeLink:
                     )
                 )
             self._check_lost(now)
-            if len(self.addresses) > 1:  # unanswered here: the next address of the name
-                self.bootnode = self.addresses[(self.addresses.index(self.bootnode) + 1) % len(self.addresses)]
+            if len(self.addresses) > 1:  # unanswered here: the next address (of the name, or bootnode)
+                self._switch_to(self.addresses[(self.addresses.index(self.bootnode) + 1) % len(self.addresses)])
             self._register(now, new_request=False)
         elif self.state == REGISTERED:
             if self._check_lost(now):

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import hashlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gochat import events as ev
+from gochat.client.bootnode_link import room_id_for
 from gochat.client.known_bootnodes import FILE_NAME as KNOWN_BOOTNODES_FILE
 from gochat.client.known_bootnodes import KnownBootnodes
 from gochat.client.room import RoomClient
@@ -55,6 +57,16 @@ class ClientConfig:
     name_chosen: bool = True
     bell: bool = True  # terminal UI: ring the bell on a mention of our name or a private message
     history: bool = True  # terminal UI: keep the room's conversation on disk (beside the trust files)
+    # More bootnodes serving the same rooms (BOOTNODE=a:9595,b:9595): the room's hash picks
+    # where all its members start, the list's order is the failover order.
+    more_bootnodes: tuple[tuple[str, int], ...] = ()
+
+
+def bootnode_order(bootnodes: Sequence[tuple[str, int]], room: str) -> list[tuple[str, int]]:
+    """The bootnodes in the order this room's members try them: the same list for every
+    member, starting at one picked by hashing the room id, so that they meet."""
+    start = int.from_bytes(hashlib.sha256(room_id_for(room)).digest()[:4], "big") % len(bootnodes)
+    return [*bootnodes[start:], *bootnodes[:start]]
 
 
 def resolve_bootnode(host: str, port: int) -> tuple[int, list[tuple[str, int]]]:
@@ -111,7 +123,15 @@ class ClientDriver:
         self.finished = asyncio.Event()
 
     async def start(self) -> None:
-        family, addresses = resolve_bootnode(*self.config.bootnode)
+        family, addresses = socket.AF_INET, []
+        self._names: dict[tuple[str, int], str] = {}  # address -> the bootnode as configured (its pin's name)
+        for configured in bootnode_order([self.config.bootnode, *self.config.more_bootnodes], self.config.room):
+            its_family, its_addresses = resolve_bootnode(*configured)
+            family = socket.AF_INET6 if socket.AF_INET6 in (family, its_family) else family
+            for address in its_addresses:
+                if address not in self._names:
+                    self._names[address] = format_endpoint(configured)
+                    addresses.append(address)
         try:
             try:
                 sock = self._bind(family)
@@ -163,16 +183,17 @@ class ClientDriver:
         self._after_input()
 
     def _pin_bootnode_key(self) -> None:
-        """The bootnode's key from the setting, or as remembered for its address."""
-        address = format_endpoint(self.config.bootnode)
-        if self.config.bootnode_public_key is not None:
-            self.machine.link.pin_bootnode_key(
-                self.config.bootnode_public_key, "set by BOOTNODE_PUBLIC_KEY", "change that setting"
-            )
-            return
-        key = self.known_bootnodes.get(address)
-        if key is not None:
-            self.machine.link.pin_bootnode_key(key, *self._pin_text(address))
+        """Each bootnode's key from the setting, or as remembered for it."""
+        link = self.machine.link
+        for address, name in self._names.items():
+            if self.config.bootnode_public_key is not None:  # (one bootnode only: the settings check)
+                link.pin_bootnode_key(
+                    self.config.bootnode_public_key, "set by BOOTNODE_PUBLIC_KEY", "change that setting", address
+                )
+                continue
+            key = self.known_bootnodes.get(name)
+            if key is not None:
+                link.pin_bootnode_key(key, *self._pin_text(name), address)
 
     def _pin_text(self, address: str) -> tuple[str, str]:
         path = self.known_bootnodes.path
@@ -182,14 +203,16 @@ class ClientDriver:
         """Trust on first use: the key the bootnode presented first is kept for its address."""
         link = self.machine.link
         link.learned_key = None
-        address = format_endpoint(self.config.bootnode)
+        address = self._names.get(link.learned_at, format_endpoint(link.learned_at))
         try:
             self.known_bootnodes.remember(address, key)
         except OSError as exc:
             log.warning("cannot remember the key of bootnode %s: %s", address, exc)
             return
         log.info("bootnode %s has the key %s (remembered in %s)", address, key.hex(), self.known_bootnodes.path)
-        link.pin_bootnode_key(key, *self._pin_text(address))
+        for other, name in self._names.items():  # every address of that bootnode
+            if name == address:
+                link.pin_bootnode_key(key, *self._pin_text(address), other)
 
     # --- inputs ---------------------------------------------------------------------
 
