@@ -255,3 +255,27 @@ def test_every_member_of_a_room_orders_the_bootnodes_alike_and_rooms_spread():
     for o in orders:  # always the list's order, rotated
         k = nodes.index(o[0])
         assert list(o) == nodes[k:] + nodes[:k]
+
+
+def test_a_name_with_several_addresses_is_ordered_alike_by_every_member():
+    """Round-robin DNS gives each client its own order; the room's hash does not. A list
+    of names keeps each name's addresses together, IPv4 first."""
+    import socket as socket_module
+
+    from gochat.client.driver import bootnode_addresses
+
+    answers = [("198.51.100.3", 9595), ("198.51.100.1", 9595), ("2001:db8::1", 9595), ("198.51.100.2", 9595)]
+
+    def rotating(host, port):
+        answers.append(answers.pop(0))  # a resolver that rotates its answers
+        family = socket_module.AF_INET6 if host == "boot.example" else socket_module.AF_INET
+        return family, list(answers) if host == "boot.example" else [("192.0.2.9", port)]
+
+    results = [bootnode_addresses([("boot.example", 9595), ("other.example", 1)], "lobby", rotating) for _ in range(4)]
+    assert all(r == results[0] for r in results)
+    family, addresses, names = results[0]
+    assert family == socket_module.AF_INET6 and len(addresses) == 5
+    mine = [a for a in addresses if names[a] == "boot.example:9595"]
+    assert [":" in a[0] for a in mine] == [False, False, False, True]  # IPv4 first, rotated, then IPv6
+    firsts = {bootnode_addresses([("boot.example", 9595)], f"room{i}", rotating)[1][0] for i in range(40)}
+    assert len(firsts) == 3  # rooms start at every machine behind the name

@@ -62,9 +62,32 @@ class ClientConfig:
     more_bootnodes: tuple[tuple[str, int], ...] = ()
 
 
+def bootnode_addresses(
+    bootnodes: Sequence[tuple[str, int]],
+    room: str,
+    resolve: Callable[[str, int], tuple[int, list[tuple[str, int]]]] = lambda host, port: resolve_bootnode(host, port),
+) -> tuple[int, list[tuple[str, int]], dict[tuple[str, int], str]]:
+    """(socket family, every address to try in order, address -> the bootnode as
+    configured) for this room. A name with several machines behind it is ordered by the
+    room's hash too (sorted first: resolvers rotate their answers), IPv4 before IPv6."""
+    family, addresses, names = socket.AF_INET, [], {}
+    for configured in bootnode_order(bootnodes, room):
+        its_family, its_addresses = resolve(*configured)
+        family = socket.AF_INET6 if socket.AF_INET6 in (family, its_family) else family
+        ipv4 = sorted(a for a in its_addresses if ":" not in a[0])
+        ipv6 = sorted(a for a in its_addresses if ":" in a[0])
+        for address in [*bootnode_order(ipv4, room), *bootnode_order(ipv6, room)]:
+            if address not in names:
+                names[address] = format_endpoint(configured)
+                addresses.append(address)
+    return family, addresses, names
+
+
 def bootnode_order(bootnodes: Sequence[tuple[str, int]], room: str) -> list[tuple[str, int]]:
     """The bootnodes in the order this room's members try them: the same list for every
     member, starting at one picked by hashing the room id, so that they meet."""
+    if not bootnodes:
+        return []
     start = int.from_bytes(hashlib.sha256(room_id_for(room)).digest()[:4], "big") % len(bootnodes)
     return [*bootnodes[start:], *bootnodes[:start]]
 
@@ -123,15 +146,8 @@ class ClientDriver:
         self.finished = asyncio.Event()
 
     async def start(self) -> None:
-        family, addresses = socket.AF_INET, []
-        self._names: dict[tuple[str, int], str] = {}  # address -> the bootnode as configured (its pin's name)
-        for configured in bootnode_order([self.config.bootnode, *self.config.more_bootnodes], self.config.room):
-            its_family, its_addresses = resolve_bootnode(*configured)
-            family = socket.AF_INET6 if socket.AF_INET6 in (family, its_family) else family
-            for address in its_addresses:
-                if address not in self._names:
-                    self._names[address] = format_endpoint(configured)
-                    addresses.append(address)
+        bootnodes = [self.config.bootnode, *self.config.more_bootnodes]
+        family, addresses, self._names = bootnode_addresses(bootnodes, self.config.room)
         try:
             try:
                 sock = self._bind(family)
@@ -289,13 +305,9 @@ class ClientDriver:
         previous = self.known.get(name)
         status = self.known.remember(name, key)
         verified = status == KnownPeers.KNOWN and previous is not None and previous.get("verified")
+        # A known name with another key stays a loud key change even when the known key is
+        # still here: an impostor joining beside the real one would look just the same.
         namesakes = [p for p in self.machine.peers.values() if p.name == name and p.key != key]
-        if (
-            status == KnownPeers.CHANGED
-            and previous is not None
-            and any(p.key.hex() == previous["key"] for p in namesakes)
-        ):
-            status = KnownPeers.NEW  # the bob we know is here too: this is another bob, not his new key
         if before is not None:
             self.sink(dataclasses.replace(before, trust="verified" if verified else status))
         if name == self.config.name:
