@@ -952,3 +952,28 @@ def test_without_a_discovery_port_nothing_is_claimed():
     a = w.add_client("alice", "198.51.100.10")
     w.run_for(10)
     assert not w.kinds("alice", ev.NatMapping) and a._nat is not None and a._nat.target is None
+
+
+def test_a_responder_that_quits_before_its_keys_are_confirmed_still_says_bye():
+    """Bob answered alice's initiation, but her confirming packet has not reached him when
+    he quits: his bye goes on the new keys anyway, and alice shows him gone at once (not
+    15 s later, from his silence, as she had to when only confirmed keys could carry it)."""
+    ka, kb = _keys_with(alice_initiates=True)
+    w = SimWorld()
+    w.start_bootnode()
+    bob_ip = "198.51.100.20"
+
+    def no_transport_to_bob(src, dst, data):
+        return not (dst[0] == bob_ip and pw.is_peer_datagram(data) and data[2] == pw.PeerType.TRANSPORT)
+
+    w.filter = no_transport_to_bob
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", bob_ip, key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob"), limit=5)
+    assert b.peers[a.public_key].state.value == "handshaking"  # alice's confirmation never arrived
+    quit_at = w.now
+    b.quit(w.now)
+    w._drain(b, (bob_ip, 4545))
+    w.run_until(lambda: w.kinds("alice", ev.PeerLeft), limit=30)
+    (left,) = w.kinds("alice", ev.PeerLeft)
+    assert left.reason == "quit" and w.now - quit_at < 1.0

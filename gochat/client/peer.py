@@ -136,6 +136,7 @@ class Peer:
         self.failures = 0  # punch series or handshakes that ended without a session, in a row
         self._retry_due: float | None = None  # UNREACHABLE / FAILED: when to look again
         self._names_check_due: float | None = None  # an announced rename waits this long for its proof
+        self._next_source: Endpoint | None = None  # responder: where the latest answered initiation came from
         self._reported: str | None = None  # the last failure told to the user (told once)
         self._start_punching(now)
         # handshake in flight (initiator side)
@@ -276,6 +277,7 @@ class Peer:
             name=name,
         )
         self.ctx.send(pw.encode_handshake_resp(index, init.sender_index, noise), source)
+        self._next_source = source  # where the initiator is, before its confirmation moves the path
         self.last_sent = now
         if self.state is CONNECTED and self.remote_epoch is not None and epoch != self.remote_epoch:
             # A new epoch: what we would send until the initiator confirms (a round trip)
@@ -501,10 +503,22 @@ class Peer:
         self.ctx.undelivered(self, ref, text.decode("utf-8"), reason)  # we encoded it
 
     def bye(self, now: float) -> None:
-        """Tell the peer we leave (twice: it is not acknowledged)."""
+        """Tell the peer we leave (twice: it is not acknowledged). A responder whose new keys
+        the initiator has not confirmed yet says it on those keys, to where the initiation
+        came from: the initiator holds them if our response reached it (and nobody else
+        can read them), so it learns of the leave now rather than from our silence."""
         if self.state is CONNECTED:
             self._send_frame(pw.BYE_FRAME, now)
             self._send_frame(pw.BYE_FRAME, now)
+        elif self.next_keypair is not None and self._next_source is not None:
+            kp = self.next_keypair
+            for _ in range(2):
+                ad = pw.transport_ad(kp.remote_index, kp.keys.send_counter)
+                try:
+                    _, ciphertext = kp.keys.encrypt(pw.BYE_FRAME, ad, now)
+                except TransportError:
+                    return
+                self.ctx.send(ad + ciphertext, self._next_source)
 
     def leave(self, reason: str) -> None:
         if self.state is GONE:
