@@ -249,23 +249,24 @@ CHAOS_SETTINGS = settings(
 )
 
 
+# One scenario space for both promises: two to four members behind any cone NAT, a
+# seed, up to twenty steps of typing, waiting and faults.
+SCENARIOS = {
+    "nats": st.lists(st.sampled_from(CONES), min_size=2, max_size=4),
+    "seed": st.integers(0, 2**16),
+    "actions": st.lists(_actions(faults=True), max_size=20),
+}
+
+
 @CHAOS_SETTINGS
-@given(
-    nats=st.lists(st.sampled_from(CONES), min_size=2, max_size=4),
-    seed=st.integers(0, 2**16),
-    actions=st.lists(_actions(faults=True), max_size=20),
-)
+@given(**SCENARIOS)
 def test_messages_arrive_once_in_order_or_are_reported(nats, seed, actions):
     chaos = _run(nats, seed, actions)
     chaos.check_delivery()
 
 
 @CHAOS_SETTINGS
-@given(
-    nats=st.lists(st.sampled_from(CONES), min_size=2, max_size=4),
-    seed=st.integers(0, 2**16),
-    actions=st.lists(_actions(faults=True), max_size=20),
-)
+@given(**SCENARIOS)
 def test_membership_converges_after_the_faults_stop(nats, seed, actions):
     chaos = _run(nats, seed, actions)
     chaos.check_membership()

@@ -232,12 +232,7 @@ def test_bye_is_immediate_and_vanished_peer_times_out():
 
 @pytest.mark.parametrize("alice_initiates", [True, False])
 def test_restarted_peer_with_the_same_key_reconnects_and_messages_flow(alice_initiates):
-    ka, kb = _keys_with(alice_initiates)
-    w = SimWorld()
-    w.start_bootnode()
-    a = w.add_client("alice", "198.51.100.10", key=ka)
-    b = w.add_client("bob", "198.51.100.20", key=kb)
-    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w, a, b = _connected_pair(alice_initiates)
     w.send(a, "before")
     w.send(b, "before")
     w.run_until(lambda: texts(w, "bob") == ["before"] and texts(w, "alice") == ["before"], limit=5)
@@ -522,6 +517,17 @@ def _keys_with(alice_initiates: bool) -> tuple[bytes, bytes]:
     return (lower, higher) if alice_initiates else (higher, lower)
 
 
+def _connected_pair(alice_initiates: bool) -> tuple[SimWorld, object, object]:
+    """alice and bob on public addresses, connected, the given one initiating."""
+    ka, kb = _keys_with(alice_initiates)
+    w = SimWorld()
+    w.start_bootnode()
+    a = w.add_client("alice", "198.51.100.10", key=ka)
+    b = w.add_client("bob", "198.51.100.20", key=kb)
+    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    return w, a, b
+
+
 def _drop_peer(client, key, now):
     """What a room that takes the bootnode's PEER_LEFT at its word does: it drops the Peer
     (and builds a new one when the peer is announced again)."""
@@ -536,12 +542,7 @@ def test_a_peer_dropped_and_met_again_gets_every_message_or_a_report(alice_initi
     expires B and tells the room, and A drops its Peer for B. When B re-registers, A
     builds a new Peer, whose sequence numbers and handshake numbers start over while B
     remembers the old ones: the new epoch in the handshake makes B start over too."""
-    ka, kb = _keys_with(alice_initiates)
-    w = SimWorld()
-    w.start_bootnode()
-    a = w.add_client("alice", "198.51.100.10", key=ka)
-    b = w.add_client("bob", "198.51.100.20", key=kb)
-    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w, a, b = _connected_pair(alice_initiates)
     for i in range(5):
         w.send(a, f"before {i}")
         w.send(b, f"before {i}")
@@ -646,12 +647,7 @@ def test_a_message_whose_acks_were_lost_is_not_shown_twice_when_the_peer_starts_
     and makes a new one (a new epoch). Bob cannot know whether her old record showed the
     message: he reports it undelivered rather than send it to her new one, and what he
     types from then on arrives."""
-    ka, kb = _keys_with(alice_initiates)
-    w = SimWorld()
-    w.start_bootnode()
-    a = w.add_client("alice", "198.51.100.10", key=ka)
-    b = w.add_client("bob", "198.51.100.20", key=kb)
-    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w, a, b = _connected_pair(alice_initiates)
     reports = _record_undelivered(b)
     alice = w.endpoint_of(a)
     w.filter = lambda src, dst, data: not (src == alice and pw.is_peer_datagram(data))  # her ACKs are lost
@@ -718,12 +714,7 @@ def test_a_captured_punch_replayed_from_elsewhere_gets_nothing_and_restarts_noth
     stranger's address and from bob's own: alice answers neither and starts no
     handshake (before punches had a clock, she answered both and, as the initiator,
     sent the stranger a handshake initiation)."""
-    ka, kb = _keys_with(alice_initiates)
-    w = SimWorld()
-    w.start_bootnode()
-    a = w.add_client("alice", "198.51.100.10", key=ka)
-    b = w.add_client("bob", "198.51.100.20", key=kb)
-    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w, a, b = _connected_pair(alice_initiates)
     _, src, _, captured = next(p for p in _punches(w, "198.51.100.20", "198.51.100.10") if not p[3][3])
     w.run_for(20)  # long past the freshness window
     since = w.now
@@ -848,12 +839,7 @@ def test_a_rename_is_proved_in_a_new_handshake_and_shown_as_a_rename(alice_initi
     """/nick: the bootnode announces the new name (a hint) and each session proves it in a
     new handshake, whichever side initiates; the others see one rename, no mismatch
     warning, and the chat goes on under the new name without restarting anything."""
-    ka, kb = _keys_with(alice_initiates)
-    w = SimWorld()
-    w.start_bootnode()
-    a = w.add_client("alice", "198.51.100.10", key=ka)
-    b = w.add_client("bob", "198.51.100.20", key=kb)
-    w.run_until(lambda: connected(w, "alice", "bob") and connected(w, "bob", "alice"), limit=5)
+    w, a, b = _connected_pair(alice_initiates)
     w.send(a, "before")
     w.run_until(lambda: texts(w, "bob") == ["before"], limit=5)
     a.rename("alicia", w.now)

@@ -23,7 +23,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_server
 from prometheus_client.registry import Collector
 
 from gochat import __version__
-from gochat.wire.control import RefuseReason
+from gochat.wire.control import DECODE_REASONS, RefuseReason
 
 
 @dataclass(frozen=True)
@@ -150,15 +150,7 @@ SERIES: tuple[Series, ...] = (
 )
 
 # Counters with a reason label: every reason is exposed from the start.
-MALFORMED_REASONS = (
-    "truncated",
-    "oversized",
-    "bad_magic",
-    "bad_version",
-    "unknown_type",
-    "trailing_bytes",
-    "bad_field",
-)
+MALFORMED_REASONS = DECODE_REASONS
 REFUSED_REASONS = tuple(r.name.lower() for r in RefuseReason)
 LABELLED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("gochat_malformed", "Datagrams dropped as malformed, by reason.", "malformed", MALFORMED_REASONS),

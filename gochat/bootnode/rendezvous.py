@@ -160,14 +160,9 @@ class Rendezvous:
         if not stun.is_stun(data):
             self.stats["stun.dropped"] += 1
             return []
-        if not self._stun_rate.allow(addr[0], now)[0]:
-            self.stats["stun.rate_limited"] += 1
-            return []
-        reply = stun.answer_binding(data, addr)
-        self.stats["stun.second_port" if reply is not None else "stun.dropped"] += 1
-        return [Send(reply, addr)] if reply is not None else []
+        return self._on_stun(data, addr, now, second_port=True)
 
-    def _on_stun(self, data: bytes, addr: tuple, now: float) -> list[Action]:
+    def _on_stun(self, data: bytes, addr: tuple, now: float, second_port: bool = False) -> list[Action]:
         """A STUN Binding request (RFC 8489) gets the source's reflexive address (RFC 3489
         ones, without the magic cookie, are not STUN here: malformed.bad_magic). Its reply
         is larger than the smallest request (32 or 44 bytes for 20, 1.6x and 2.2x), so
@@ -175,11 +170,12 @@ class Rendezvous:
         if not self._stun_rate.allow(addr[0], now)[0]:
             self.stats["stun.rate_limited"] += 1
             return []
-        reply = stun.answer_binding(data, addr, self.stun_other)
+        reply = stun.answer_binding(data, addr, None if second_port else self.stun_other)
         if reply is None:
             self.stats["stun.dropped"] += 1
             return []
-        self.stats["stun.error_420" if reply[:2] == b"\x01\x11" else "stun.binding"] += 1
+        outcome = "second_port" if second_port else "error_420" if reply[:2] == b"\x01\x11" else "binding"
+        self.stats[f"stun.{outcome}"] += 1
         return [Send(reply, addr)]
 
     def get_timer(self, now: float) -> float:

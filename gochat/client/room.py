@@ -40,7 +40,6 @@ from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import data as pw
 from gochat.wire import stun
-from gochat.wire.constants import ROOM_DIGEST_SIZE_bytes
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint
 
@@ -235,18 +234,11 @@ class RoomClient:
 
     # --- the bootnode's view of the room ------------------------------------------
 
-    def _roster_digest(self) -> bytes:
-        """What the bootnode's HEARTBEAT_ACK says if we heard every announcement: the XOR
-        of the first 8 bytes of each member's key, ours included."""
-        d = int.from_bytes(self.public_key[:ROOM_DIGEST_SIZE_bytes], "little")
-        for key in self._roster:
-            d ^= int.from_bytes(key[:ROOM_DIGEST_SIZE_bytes], "little")
-        return d.to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
-
     def _check_roster(self, digest: bytes, now: float) -> None:
         """UDP lost an announcement if the digest differs twice in a row (once may be an
         announcement still on its way): ask for the list again."""
-        if digest == self._roster_digest():
+        # what the bootnode's digest is if we heard every announcement (ours included)
+        if digest == wire.room_digest([self.public_key, *self._roster]):
             self._digest_misses = 0
             return
         self._digest_misses += 1

@@ -57,6 +57,19 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
+# Every ``DecodeError.reason`` the decoders raise (docs/PROTOCOL.md, section 6).
+DECODE_REASONS = ("truncated", "oversized", "bad_magic", "bad_version", "unknown_type", "trailing_bytes", "bad_field")
+
+
+def room_digest(keys: Iterable[bytes]) -> bytes:
+    """A room's membership digest, as HEARTBEAT_ACK carries it: the bytewise XOR of the
+    first ROOM_DIGEST_SIZE_bytes of every member's public key."""
+    d = 0
+    for key in keys:
+        d ^= int.from_bytes(key[:ROOM_DIGEST_SIZE_bytes], "little")
+    return d.to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
+
+
 class MsgType(enum.IntEnum):
     """Control-plane message types; the values are those of gochat.wire.constants."""
 
