@@ -45,6 +45,15 @@ INLINE_CARD_bytes = 64
 MAX_BATCHES_PER_WAKEUP = 64
 DEFAULT_BATCH_WAIT_s = 0.001  # after a short batch, let datagrams gather this long (BATCH_WAIT)
 
+# Relay (the bootnode forwards peers' encrypted datagrams when they cannot punch). A chat
+# needs little: 64 KiB/s per binding with a 256 KiB burst carries a 64 KiB message at
+# once; 100 Mbit/s in all keeps a small server's uplink for its other work.
+DEFAULT_RELAY_RATE_bytes = 64 * 1024
+DEFAULT_RELAY_BURST_bytes = 256 * 1024
+DEFAULT_RELAY_TOTAL_RATE_bytes = 12_500_000
+DEFAULT_RELAY_BINDINGS_PER_IP = 32  # a NAT with an office behind it fits
+DEFAULT_RELAY_MAX_BINDINGS = 100_000
+
 # Timing wheel granularity. A power of two in milliseconds so that the 32-bit
 # millisecond clock wraps onto the same wheel slot sequence.
 WHEEL_TICK_ms = 128

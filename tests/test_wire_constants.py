@@ -43,6 +43,12 @@ REFERENCE = {
     "PUBLIC_KEY_SIZE": W.PUBLIC_KEY_SIZE_bytes,
     "BUF_SIZE": C.DATAGRAM_BUFFER_bytes,
     "BATCH_SIZE": C.BATCH_SIZE,
+    "T_RELAY": W.T_RELAY,
+    "T_RELAYED": W.T_RELAYED,
+    "T_RELAY_REFUSED": W.T_RELAY_REFUSED,
+    "RELAY_OVERHEAD": W.RELAY_OVERHEAD_bytes,
+    "FAMILY_RELAY": W.FAMILY_RELAY,
+    "MAX_DATAGRAM": W.MAX_DATAGRAM_bytes,
 }
 
 
@@ -102,6 +108,11 @@ def test_codec_struct_sizes_follow_the_constants():
     assert len(control.encode(challenge)) == W.REBIND_CHALLENGE_SIZE_bytes == W.HEARTBEAT_SIZE_bytes
     assert len(CookieJar(b"k" * 32).make(("127.0.0.1", 1), 0.0)) == W.COOKIE_SIZE_bytes
     assert C.DATAGRAM_BUFFER_bytes > W.MAX_DATAGRAM_bytes
+    assert W.RELAY_OVERHEAD_bytes == W.HEADER_SIZE_bytes + W.TOKEN_SIZE_bytes + W.RELAY_ID_SIZE_bytes == 24
+    assert W.RELAYED_OVERHEAD_bytes == W.RELAY_OVERHEAD_bytes - W.TOKEN_SIZE_bytes
+    assert W.RELAY_ID_SIZE_bytes == W.TOKEN_INDEX_SIZE_bytes + W.RELAY_NONCE_SIZE_bytes
+    refused = control.RelayRefused(control.RelayRefuseReason.BUSY, 5, bytes(W.RELAY_ID_SIZE_bytes))
+    assert len(control.encode(refused)) == W.RELAY_REFUSED_SIZE_bytes == 17 < W.RELAY_OVERHEAD_bytes + 1
 
 
 def test_wheel_tick_is_a_power_of_two():
@@ -123,8 +134,9 @@ def test_compiled_layout():
     got = _cython().CONSTANTS
     assert got["CARD_CELL"] == C.INLINE_CARD_bytes
     # secret, address (16), port (2), card length, expiring flag, last heartbeat (4),
-    # wheel links, room index and room links (5 x 4): 52 bytes, aligned to 8
-    assert got["SLOT_SIZE"] == 56
+    # wheel links, room index and room links (5 x 4): 52 bytes; the relay binding's
+    # nonce (4), bucket refill time (4), bucket (8) and last refusal (4): 72, aligned to 8
+    assert got["SLOT_SIZE"] == 72
     # room id, room tag, head (4), count (4), membership digest (8)
     assert got["ROOM_SIZE"] == W.ROOM_ID_SIZE_bytes + W.ROOM_TAG_SIZE_bytes + 4 + 4 + W.ROOM_DIGEST_SIZE_bytes == 40
 

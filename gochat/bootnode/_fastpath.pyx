@@ -91,6 +91,23 @@ cdef enum:
     TICK_SHIFT = 7             # WHEEL_TICK_ms == 1 << TICK_SHIFT (128 ms)
     TICK_SPACE_MASK = 0x1FFFFFF  # 2**32 ms >> TICK_SHIFT: tick numbers wrap together with the clock
     BATCH_SIZE = 64            # BATCH_SIZE: the default recvmmsg/sendmmsg batch
+    T_RELAY = 0x0E             # wire: T_RELAY
+    T_RELAYED = 0x0F           # wire: T_RELAYED
+    T_RELAY_REFUSED = 0x10     # wire: T_RELAY_REFUSED
+    RELAY_OVERHEAD = 24        # wire: RELAY_OVERHEAD_bytes (header, token, relay id)
+    RELAY_ID_SIZE = 8          # wire: RELAY_ID_SIZE_bytes
+    FAMILY_RELAY = 0x52        # wire: FAMILY_RELAY
+    MAX_DATAGRAM = 1200        # wire: MAX_DATAGRAM_bytes
+    # table.relay() outcomes; the positive ones are RELAY_REFUSED reasons (RelayRefuseReason)
+    RELAY_FORWARD = 0
+    RELAY_UNKNOWN_TOKEN = -1
+    RELAY_WRONG_SOURCE = -2
+    REFUSE_NOT_BOUND = 1
+    REFUSE_NO_SUCH_PEER = 2
+    REFUSE_RATE_LIMITED = 3
+    REFUSE_BUSY = 4
+    REFUSAL_INTERVAL_ms = 1000  # at most one RELAY_REFUSED per registration per second
+    MAX_REFILL_ms = 1048576     # refills are computed over at most this long
     NONE = -1
 
 cdef uint8_t V4_PREFIX[12]
@@ -118,6 +135,10 @@ ctypedef struct Slot:
     int32_t room         # index into rooms
     int32_t rprev        # room member list
     int32_t rnext
+    uint32_t relay_nonce # the relay binding's nonce (as its 4 bytes lie in memory); 0: not bound
+    uint32_t relay_ms    # when its token bucket was last refilled
+    uint32_t refused_ms  # when the last RELAY_REFUSED went to it, made odd (0: never)
+    uint64_t relay_tokens  # the bucket, in thousandths of a byte
 
 ctypedef struct Room:
     uint8_t id[ROOM_ID_SIZE]
@@ -152,6 +173,12 @@ CONSTANTS = {
     "TICK_SHIFT": TICK_SHIFT,
     "TICK_SPACE_MASK": TICK_SPACE_MASK,
     "BATCH_SIZE": BATCH_SIZE,
+    "T_RELAY": T_RELAY,
+    "T_RELAYED": T_RELAYED,
+    "T_RELAY_REFUSED": T_RELAY_REFUSED,
+    "RELAY_OVERHEAD": RELAY_OVERHEAD,
+    "FAMILY_RELAY": FAMILY_RELAY,
+    "MAX_DATAGRAM": MAX_DATAGRAM,
     "CARD_CELL": CARD_CELL,
     "SLOT_SIZE": sizeof(Slot),
     "ROOM_SIZE": sizeof(Room),
@@ -197,6 +224,8 @@ cdef class RegistrationTable:
     cdef int32_t *room_index
     cdef uint32_t room_index_mask
     cdef uint64_t key0, key1
+    cdef uint64_t relay_rate, relay_burst, total_rate, total_burst, total_tokens
+    cdef uint32_t total_ms
 
     def __cinit__(self, int capacity, double timeout_s, double now):
         cdef uint32_t ticks, w
@@ -235,6 +264,18 @@ cdef class RegistrationTable:
         self.rooms_free = NONE
         self.rooms_used = 0
         self._grow_rooms(64)
+        self.set_relay_limits(0, 0, 0, 0)
+
+    def set_relay_limits(self, uint64_t rate, uint64_t burst, uint64_t total_rate, uint64_t total_burst):
+        """Bytes per second and burst bytes each binding may relay, and all together (a
+        rate of 0: no limit). Buckets count thousandths of a byte: a millisecond refills
+        ``rate`` of them, exactly, in integers (as the twin does)."""
+        if max(rate, burst, total_rate, total_burst) > 0xFFFFFFFF:
+            raise ValueError("relay limits must be 0..2**32-1")
+        self.relay_rate, self.relay_burst = rate, burst
+        self.total_rate, self.total_burst = total_rate, total_burst
+        self.total_tokens = total_burst * 1000
+        self.total_ms = self.last_ms
 
     def __dealloc__(self):
         free(self.slots)
@@ -447,6 +488,10 @@ cdef class RegistrationTable:
         memcpy(s.addr, PyBytes_AS_STRING(key), 16)
         s.port = port
         s.expiring = 0
+        s.relay_nonce = 0
+        s.relay_tokens = 0
+        s.relay_ms = 0
+        s.refused_ms = 0
         if len(card) <= CARD_CELL:
             memcpy(self.cards + <size_t>i * CARD_CELL, PyBytes_AS_STRING(card), len(card))
             s.card_len = len(card)
@@ -498,6 +543,137 @@ cdef class RegistrationTable:
         s.wnext = self.free_head
         self.free_head = i
         self.used -= 1
+
+    # --- relay ----------------------------------------------------------------------
+
+    def bind_relay(self, int32_t i, bytes nonce, double now):
+        """Give registration ``i`` a relay binding named by ``nonce`` (4 bytes, not zero),
+        its bucket full."""
+        self._check(i)
+        cdef uint32_t v = 0
+        if len(nonce) == 4:
+            memcpy(&v, PyBytes_AS_STRING(nonce), 4)
+        if v == 0:
+            raise ValueError("a relay nonce is 4 bytes, not all zero")
+        cdef Slot *s = &self.slots[i]
+        s.relay_nonce = v
+        s.relay_tokens = self.relay_burst * 1000
+        s.relay_ms = self._clock(now)
+        s.refused_ms = 0
+
+    cdef inline void _relay_id(self, int32_t i, uint8_t *out) noexcept:
+        out[0] = (i >> 24) & 0xff
+        out[1] = (i >> 16) & 0xff
+        out[2] = (i >> 8) & 0xff
+        out[3] = i & 0xff
+        memcpy(out + 4, &self.slots[i].relay_nonce, 4)
+
+    def relay_id(self, int32_t i):
+        """The binding's relay id (slot index and nonce, 8 bytes), or b"" when unbound."""
+        self._check(i)
+        cdef uint8_t out[RELAY_ID_SIZE]
+        if self.slots[i].relay_nonce == 0:
+            return b""
+        self._relay_id(i, out)
+        return PyBytes_FromStringAndSize(<char *>out, RELAY_ID_SIZE)
+
+    cdef inline int _spend(self, uint64_t *tokens, uint32_t *last_ms, uint32_t now_ms, uint64_t rate,
+                           uint64_t burst, uint64_t cost, uint32_t *wait) noexcept:
+        """A token bucket step: 1 and the bucket spent, or 0, the bucket only refilled
+        and ``wait`` the ms until ``cost`` is there."""
+        cdef uint32_t elapsed = now_ms - last_ms[0]
+        cdef uint64_t t
+        if elapsed >= 0x80000000:
+            elapsed = 0
+        if elapsed > MAX_REFILL_ms:
+            elapsed = MAX_REFILL_ms
+        t = tokens[0] + <uint64_t>elapsed * rate
+        if t > burst * 1000:
+            t = burst * 1000
+        last_ms[0] = now_ms
+        if t >= cost:
+            tokens[0] = t - cost
+            return 1
+        tokens[0] = t
+        wait[0] = <uint32_t>((cost - t + rate - 1) // rate) if rate else REFUSAL_INTERVAL_ms
+        return 0
+
+    cdef inline int _relay_decision(self, int32_t i, const uint8_t *to, uint64_t cost, uint32_t now_ms,
+                                    uint32_t *value) noexcept:
+        """What to do with a RELAY from registration ``i`` (its source checked) to the
+        relay id ``to``: RELAY_FORWARD with the destination slot in ``value``, or a
+        refusal reason with the retry-after ms in ``value``. Spends the buckets."""
+        cdef Slot *s = &self.slots[i]
+        cdef Slot *d
+        cdef uint32_t j = (<uint32_t>to[0] << 24) | (<uint32_t>to[1] << 16) | (<uint32_t>to[2] << 8) | to[3]
+        cdef uint32_t nonce, wait = 0
+        cdef uint64_t before
+        if s.relay_nonce == 0:
+            value[0] = REFUSAL_INTERVAL_ms
+            return REFUSE_NOT_BOUND
+        memcpy(&nonce, to + 4, 4)
+        if j >= <uint32_t>self.high or <int32_t>j == i:
+            value[0] = REFUSAL_INTERVAL_ms
+            return REFUSE_NO_SUCH_PEER
+        d = &self.slots[j]
+        if d.secret == 0 or d.expiring or d.relay_nonce == 0 or d.relay_nonce != nonce or d.room != s.room:
+            value[0] = REFUSAL_INTERVAL_ms
+            return REFUSE_NO_SUCH_PEER
+        before = s.relay_tokens
+        if self.relay_rate:
+            if not self._spend(&s.relay_tokens, &s.relay_ms, now_ms, self.relay_rate, self.relay_burst, cost, &wait):
+                value[0] = wait
+                return REFUSE_RATE_LIMITED
+        if self.total_rate:
+            if not self._spend(&self.total_tokens, &self.total_ms, now_ms, self.total_rate, self.total_burst, cost, &wait):
+                if self.relay_rate:
+                    s.relay_tokens += cost  # not spent after all
+                value[0] = wait
+                return REFUSE_BUSY
+        value[0] = j
+        return RELAY_FORWARD
+
+    cdef inline int _relay_check(self, const uint8_t *token, const uint8_t *to, const uint8_t *addr16, uint16_t port,
+                                 uint32_t size, uint32_t now_ms, int32_t *src, uint32_t *value, int *tell) noexcept:
+        """table.relay() without Python objects (the fast path's)."""
+        cdef int32_t i = self._index_of(token)
+        cdef int code
+        cdef Slot *s
+        tell[0] = 0
+        src[0] = i
+        if i == NONE:
+            return RELAY_UNKNOWN_TOKEN
+        s = &self.slots[i]
+        if port != s.port or memcmp(addr16, s.addr, 16) != 0:
+            return RELAY_WRONG_SOURCE
+        code = self._relay_decision(i, to, <uint64_t>size * 1000, now_ms, value)
+        if code == RELAY_FORWARD:
+            self._touch(i, now_ms)
+            return code
+        if s.refused_ms == 0 or (now_ms - s.refused_ms) >= REFUSAL_INTERVAL_ms:
+            s.refused_ms = now_ms | 1
+            tell[0] = 1
+        return code
+
+    def relay(self, bytes token, bytes to, tuple addr, int size, double now):
+        """Decide a RELAY of ``size`` bytes (the whole datagram) from ``addr``: returns
+        (code, sender slot, destination slot or retry-after ms, whether to send a
+        RELAY_REFUSED now). Code RELAY_FORWARD spends the buckets and refreshes the
+        sender's registration (relayed datagrams keep a binding alive, as heartbeats do)."""
+        cdef int32_t src = NONE
+        cdef uint32_t value = 0
+        cdef int tell = 0, code
+        if len(token) != TOKEN_SIZE or len(to) != RELAY_ID_SIZE:
+            return (RELAY_UNKNOWN_TOKEN, -1, 0, False)
+        key, port = endpoint_key(addr)
+        code = self._relay_check(<const uint8_t *>PyBytes_AS_STRING(token), <const uint8_t *>PyBytes_AS_STRING(to),
+                                 <const uint8_t *>PyBytes_AS_STRING(key), port, size, self._clock(now),
+                                 &src, &value, &tell)
+        if code == RELAY_UNKNOWN_TOKEN:
+            return (code, -1, 0, False)
+        if code == RELAY_WRONG_SOURCE:
+            return (code, src, 0, False)
+        return (code, src, value, bool(tell))
 
     def token(self, int32_t i):
         self._check(i)
@@ -597,6 +773,11 @@ cdef class RegistrationTable:
         k += 2
         memcpy(out + k, card + name_end + 1, n - name_end - 1)
         k += n - name_end - 1
+        if s.relay_nonce != 0:
+            out[name_end] += 1
+            out[k] = FAMILY_RELAY
+            self._relay_id(i, out + k + 1)
+            k += 1 + RELAY_ID_SIZE
         return PyBytes_FromStringAndSize(<char *>out, k)
 
     def room_of(self, int32_t i):
@@ -785,6 +966,8 @@ cdef class FastPath:
     cdef readonly bint drained
     cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_new_source, c_passed
     cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
+    cdef uint64_t c_relayed, c_relayed_bytes, c_relay_unknown, c_relay_wrong_source, c_refusals_sent
+    cdef uint64_t c_refused[5]   # by reason (1..4)
 
     def __cinit__(self, sock, RegistrationTable table, int batch_size=BATCH_SIZE):
         self.sock = sock
@@ -809,6 +992,15 @@ cdef class FastPath:
             "send_errors": self.c_send_errors,
             "recv_errors": self.c_recv_errors,
             "batches": self.c_batches,
+            "relayed": self.c_relayed,
+            "relayed_bytes": self.c_relayed_bytes,
+            "relay_unknown_token": self.c_relay_unknown,
+            "relay_wrong_source": self.c_relay_wrong_source,
+            "relay_not_bound": self.c_refused[REFUSE_NOT_BOUND],
+            "relay_no_such_peer": self.c_refused[REFUSE_NO_SUCH_PEER],
+            "relay_rate_limited": self.c_refused[REFUSE_RATE_LIMITED],
+            "relay_busy": self.c_refused[REFUSE_BUSY],
+            "relay_refusals_sent": self.c_refusals_sent,
         }
 
     cdef inline void _tx_flush(self) noexcept:
@@ -843,6 +1035,58 @@ cdef class FastPath:
         cdef char *out = self.tx.bufs + <size_t>k * BUF_SIZE
         memcpy(out + HEARTBEAT_SIZE, &digest, ROOM_DIGEST_SIZE)
         self.tx.iov[k].iov_len = HEARTBEAT_ACK_SIZE
+
+    cdef inline void _relay(self, int i, const uint8_t *p, unsigned int ln, uint32_t now_ms) noexcept:
+        """A RELAY: forwarded as RELAYED (the sender's relay id replaces token and
+        destination: 12 bytes smaller) to the destination's endpoint, or refused."""
+        cdef RegistrationTable t = self.table
+        cdef uint8_t key[16]
+        cdef uint16_t port = 0
+        cdef int32_t src
+        cdef uint32_t value = 0
+        cdef int tell = 0, code, k
+        cdef char *out
+        cdef Slot *d
+        cdef socklen_t alen
+        if not sockaddr_key(&self.rx.addrs[i], key, &port):
+            memset(key, 0, 16)
+        code = t._relay_check(p + HEADER_SIZE, p + HEADER_SIZE + TOKEN_SIZE, key, port, ln, now_ms, &src, &value, &tell)
+        if code == RELAY_FORWARD:
+            d = &t.slots[value]
+            k = self._tx_slot()
+            if not fill_sockaddr(self.family, d.addr, d.port, &self.tx.addrs[k], &alen):
+                self.c_send_errors += 1
+                return
+            out = self.tx.bufs + <size_t>k * BUF_SIZE
+            out[0] = MAGIC
+            out[1] = VERSION
+            out[2] = T_RELAYED
+            out[3] = 0
+            t._relay_id(src, <uint8_t *>out + HEADER_SIZE)
+            memcpy(out + HEADER_SIZE + RELAY_ID_SIZE, p + RELAY_OVERHEAD, ln - RELAY_OVERHEAD)
+            self.tx.iov[k].iov_len = ln - TOKEN_SIZE
+            self.tx.msgs[k].msg_hdr.msg_namelen = alen
+            self.tx_count = k + 1
+            self.c_relayed += 1
+            self.c_relayed_bytes += ln - TOKEN_SIZE
+        elif code == RELAY_UNKNOWN_TOKEN:
+            self.c_relay_unknown += 1
+            self._queue_reply(i, T_UNKNOWN_TOKEN)
+        elif code == RELAY_WRONG_SOURCE:
+            self.c_relay_wrong_source += 1
+        else:
+            self.c_refused[code] += 1
+            if tell:
+                self.c_refusals_sent += 1
+                self._queue_reply(i, T_RELAY_REFUSED)
+                out = self.tx.bufs + <size_t>(self.tx_count - 1) * BUF_SIZE
+                out[HEADER_SIZE] = <char>code
+                out[HEADER_SIZE + 1] = (value >> 24) & 0xff
+                out[HEADER_SIZE + 2] = (value >> 16) & 0xff
+                out[HEADER_SIZE + 3] = (value >> 8) & 0xff
+                out[HEADER_SIZE + 4] = value & 0xff
+                memcpy(out + HEADER_SIZE + 5, p + HEADER_SIZE + TOKEN_SIZE, RELAY_ID_SIZE)
+                self.tx.iov[self.tx_count - 1].iov_len = HEADER_SIZE + 5 + RELAY_ID_SIZE
 
     def process_batch(self, double now):
         """One recvmmsg. Heartbeats from their registration's endpoint are handled here;
@@ -893,6 +1137,8 @@ cdef class FastPath:
                 if p[3] & FLAG_ACK_REQUESTED:
                     self.c_acks += 1
                     self._queue_ack(i, t.rooms[s.room].digest)
+            elif ln > RELAY_OVERHEAD and ln <= MAX_DATAGRAM and p[0] == MAGIC and p[1] == VERSION and p[2] == T_RELAY:
+                self._relay(i, p, ln, now_ms)
             else:
                 self.c_passed += 1
                 others.append((PyBytes_FromStringAndSize(<char *>p, min(ln, <unsigned int>BUF_SIZE)), sockaddr_tuple(&self.rx.addrs[i])))

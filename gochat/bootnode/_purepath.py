@@ -12,17 +12,24 @@ from typing import Any
 
 from gochat.constants import BATCH_SIZE, DATAGRAM_BUFFER_bytes, WHEEL_TICK_ms
 from gochat.wire.constants import (
+    FAMILY_RELAY,
     FLAG_ACK_REQUESTED,
     FLAG_REBIND,
     MAGIC,
     T_HEARTBEAT,
     T_HEARTBEAT_ACK,
+    T_RELAY,
+    T_RELAY_REFUSED,
+    T_RELAYED,
     T_UNKNOWN_TOKEN,
     VERSION,
     HEADER_SIZE_bytes,
     HEARTBEAT_ACK_SIZE_bytes,
     HEARTBEAT_SIZE_bytes,
+    MAX_DATAGRAM_bytes,
     PUBLIC_KEY_SIZE_bytes,
+    RELAY_NONCE_SIZE_bytes,
+    RELAY_OVERHEAD_bytes,
     ROOM_DIGEST_SIZE_bytes,
     ROOM_ID_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
@@ -66,7 +73,23 @@ CONSTANTS = {
     "TICK_SHIFT": TICK_SHIFT,
     "TICK_SPACE_MASK": TICK_SPACE_MASK,
     "BATCH_SIZE": BATCH_SIZE,
+    "T_RELAY": T_RELAY,
+    "T_RELAYED": T_RELAYED,
+    "T_RELAY_REFUSED": T_RELAY_REFUSED,
+    "RELAY_OVERHEAD": RELAY_OVERHEAD_bytes,
+    "FAMILY_RELAY": FAMILY_RELAY,
+    "MAX_DATAGRAM": MAX_DATAGRAM_bytes,
 }
+
+# What table.relay() decides (RELAY_REFUSED's reasons, gochat.wire.control.RelayRefuseReason,
+# are the positive codes).
+RELAY_FORWARD = 0
+RELAY_UNKNOWN_TOKEN = -1  # answered with UNKNOWN_TOKEN, as a heartbeat would be
+RELAY_WRONG_SOURCE = -2  # not from the registration's endpoint: dropped
+REFUSE_NOT_BOUND, REFUSE_NO_SUCH_PEER, REFUSE_RATE_LIMITED, REFUSE_BUSY = 1, 2, 3, 4
+REFUSAL_INTERVAL_ms = 1000  # a registration gets at most one RELAY_REFUSED per second
+_MAX_REFILL_ms = 1 << 20  # refills are computed over at most this long (no overflow in C)
+_NO_NONCE = bytes(RELAY_NONCE_SIZE_bytes)
 
 
 class TableFull(Exception):
@@ -83,7 +106,19 @@ def _after_or_equal(a: int, b: int) -> bool:
 
 
 class _Registration:
-    __slots__ = ("addr", "card", "expiring", "last_ms", "port", "room_id", "secret")
+    __slots__ = (
+        "addr",
+        "card",
+        "expiring",
+        "last_ms",
+        "port",
+        "refused_ms",
+        "relay_ms",
+        "relay_nonce",
+        "relay_tokens",
+        "room_id",
+        "secret",
+    )
 
     def __init__(self, secret: bytes, addr: bytes, port: int, last_ms: int, room_id: bytes, card: bytes) -> None:
         self.secret = secret
@@ -93,6 +128,10 @@ class _Registration:
         self.room_id = room_id
         self.card = card
         self.expiring = False  # handed out by expire(), waiting for remove()
+        self.relay_nonce = _NO_NONCE  # the relay binding's nonce; zero: not bound
+        self.relay_tokens = 0  # the binding's token bucket, in thousandths of a byte
+        self.relay_ms = 0  # when it was last refilled
+        self.refused_ms = 0  # when the last RELAY_REFUSED went to it, made odd (0: never)
 
 
 class _Room:
@@ -132,6 +171,18 @@ class RegistrationTable:
         self._cursor = self._last_ms >> TICK_SHIFT
         self._rooms: dict[bytes, _Room] = {}
         self._used = 0
+        self.set_relay_limits(0, 0, 0, 0)
+
+    def set_relay_limits(self, rate: int, burst: int, total_rate: int, total_burst: int) -> None:
+        """Bytes per second and burst bytes each binding may relay, and all together
+        (a rate of 0: no limit). Buckets count thousandths of a byte: a millisecond
+        refills ``rate`` of them, exactly, in integers (as the compiled table does)."""
+        if min(rate, burst, total_rate, total_burst) < 0 or max(rate, burst, total_rate, total_burst) > _U32:
+            raise ValueError("relay limits must be 0..2**32-1")
+        self._relay_rate, self._relay_burst = rate, burst
+        self._total_rate, self._total_burst = total_rate, total_burst
+        self._total_tokens = total_burst * 1000
+        self._total_ms = self._last_ms
 
     def __len__(self) -> int:
         return self._used
@@ -254,6 +305,92 @@ class RegistrationTable:
         self._free.append(i)
         self._used -= 1
 
+    # --- relay ------------------------------------------------------------------------
+
+    def bind_relay(self, i: int, nonce: bytes, now: float) -> None:
+        """Give registration ``i`` a relay binding named by ``nonce`` (4 bytes, not zero),
+        its bucket full."""
+        s = self._get(i)
+        if len(nonce) != RELAY_NONCE_SIZE_bytes or nonce == _NO_NONCE:
+            raise ValueError("a relay nonce is 4 bytes, not all zero")
+        s.relay_nonce = bytes(nonce)
+        s.relay_tokens = self._relay_burst * 1000
+        s.relay_ms = self._clock(now)
+        s.refused_ms = 0
+
+    def relay_id(self, i: int) -> bytes:
+        """The binding's relay id (slot index and nonce, 8 bytes), or b"" when unbound."""
+        s = self._get(i)
+        return b"" if s.relay_nonce == _NO_NONCE else i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + s.relay_nonce
+
+    @staticmethod
+    def _spend(tokens: int, last_ms: int, now_ms: int, rate: int, burst: int, cost: int) -> tuple[int, int]:
+        """A token bucket step: (tokens after refill and spending, or -1 with the tokens
+        after refill in the second place when ``cost`` is not there; ms until it is)."""
+        elapsed = (now_ms - last_ms) & _U32
+        if elapsed >= 0x80000000:
+            elapsed = 0
+        tokens = min(burst * 1000, tokens + min(elapsed, _MAX_REFILL_ms) * rate)
+        if tokens >= cost:
+            return tokens - cost, 0
+        return tokens, (cost - tokens + rate - 1) // rate if rate else REFUSAL_INTERVAL_ms
+
+    def relay(self, token: bytes, to: bytes, addr: tuple, size: int, now: float) -> tuple[int, int, int, bool]:
+        """Decide a RELAY of ``size`` bytes (the whole datagram) from ``addr``: returns
+        (code, sender slot, destination slot or retry-after ms, whether to send a
+        RELAY_REFUSED now). Code RELAY_FORWARD spends the buckets and refreshes the
+        sender's registration (relayed datagrams keep a binding alive, as heartbeats do)."""
+        found = self._find(token)
+        if found is None:
+            return RELAY_UNKNOWN_TOKEN, -1, 0, False
+        i, s = found
+        if (s.addr, s.port) != endpoint_key(addr):
+            return RELAY_WRONG_SOURCE, i, 0, False
+        now_ms = self._clock(now)
+        code, value = self._relay_decision(i, s, to, size * 1000, now_ms)
+        if code == RELAY_FORWARD:
+            self._touch(i, s, now_ms)
+            return code, i, value, False
+        tell = s.refused_ms == 0 or ((now_ms - s.refused_ms) & _U32) >= REFUSAL_INTERVAL_ms
+        if tell:
+            s.refused_ms = now_ms | 1
+        return code, i, value, tell
+
+    def _relay_decision(self, i: int, s: _Registration, to: bytes, cost: int, now_ms: int) -> tuple[int, int]:
+        if s.relay_nonce == _NO_NONCE:
+            return REFUSE_NOT_BOUND, REFUSAL_INTERVAL_ms
+        j = int.from_bytes(to[:TOKEN_INDEX_SIZE_bytes], "big")
+        d = self._slots[j] if j < len(self._slots) else None
+        if (
+            d is None
+            or d is s
+            or d.expiring
+            or d.relay_nonce == _NO_NONCE
+            or d.relay_nonce != to[TOKEN_INDEX_SIZE_bytes:]
+            or d.room_id != s.room_id
+        ):
+            return REFUSE_NO_SUCH_PEER, REFUSAL_INTERVAL_ms
+        if self._relay_rate:
+            tokens, wait = self._spend(s.relay_tokens, s.relay_ms, now_ms, self._relay_rate, self._relay_burst, cost)
+            s.relay_ms = now_ms
+            if wait:
+                s.relay_tokens = tokens
+                return REFUSE_RATE_LIMITED, wait
+        else:
+            tokens = s.relay_tokens
+        if self._total_rate:
+            total, wait = self._spend(
+                self._total_tokens, self._total_ms, now_ms, self._total_rate, self._total_burst, cost
+            )
+            self._total_ms = now_ms
+            if wait:
+                self._total_tokens = total
+                s.relay_tokens = tokens + cost if self._relay_rate else tokens  # not spent after all
+                return REFUSE_BUSY, wait
+            self._total_tokens = total
+        s.relay_tokens = tokens
+        return RELAY_FORWARD, j
+
     def token(self, i: int) -> bytes:
         return i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + self._get(i).secret
 
@@ -290,8 +427,11 @@ class RegistrationTable:
 
     def entry(self, i: int) -> bytes:
         card = self._get(i).card
+        relay = self.relay_id(i)
+        tail = bytes([FAMILY_RELAY]) + relay if relay else b""
         name_end = PUBLIC_KEY_SIZE_bytes + 1 + card[PUBLIC_KEY_SIZE_bytes]
-        return card[:name_end] + bytes([card[name_end] + 1]) + self.wire_endpoint(i) + card[name_end + 1 :]
+        count = bytes([card[name_end] + 1 + bool(relay)])
+        return card[:name_end] + count + self.wire_endpoint(i) + card[name_end + 1 :] + tail
 
     def room_of(self, i: int) -> bytes:
         return self._get(i).room_id
@@ -334,6 +474,14 @@ class RegistrationTable:
         return -1
 
 
+_REFUSAL_COUNTERS = {
+    REFUSE_NOT_BOUND: "relay_not_bound",
+    REFUSE_NO_SUCH_PEER: "relay_no_such_peer",
+    REFUSE_RATE_LIMITED: "relay_rate_limited",
+    REFUSE_BUSY: "relay_busy",
+}
+
+
 class FastPath:
     """Same contract as the Cython FastPath, one recvfrom/sendto per datagram."""
 
@@ -356,6 +504,15 @@ class FastPath:
                 "send_errors",
                 "recv_errors",
                 "batches",
+                "relayed",
+                "relayed_bytes",
+                "relay_unknown_token",
+                "relay_wrong_source",
+                "relay_not_bound",
+                "relay_no_such_peer",
+                "relay_rate_limited",
+                "relay_busy",
+                "relay_refusals_sent",
             ),
             0,
         )
@@ -414,6 +571,13 @@ class FastPath:
                     self._c["heartbeat_acks"] += 1
                     digest = t._rooms[s.room_id].digest.to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
                     replies.append((data[:2] + bytes([T_HEARTBEAT_ACK, 0]) + token + digest, addr))
+            elif (
+                RELAY_OVERHEAD_bytes < len(data) <= MAX_DATAGRAM_bytes
+                and data[0] == MAGIC
+                and data[1] == VERSION
+                and data[2] == T_RELAY
+            ):
+                self._relay(data, addr, now, replies)
             else:
                 self._c["passed_to_python"] += 1
                 others.append((data, addr))
@@ -423,6 +587,31 @@ class FastPath:
         self._queue += replies
         self.flush()
         return others
+
+    def _relay(self, data: bytes, addr: tuple, now: float, replies: list) -> None:
+        """A RELAY: forwarded as RELAYED to the destination's endpoint, or refused."""
+        t = self._table
+        token = data[HEADER_SIZE_bytes:_TOKEN_END]
+        to = data[_TOKEN_END:RELAY_OVERHEAD_bytes]
+        code, i, value, tell = t.relay(token, to, addr, len(data), now)
+        if code == RELAY_FORWARD:
+            d = t._slots[value]
+            assert d is not None
+            self._c["relayed"] += 1
+            self._c["relayed_bytes"] += len(data) - TOKEN_SIZE_bytes
+            out = data[:2] + bytes([T_RELAYED, 0]) + t.relay_id(i) + data[RELAY_OVERHEAD_bytes:]
+            replies.append((out, key_endpoint(d.addr, d.port)))
+        elif code == RELAY_UNKNOWN_TOKEN:
+            self._c["relay_unknown_token"] += 1
+            replies.append((data[:2] + bytes([T_UNKNOWN_TOKEN, 0]) + token, addr))
+        elif code == RELAY_WRONG_SOURCE:
+            self._c["relay_wrong_source"] += 1
+        else:
+            self._c[_REFUSAL_COUNTERS[code]] += 1
+            if tell:
+                self._c["relay_refusals_sent"] += 1
+                refusal = bytes([code]) + min(value, _U32).to_bytes(4, "big") + to
+                replies.append((data[:2] + bytes([T_RELAY_REFUSED, 0]) + refusal, addr))
 
     def send(self, datagrams: list) -> int:
         queued = 0

@@ -27,6 +27,11 @@ from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
 from gochat.constants import (
     DEFAULT_MAX_PEERS_PER_SOURCE,
+    DEFAULT_RELAY_BINDINGS_PER_IP,
+    DEFAULT_RELAY_BURST_bytes,
+    DEFAULT_RELAY_MAX_BINDINGS,
+    DEFAULT_RELAY_RATE_bytes,
+    DEFAULT_RELAY_TOTAL_RATE_bytes,
     MAX_RATE_LIMITED_SOURCES,
     STUN_BURST_PER_IP,
     STUN_RATE_PER_IP,
@@ -36,12 +41,13 @@ from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import stun
 from gochat.wire.constants import (
+    RELAY_NONCE_SIZE_bytes,
     MAX_DATAGRAM_bytes,
     PUBLIC_KEY_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SECRET_SIZE_bytes,
 )
-from gochat.wire.control import LeaveReason, MsgType, RefuseReason
+from gochat.wire.control import LeaveReason, MsgType, RefuseReason, RelayRefuseReason
 from gochat.wire.endpoints import endpoint_key, key_endpoint
 
 log = logging.getLogger("gochat.bootnode")
@@ -94,6 +100,10 @@ class Table(Protocol):
     def room_members(self, room_id: bytes) -> list[int]: ...
     def count_source(self, room_id: bytes, address16: bytes) -> int: ...
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int: ...
+    def set_relay_limits(self, rate: int, burst: int, total_rate: int, total_burst: int) -> None: ...
+    def bind_relay(self, i: int, nonce: bytes, now: float) -> None: ...
+    def relay_id(self, i: int) -> bytes: ...
+    def relay(self, token: bytes, to: bytes, addr: tuple, size: int, now: float) -> tuple[int, int, int, bool]: ...
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,12 @@ class Limits:
     register_rate_per_ip: float
     register_burst_per_ip: int
     max_peers_per_source: int = DEFAULT_MAX_PEERS_PER_SOURCE  # registrations per source IP in one room
+    relay: bool = True  # serve relay bindings (RELAY)
+    relay_rate: int = DEFAULT_RELAY_RATE_bytes  # bytes per second one binding may relay (RELAY_RATE)
+    relay_burst: int = DEFAULT_RELAY_BURST_bytes  # ... and at once (RELAY_BURST)
+    relay_total_rate: int = DEFAULT_RELAY_TOTAL_RATE_bytes  # all bindings together (RELAY_TOTAL_RATE)
+    relay_bindings_per_ip: int = DEFAULT_RELAY_BINDINGS_PER_IP  # (RELAY_BINDINGS_PER_IP)
+    relay_max_bindings: int = DEFAULT_RELAY_MAX_BINDINGS  # (RELAY_MAX_BINDINGS)
 
 
 class Rendezvous:
@@ -132,6 +148,12 @@ class Rendezvous:
         self.stats: Counter = Counter()
         self.last_join_room_size = 0  # members that were announced the latest join
         self._pending_joins: dict[bytes, list[tuple]] = {}  # room id -> [(slot, token)] to announce
+        # Relay bindings: slot -> the source IP it was made from, and bindings per IP.
+        self._bindings: dict[int, bytes] = {}
+        self._bindings_per_ip: Counter = Counter()
+        table.set_relay_limits(
+            limits.relay_rate, limits.relay_burst, limits.relay_total_rate, limits.relay_total_rate
+        )
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -147,6 +169,8 @@ class Rendezvous:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("dropped datagram from %s: %s", addr, exc)
             return []
+        if isinstance(msg, wire.Relay):
+            return self._on_relay(msg, len(data), addr, now)
         if isinstance(msg, wire.TokenMessage):
             if msg.type is MsgType.DISCONNECT:
                 return self._on_disconnect(msg, addr)
@@ -201,7 +225,7 @@ class Rendezvous:
         for room_id, members in by_room.items():
             actions += self._announce_left(room_id, members, LeaveReason.TIMED_OUT, exclude=-1)
         for i in slots:
-            self.table.remove(i)
+            self._remove(i)
         self.stats["expired"] += len(slots)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("expired %d registrations", len(slots))
@@ -248,7 +272,7 @@ class Rendezvous:
             if previous >= 0:
                 # Same key in the same room from elsewhere, or with a new card: a restarted
                 # or moved client. The new registration replaces the old; members see a join.
-                table.remove(previous)
+                self._remove(previous)
                 self.stats["register.replaced"] += 1
             if table.room_size(msg.room_id) >= self.limits.max_peers_per_room:
                 return self._refuse(msg, addr, RefuseReason.ROOM_FULL, 5.0)
@@ -260,6 +284,12 @@ class Rendezvous:
             except TableFull:
                 return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
             self.stats["register.accepted"] += 1
+        relay: tuple[int, bytes] = (0, b"")
+        if msg.relay:
+            unbound = slot not in self._bindings
+            relay = self._bind(slot, source16, now)
+            if duplicate and unbound and slot in self._bindings:  # the room must learn the binding
+                self._pending_joins.setdefault(msg.room_id, []).append((slot, table.token(slot)))
         reply = wire.encode_registered(
             msg.request_id,
             table.token(slot),
@@ -267,6 +297,7 @@ class Rendezvous:
             self.heartbeat_interval_ms,
             self.peer_timeout_ms,
             table.wire_endpoint(slot),
+            relay,
         )
         actions: list[Action] = [Send(reply, addr)]
         members = [i for i in table.room_members(msg.room_id) if i != slot]
@@ -279,6 +310,65 @@ class Rendezvous:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("registered %s from %s in a room of %d", msg.public_key.hex()[:16], addr, len(members) + 1)
         return actions
+
+    # --- relay ---------------------------------------------------------------------------
+
+    def _bind(self, slot: int, source16: bytes, now: float) -> tuple[int, bytes]:
+        """A relay binding for a registration that asked for one (a retried REGISTER
+        keeps the one it has): REGISTERED's flags and trailer, a grant or a refusal."""
+        limits = self.limits
+        if slot not in self._bindings:
+            refusal = None
+            if not limits.relay:
+                refusal = RelayRefuseReason.DISABLED
+            elif self._bindings_per_ip[source16] >= limits.relay_bindings_per_ip:
+                refusal = RelayRefuseReason.SOURCE_FULL
+            elif len(self._bindings) >= limits.relay_max_bindings:
+                refusal = RelayRefuseReason.FULL
+            if refusal is not None:
+                self.stats[f"relay.bind_refused.{refusal.name.lower()}"] += 1
+                return wire.relay_refusal(refusal)
+            nonce = bytes(RELAY_NONCE_SIZE_bytes)
+            while nonce == bytes(RELAY_NONCE_SIZE_bytes):
+                nonce = self._random(RELAY_NONCE_SIZE_bytes)
+            self.table.bind_relay(slot, nonce, now)
+            self._bindings[slot] = source16
+            self._bindings_per_ip[source16] += 1
+            self.stats["relay.bound"] += 1
+        return wire.relay_grant(self.table.relay_id(slot), limits.relay_rate, limits.relay_burst)
+
+    @property
+    def relay_bindings(self) -> int:
+        return len(self._bindings)
+
+    def _remove(self, slot: int) -> None:
+        """Every registration leaves through here: its binding goes with it."""
+        source16 = self._bindings.pop(slot, None)
+        if source16 is not None:
+            self._bindings_per_ip[source16] -= 1
+            if self._bindings_per_ip[source16] <= 0:
+                del self._bindings_per_ip[source16]
+        self.table.remove(slot)
+
+    def _on_relay(self, msg: wire.Relay, size: int, addr: tuple, now: float) -> list[Action]:
+        """A RELAY that reached the machine (the fast path forwards them itself; the
+        decision is the table's in both cases, so that they cannot differ)."""
+        table = self.table
+        code, src, value, tell = table.relay(msg.token, msg.to, addr, size, now)
+        if code == 0:
+            self.stats["relay.forwarded"] += 1
+            relayed = wire.encode_relayed(table.relay_id(src), msg.payload)
+            return [Send(relayed, table.endpoint(value))]
+        if code == -1:
+            self.stats["relay.unknown_token"] += 1
+            return [Send(wire.encode(wire.TokenMessage(MsgType.UNKNOWN_TOKEN, msg.token)), addr)]
+        if code == -2:
+            self.stats["relay.wrong_source"] += 1
+            return []
+        self.stats[f"relay.refused.{RelayRefuseReason(code).name.lower()}"] += 1
+        if not tell:
+            return []
+        return [Send(wire.encode_relay_refused(code, value, msg.to), addr)]
 
     def flush_announcements(self) -> list[Action]:
         """Announce the joins registered since the last flush, one PEER_JOINED (or a few,
@@ -354,7 +444,7 @@ class Rendezvous:
         if slot >= 0:
             room_id = self.table.room_of(slot)
             actions = self._announce_left(room_id, [slot], LeaveReason.DISCONNECTED, exclude=slot)
-            self.table.remove(slot)
+            self._remove(slot)
             self.stats["disconnected"] += 1
         else:
             self.stats["disconnect.unknown"] += 1

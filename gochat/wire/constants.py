@@ -65,7 +65,27 @@ T_PEER_LIST = 0x0A
 T_PEER_JOINED = 0x0B
 T_PEER_LEFT = 0x0C
 T_REBIND_CHALLENGE = 0x0D
+T_RELAY = 0x0E  # client -> bootnode: an opaque peer datagram for another member's binding
+T_RELAYED = 0x0F  # bootnode -> client: a relayed peer datagram and whose binding sent it
+T_RELAY_REFUSED = 0x10  # bootnode -> client: a RELAY that was not forwarded, and why
 
 # --- flags (header byte 3) --------------------------------------------------------
 FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
 FLAG_REBIND = 0x02  # HEARTBEAT: the token is followed by the challenge of a REBIND_CHALLENGE
+FLAG_RELAY = 0x01  # REGISTER: the client asks for a relay binding with its registration
+FLAG_RELAY_BOUND = 0x01  # REGISTERED: the endpoint is followed by the binding (id, rate, burst)
+FLAG_RELAY_REFUSED = 0x02  # REGISTERED: the endpoint is followed by why no binding was made
+
+# --- relay ----------------------------------------------------------------------------
+# A relay id names a binding: the registration's slot index (4) and a random nonce (4,
+# never zero) that a new binding of the slot replaces.
+RELAY_ID_SIZE_bytes = 8
+RELAY_NONCE_SIZE_bytes = 4
+# RELAY: header, the sender's token, the destination's relay id, then the payload.
+RELAY_OVERHEAD_bytes = HEADER_SIZE_bytes + TOKEN_SIZE_bytes + RELAY_ID_SIZE_bytes
+# RELAYED: header, the sender's relay id, then the payload: 12 bytes less than the RELAY.
+RELAYED_OVERHEAD_bytes = HEADER_SIZE_bytes + RELAY_ID_SIZE_bytes
+# RELAY_REFUSED: header, reason (1), retry after (4, ms), the relay id it is about (8).
+RELAY_REFUSED_SIZE_bytes = HEADER_SIZE_bytes + 1 + 4 + RELAY_ID_SIZE_bytes
+# The endpoint family of a binding in a peer entry: 'R', then the relay id.
+FAMILY_RELAY = 0x52

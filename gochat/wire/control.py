@@ -86,6 +86,9 @@ class MsgType(enum.IntEnum):
     PEER_JOINED = C.T_PEER_JOINED
     PEER_LEFT = C.T_PEER_LEFT
     REBIND_CHALLENGE = C.T_REBIND_CHALLENGE
+    RELAY = C.T_RELAY
+    RELAYED = C.T_RELAYED
+    RELAY_REFUSED = C.T_RELAY_REFUSED
 
 
 class RefuseReason(enum.IntEnum):
@@ -94,6 +97,18 @@ class RefuseReason(enum.IntEnum):
     RATE_LIMITED = 3
     BAD_PROOF = 4  # the REGISTER's proof of possession of its key does not check
     SOURCE_FULL = 5  # the source IP holds MAX_PEERS_PER_SOURCE registrations in the room
+
+
+class RelayRefuseReason(enum.IntEnum):
+    """Why a relay binding was not made (REGISTERED) or a RELAY not forwarded (RELAY_REFUSED)."""
+
+    NOT_BOUND = 1  # the sender's registration has no binding
+    NO_SUCH_PEER = 2  # the destination is not a binding in the sender's room (it left, or moved)
+    RATE_LIMITED = 3  # the sender's bytes per second (burst) are spent
+    BUSY = 4  # the bootnode's total relayed bandwidth is spent
+    DISABLED = 5  # this bootnode does not relay
+    SOURCE_FULL = 6  # the source IP holds the most bindings one IP may
+    FULL = 7  # the bootnode holds the most bindings it serves
 
 
 class LeaveReason(enum.IntEnum):
@@ -126,6 +141,7 @@ class PeerEntry:
     public_key: bytes
     name: str
     endpoints: tuple[Endpoint, ...]
+    relay: bytes = b""  # the member's relay binding (8-byte relay id), if it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +158,7 @@ class Register:
     name: str
     local_endpoints: tuple[Endpoint, ...] = ()
     proof: bytes = bytes(PROOF_SIZE_bytes)
+    relay: bool = False  # FLAG_RELAY: ask for a relay binding too
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +182,10 @@ class Registered:
     heartbeat_interval_ms: int
     peer_timeout_ms: int
     observed_endpoint: Endpoint
+    relay_id: bytes = b""  # FLAG_RELAY_BOUND: the binding's relay id (8 bytes) ...
+    relay_rate: int = 0  # ... and what it may relay: bytes per second ...
+    relay_burst: int = 0  # ... and at once
+    relay_refused: RelayRefuseReason | None = None  # FLAG_RELAY_REFUSED: why there is none
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +245,50 @@ class PeerLeft:
     left: tuple[tuple[bytes, LeaveReason], ...]
 
 
-Message = Register | Cookie | Registered | Refused | TokenMessage | RebindChallenge | PeerList | PeerJoined | PeerLeft
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A peer datagram for the bootnode to forward: the sender's ``token``, the
+    destination's relay id ``to`` (8 bytes) and the opaque ``payload`` (already
+    end-to-end encrypted or authenticated by the peers; at least 1 byte)."""
+
+    token: bytes
+    to: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A forwarded peer datagram: the relay id of the binding that sent it (``sender``)
+    and the ``payload`` as it was sent."""
+
+    sender: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRefused:
+    """A RELAY that was not forwarded: ``reason``, ``retry_after_ms`` and the relay id
+    it is about (the destination; zeros when about the sender's own binding)."""
+
+    reason: RelayRefuseReason
+    retry_after_ms: int
+    relay_id: bytes
+
+
+Message = (
+    Register
+    | Cookie
+    | Registered
+    | Refused
+    | TokenMessage
+    | RebindChallenge
+    | PeerList
+    | PeerJoined
+    | PeerLeft
+    | Relay
+    | Relayed
+    | RelayRefused
+)
 
 TOKEN_TYPES = frozenset(
     {
@@ -318,10 +382,34 @@ class _Reader:
         return tuple(self.endpoint() for _ in range(n))
 
     def peer_entry(self) -> PeerEntry:
+        """Key, name, then the public endpoint, the local ones and, last, the relay
+        binding if the member has one (family FAMILY_RELAY and its 8-byte relay id)."""
         key = self.take(PUBLIC_KEY_SIZE_bytes)
         name = self.name()
-        endpoints = self.endpoints(MAX_LOCAL_ENDPOINTS + 1)
-        return PeerEntry(key, name, endpoints)
+        n = self.u8()
+        if n > MAX_LOCAL_ENDPOINTS + 2:
+            raise DecodeError("bad_field", f"{n} endpoints")
+        endpoints = []
+        relay = b""
+        for k in range(n):
+            if self.pos < len(self.data) and self.data[self.pos] == C.FAMILY_RELAY:
+                if k != n - 1 or k == 0:
+                    raise DecodeError("bad_field", "a relay binding must come last, after the public endpoint")
+                self.pos += 1
+                relay = self.take(C.RELAY_ID_SIZE_bytes)
+            else:
+                endpoints.append(self.endpoint())
+        if len(endpoints) > MAX_LOCAL_ENDPOINTS + 1:
+            raise DecodeError("bad_field", f"{len(endpoints)} endpoints")
+        return PeerEntry(key, name, tuple(endpoints), relay)
+
+    def rest(self) -> bytes:
+        """Everything left (a relayed payload: at least one byte)."""
+        if self.pos >= len(self.data):
+            raise DecodeError("truncated", "no payload")
+        out = self.data[self.pos :]
+        self.pos = len(self.data)
+        return out
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -357,36 +445,81 @@ def encode_card(public_key: bytes, name: str, local_endpoints: Sequence[Endpoint
     )
 
 
-def entry_from_card(card: bytes, public_endpoint: Endpoint) -> bytes:
-    """Wire PeerEntry: the card with the public endpoint put first."""
+def entry_from_card(card: bytes, public_endpoint: Endpoint, relay_id: bytes = b"") -> bytes:
+    """Wire PeerEntry: the card with the public endpoint put first (and the relay
+    binding last, if there is one)."""
     name_end = PUBLIC_KEY_SIZE_bytes + 1 + card[PUBLIC_KEY_SIZE_bytes]
     n_local = card[name_end]
-    return card[:name_end] + bytes([n_local + 1]) + encode_endpoint(public_endpoint) + card[name_end + 1 :]
+    relay = bytes([C.FAMILY_RELAY]) + relay_id if relay_id else b""
+    return (
+        card[:name_end]
+        + bytes([n_local + 1 + bool(relay)])
+        + encode_endpoint(public_endpoint)
+        + card[name_end + 1 :]
+        + relay
+    )
 
 
 def encode_peer_entry(entry: PeerEntry) -> bytes:
+    relay = b""
+    if entry.relay:
+        _check_len(entry.relay, C.RELAY_ID_SIZE_bytes, "relay id")
+        relay = bytes([C.FAMILY_RELAY]) + entry.relay
     return (
         entry.public_key
         + encode_name(entry.name)
-        + bytes([len(entry.endpoints)])
+        + bytes([len(entry.endpoints) + bool(relay)])
         + b"".join(encode_endpoint(e) for e in entry.endpoints)
+        + relay
     )
+
+
+def relay_grant(relay_id: bytes, rate: int, burst: int) -> tuple[int, bytes]:
+    """REGISTERED's flags and trailer for a binding made with the registration."""
+    _check_len(relay_id, C.RELAY_ID_SIZE_bytes, "relay id")
+    return C.FLAG_RELAY_BOUND, relay_id + _U32.pack(rate) + _U32.pack(burst)
+
+
+def relay_refusal(reason: RelayRefuseReason) -> tuple[int, bytes]:
+    """REGISTERED's flags and trailer when the binding asked for was not made."""
+    return C.FLAG_RELAY_REFUSED, bytes([int(reason)])
+
+
+def encode_relay(token: bytes, to: bytes, payload: bytes) -> bytes:
+    return header(MsgType.RELAY) + token + to + payload
+
+
+def encode_relayed(sender: bytes, payload: bytes) -> bytes:
+    return header(MsgType.RELAYED) + sender + payload
+
+
+def encode_relay_refused(reason: int, retry_after_ms: int, relay_id: bytes) -> bytes:
+    return header(MsgType.RELAY_REFUSED) + bytes([reason]) + _U32.pack(retry_after_ms) + relay_id
 
 
 _REGISTERED_HEAD = struct.Struct("!BBBBI12s8sII")
 
 
 def encode_registered(
-    request_id: int, token: bytes, room_tag: bytes, heartbeat_ms: int, timeout_ms: int, observed: bytes
+    request_id: int,
+    token: bytes,
+    room_tag: bytes,
+    heartbeat_ms: int,
+    timeout_ms: int,
+    observed: bytes,
+    relay: tuple[int, bytes] = (0, b""),
 ) -> bytes:
-    """REGISTERED with the observed endpoint already in wire form (encode_endpoint)."""
+    """REGISTERED with the observed endpoint already in wire form (encode_endpoint);
+    ``relay`` is (flags, trailer) from relay_grant or relay_refusal, if one was asked for."""
     _check_len(token, TOKEN_SIZE_bytes, "token")
     _check_len(room_tag, ROOM_TAG_SIZE_bytes, "room_tag")
+    flags, trailer = relay
     return (
         _REGISTERED_HEAD.pack(
-            MAGIC, VERSION, MsgType.REGISTERED, 0, request_id, token, room_tag, heartbeat_ms, timeout_ms
+            MAGIC, VERSION, MsgType.REGISTERED, flags, request_id, token, room_tag, heartbeat_ms, timeout_ms
         )
         + observed
+        + trailer
     )
 
 
@@ -414,6 +547,11 @@ def encode(msg: Message) -> bytes:
         _check_len(msg.bootnode_key, PUBLIC_KEY_SIZE_bytes, "bootnode key")
         return header(MsgType.COOKIE) + _U32.pack(msg.request_id) + msg.cookie + msg.bootnode_key
     if isinstance(msg, Registered):
+        relay: tuple[int, bytes] = (0, b"")
+        if msg.relay_id:
+            relay = relay_grant(msg.relay_id, msg.relay_rate, msg.relay_burst)
+        elif msg.relay_refused is not None:
+            relay = relay_refusal(msg.relay_refused)
         return encode_registered(
             msg.request_id,
             msg.token,
@@ -421,7 +559,20 @@ def encode(msg: Message) -> bytes:
             msg.heartbeat_interval_ms,
             msg.peer_timeout_ms,
             encode_endpoint(msg.observed_endpoint),
+            relay,
         )
+    if isinstance(msg, Relay):
+        _check_len(msg.token, TOKEN_SIZE_bytes, "token")
+        _check_len(msg.to, C.RELAY_ID_SIZE_bytes, "relay id")
+        if not msg.payload or C.RELAY_OVERHEAD_bytes + len(msg.payload) > MAX_DATAGRAM_bytes:
+            raise ValueError("a relayed payload is 1 byte or more, within the datagram limit")
+        return encode_relay(msg.token, msg.to, msg.payload)
+    if isinstance(msg, Relayed):
+        _check_len(msg.sender, C.RELAY_ID_SIZE_bytes, "relay id")
+        return encode_relayed(msg.sender, msg.payload)
+    if isinstance(msg, RelayRefused):
+        _check_len(msg.relay_id, C.RELAY_ID_SIZE_bytes, "relay id")
+        return encode_relay_refused(int(msg.reason), msg.retry_after_ms, msg.relay_id)
     if isinstance(msg, Refused):
         return (
             header(MsgType.REFUSED)
@@ -443,7 +594,7 @@ def _register_body(msg: Register) -> bytes:
     _check_len(msg.cookie, COOKIE_SIZE_bytes, "cookie")
     _check_len(msg.room_id, ROOM_ID_SIZE_bytes, "room_id")
     return (
-        header(MsgType.REGISTER)
+        header(MsgType.REGISTER, C.FLAG_RELAY if msg.relay else 0)
         + msg.cookie
         + _U32.pack(msg.request_id)
         + msg.room_id
@@ -567,11 +718,28 @@ def decode(data: bytes) -> Message:
         r.pos += _REGISTER_HEAD.size
         name = r.name()
         locals_ = r.endpoints(MAX_LOCAL_ENDPOINTS)
-        msg = Register(cookie, request_id, room_id, key, name, locals_, r.take(PROOF_SIZE_bytes))
+        msg = Register(
+            cookie, request_id, room_id, key, name, locals_, r.take(PROOF_SIZE_bytes), bool(flags & C.FLAG_RELAY)
+        )
     elif msg_type is MsgType.COOKIE:
         msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes), r.take(PUBLIC_KEY_SIZE_bytes))
     elif msg_type is MsgType.REGISTERED:
-        msg = Registered(r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint())
+        head = (r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint())
+        if flags & C.FLAG_RELAY_BOUND:
+            msg = Registered(*head, relay_id=r.take(C.RELAY_ID_SIZE_bytes), relay_rate=r.u32(), relay_burst=r.u32())
+        elif flags & C.FLAG_RELAY_REFUSED:
+            msg = Registered(*head, relay_refused=_relay_reason(r.u8()))
+        else:
+            msg = Registered(*head)
+    elif msg_type is MsgType.RELAY:
+        token, to = r.take(TOKEN_SIZE_bytes), r.take(C.RELAY_ID_SIZE_bytes)
+        msg = Relay(token, to, r.rest())
+    elif msg_type is MsgType.RELAYED:
+        sender = r.take(C.RELAY_ID_SIZE_bytes)
+        msg = Relayed(sender, r.rest())
+    elif msg_type is MsgType.RELAY_REFUSED:
+        reason = _relay_reason(r.u8())
+        msg = RelayRefused(reason, r.u32(), r.take(C.RELAY_ID_SIZE_bytes))
     elif msg_type is MsgType.REFUSED:
         request_id = r.u32()
         code = r.u8()
@@ -607,6 +775,13 @@ def decode(data: bytes) -> Message:
     return msg
 
 
+def _relay_reason(code: int) -> RelayRefuseReason:
+    try:
+        return RelayRefuseReason(code)
+    except ValueError:
+        raise DecodeError("bad_field", f"relay refuse reason {code}") from None
+
+
 class RegisterHead(NamedTuple):
     """A validated Register as the bootnode needs it: the card stays in wire form;
     ``signed`` is every byte before the proof (what the proof covers)."""
@@ -618,6 +793,7 @@ class RegisterHead(NamedTuple):
     card: bytes
     proof: bytes
     signed: bytes
+    relay: bool = False  # FLAG_RELAY
 
 
 def decode_register(data: bytes) -> RegisterHead:
@@ -644,7 +820,8 @@ def decode_register(data: bytes) -> RegisterHead:
     card_end = r.pos
     proof = r.take(PROOF_SIZE_bytes)
     r.done()
-    return RegisterHead(cookie, request_id, room_id, key, data[REGISTER_CARD_OFFSET:card_end], proof, data[:card_end])
+    card = data[REGISTER_CARD_OFFSET:card_end]
+    return RegisterHead(cookie, request_id, room_id, key, card, proof, data[:card_end], bool(data[3] & C.FLAG_RELAY))
 
 
 def decode_card(card: bytes) -> tuple[bytes, str, tuple[Endpoint, ...]]:
