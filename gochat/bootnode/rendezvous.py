@@ -28,22 +28,22 @@ from gochat.bootnode.keys import BootnodeKey
 from gochat.constants import (
     DEFAULT_MAX_PEERS_PER_SOURCE,
     DEFAULT_RELAY_BINDINGS_PER_IP,
-    DEFAULT_RELAY_BURST_bytes,
     DEFAULT_RELAY_MAX_BINDINGS,
-    DEFAULT_RELAY_RATE_bytes,
-    DEFAULT_RELAY_TOTAL_RATE_bytes,
     MAX_RATE_LIMITED_SOURCES,
     STUN_BURST_PER_IP,
     STUN_RATE_PER_IP,
+    DEFAULT_RELAY_BURST_bytes,
+    DEFAULT_RELAY_RATE_bytes,
+    DEFAULT_RELAY_TOTAL_RATE_bytes,
     WHEEL_TICK_ms,
 )
 from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import stun
 from gochat.wire.constants import (
-    RELAY_NONCE_SIZE_bytes,
     MAX_DATAGRAM_bytes,
     PUBLIC_KEY_SIZE_bytes,
+    RELAY_NONCE_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SECRET_SIZE_bytes,
 )
@@ -151,9 +151,7 @@ class Rendezvous:
         # Relay bindings: slot -> the source IP it was made from, and bindings per IP.
         self._bindings: dict[int, bytes] = {}
         self._bindings_per_ip: Counter = Counter()
-        table.set_relay_limits(
-            limits.relay_rate, limits.relay_burst, limits.relay_total_rate, limits.relay_total_rate
-        )
+        table.set_relay_limits(limits.relay_rate, limits.relay_burst, limits.relay_total_rate, limits.relay_total_rate)
 
     # --- inputs ------------------------------------------------------------------------
 

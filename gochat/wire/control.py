@@ -738,8 +738,8 @@ def decode(data: bytes) -> Message:
         sender = r.take(C.RELAY_ID_SIZE_bytes)
         msg = Relayed(sender, r.rest())
     elif msg_type is MsgType.RELAY_REFUSED:
-        reason = _relay_reason(r.u8())
-        msg = RelayRefused(reason, r.u32(), r.take(C.RELAY_ID_SIZE_bytes))
+        relay_reason = _relay_reason(r.u8())
+        msg = RelayRefused(relay_reason, r.u32(), r.take(C.RELAY_ID_SIZE_bytes))
     elif msg_type is MsgType.REFUSED:
         request_id = r.u32()
         code = r.u8()
