@@ -404,6 +404,54 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: a second UDP port answering STUN for NAT discovery: auto (listen port + 1), off, or a port",
     ),
     Spec(
+        "relay",
+        "RELAY",
+        "--relay",
+        "on",
+        parse_choice("on", "off"),
+        "bootnode: forward peers' encrypted datagrams when they cannot punch; client: use that relay",
+    ),
+    Spec(
+        "relay_rate",
+        "RELAY_RATE",
+        "--relay-rate",
+        str(C.DEFAULT_RELAY_RATE_bytes),
+        parse_positive_int,
+        "bootnode: bytes per second one relay binding may relay",
+    ),
+    Spec(
+        "relay_burst",
+        "RELAY_BURST",
+        "--relay-burst",
+        str(C.DEFAULT_RELAY_BURST_bytes),
+        parse_positive_int,
+        "bootnode: bytes one relay binding may relay at once",
+    ),
+    Spec(
+        "relay_total_rate",
+        "RELAY_TOTAL_RATE",
+        "--relay-total-rate",
+        str(C.DEFAULT_RELAY_TOTAL_RATE_bytes),
+        parse_positive_int,
+        "bootnode: bytes per second relayed for all bindings together",
+    ),
+    Spec(
+        "relay_bindings_per_ip",
+        "RELAY_BINDINGS_PER_IP",
+        "--relay-bindings-per-ip",
+        str(C.DEFAULT_RELAY_BINDINGS_PER_IP),
+        parse_positive_int,
+        "bootnode: relay bindings one source IP may hold",
+    ),
+    Spec(
+        "relay_max_bindings",
+        "RELAY_MAX_BINDINGS",
+        "--relay-max-bindings",
+        str(C.DEFAULT_RELAY_MAX_BINDINGS),
+        parse_positive_int,
+        "bootnode: relay bindings held in total",
+    ),
+    Spec(
         "bell",
         "BELL",
         "--bell",
@@ -468,6 +516,12 @@ class Settings:
     metrics_listen: HostPort | None
     batch_wait: float
     discovery_port: int | str
+    relay: str
+    relay_rate: int
+    relay_burst: int
+    relay_total_rate: int
+    relay_bindings_per_ip: int
+    relay_max_bindings: int
     bell: str
     log_level: str
     log_format: str

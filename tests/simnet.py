@@ -96,13 +96,15 @@ class SimWorld:
 
     # --- topology ---------------------------------------------------------------------
 
-    def start_bootnode(self, timeout: float = 15.0, interval: float = 10.0, room_size: int = 100) -> Rendezvous:
+    def start_bootnode(
+        self, timeout: float = 15.0, interval: float = 10.0, room_size: int = 100, relay: bool = True, **limits
+    ) -> Rendezvous:
         table = fastpath.RegistrationTable(1000, timeout, self.now)
         self.bootnode = Rendezvous(
             table,
             heartbeat_interval_s=interval,
             peer_timeout_s=timeout,
-            limits=Limits(1000, room_size, 1000.0, 1000),
+            limits=Limits(1000, room_size, 1000.0, 1000, relay=relay, **limits),
             cookies=CookieJar(b"k" * 32),
             key=BootnodeKey(b"b" * 32),  # kept across restarts, as a real bootnode keeps its key file
         )

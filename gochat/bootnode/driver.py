@@ -32,6 +32,9 @@ from gochat.constants import (
 )
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 
+# RELAY_REFUSED reasons decided per datagram (the others are about bindings, at registration).
+RELAY_PER_PACKET_REFUSALS = ("not_bound", "no_such_peer", "rate_limited", "busy")
+
 log = logging.getLogger("gochat.bootnode")
 
 
@@ -201,6 +204,17 @@ class Bootnode:
             self.config.heartbeat_interval_s,
             self.config.peer_timeout_s,
         )
+        if lim.relay:
+            log.info(
+                "relay: on, %d bytes/s per binding (burst %d), %d bytes/s in all, %d bindings per source IP, %d in all",
+                lim.relay_rate,
+                lim.relay_burst,
+                lim.relay_total_rate,
+                lim.relay_bindings_per_ip,
+                lim.relay_max_bindings,
+            )
+        else:
+            log.info("relay: off (clients that cannot punch each other cannot talk)")
 
     def _on_discovery_readable(self) -> None:
         """The second port: a few STUN requests at a time, answered in Python (rare)."""
@@ -325,7 +339,12 @@ class Bootnode:
         # the loop is adding counters.
         out: dict[str, float] = {f"fast.{k}": v for k, v in self.fast.counters.items()}
         out.update(dict(self.machine.stats))
+        fast = self.fast.counters
+        for reason in RELAY_PER_PACKET_REFUSALS:  # the fast path's and the machine's together
+            out[f"relay.refused.{reason}"] = fast.get(f"relay_{reason}", 0) + out.get(f"relay.refused.{reason}", 0)
         out.update(
+            relay_bindings=self.machine.relay_bindings,
+            relayed=fast.get("relayed", 0) + out.get("relay.forwarded", 0),
             peers=len(self.table),
             rooms=self.table.room_count,
             internal_errors=self.internal_errors,

@@ -23,7 +23,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_server
 from prometheus_client.registry import Collector
 
 from gochat import __version__
-from gochat.wire.control import DECODE_REASONS, RefuseReason
+from gochat.wire.control import DECODE_REASONS, RefuseReason, RelayRefuseReason
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,20 @@ SERIES: tuple[Series, ...] = (
     ),
     Series("gochat_expired", "counter", "Registrations expired after the peer timeout.", "expired"),
     Series("gochat_internal_errors", "counter", "Datagrams whose handling raised (a bug; logged).", "internal_errors"),
+    Series("gochat_relay_bindings", "gauge", "Relay bindings held.", "relay_bindings"),
+    Series("gochat_relayed", "counter", "Datagrams relayed between two bindings.", "relayed"),
+    Series(
+        "gochat_relayed_bytes",
+        "counter",
+        "Bytes of the RELAYED datagrams sent (headers included).",
+        "fast.relayed_bytes",
+    ),
+    Series(
+        "gochat_relay_wrong_source",
+        "counter",
+        "RELAYs dropped for coming from elsewhere than their registration's endpoint.",
+        "fast.relay_wrong_source",
+    ),
     Series("gochat_peers", "gauge", "Registrations held.", "peers"),
     Series("gochat_rooms", "gauge", "Rooms with at least one registration.", "rooms"),
     Series("gochat_tick_ticks", "counter", "Expiry timer ticks.", "tick.ticks"),
@@ -156,6 +170,18 @@ LABELLED: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("gochat_malformed", "Datagrams dropped as malformed, by reason.", "malformed", MALFORMED_REASONS),
     ("gochat_refused", "Registrations refused, by reason.", "refused", REFUSED_REASONS),
     ("gochat_unexpected", "Well-formed datagrams of a type a bootnode does not take, by type.", "unexpected", ()),
+    (
+        "gochat_relay_refused",
+        "RELAYs not forwarded, by reason.",
+        "relay.refused",
+        ("not_bound", "no_such_peer", "rate_limited", "busy"),
+    ),
+    (
+        "gochat_relay_bind_refused",
+        "Relay bindings asked for and not made, by reason.",
+        "relay.bind_refused",
+        tuple(r.name.lower() for r in RelayRefuseReason if r >= RelayRefuseReason.DISABLED),
+    ),
     (
         "gochat_stun",
         "STUN messages on the bootnode's port, by outcome.",

@@ -40,7 +40,7 @@ from gochat.constants import (
 from gochat.crypto.identity import fingerprint
 from gochat.crypto.noise import NoiseError, dh, public_key
 from gochat.wire import control as wire
-from gochat.wire.constants import PROOF_SIZE_bytes
+from gochat.wire.constants import FLAG_RELAY, PROOF_SIZE_bytes
 from gochat.wire.control import FLAG_ACK_REQUESTED, FLAG_REBIND, MsgType, RefuseReason
 from gochat.wire.endpoints import format_endpoint
 
@@ -81,6 +81,7 @@ class BootnodeLink:
         static_private: bytes | None = None,
         give_up_s: float = DEFAULT_REGISTER_TIMEOUT_s,
         alternatives: Sequence[wire.Endpoint] = (),
+        relay: bool = True,
     ) -> None:
         # The bootnode's address; a name that resolves to several (localhost: 127.0.0.1
         # and ::1) gives ``alternatives``, tried in turn while registration goes unanswered.
@@ -131,6 +132,9 @@ class BootnodeLink:
         self._request_id = 0
         self._resyncing = False
         self.room_digest: bytes | None = None  # the latest HEARTBEAT_ACK's membership digest
+        self.want_relay = relay  # ask for a relay binding with every registration
+        self.relay_id: bytes | None = None  # our binding, while registered with one
+        self._relay_refusal_told: object = None
         self._register(now, new_request=True)
 
     # --- outputs -----------------------------------------------------------------
@@ -148,7 +152,8 @@ class BootnodeLink:
             self._deadline = min(now + wait, self._started + self._give_up_s)
 
     def _register_bytes(self) -> bytes:
-        head = wire.header(MsgType.REGISTER) + self.cookie + self._request_id.to_bytes(4, "big") + self.room_id
+        flags = FLAG_RELAY if self.want_relay else 0
+        head = wire.header(MsgType.REGISTER, flags) + self.cookie + self._request_id.to_bytes(4, "big") + self.room_id
         signed = head + self.card
         if self._proof_key is None:  # the bootnode's key is not known yet: this only earns a COOKIE
             return signed + bytes(PROOF_SIZE_bytes)
@@ -300,6 +305,15 @@ class BootnodeLink:
         quiet, self._resyncing = self._resyncing and self.ever_registered, False
         self.state = REGISTERED
         self.token, self.room_tag = msg.token, msg.room_tag
+        self.relay_id = msg.relay_id or None
+        if msg.relay_refused is not None and self._relay_refusal_told != msg.relay_refused:
+            self._relay_refusal_told = msg.relay_refused
+            self.events.append(
+                ev.Notice(
+                    f"bootnode {format_endpoint(self.bootnode)} gives no relay binding "
+                    f"({msg.relay_refused.name.lower()}): peers that cannot punch through to us cannot reach us"
+                )
+            )
         self.heartbeat_interval = msg.heartbeat_interval_ms / 1000.0
         self.peer_timeout = msg.peer_timeout_ms / 1000.0
         self.public_endpoint = msg.observed_endpoint
@@ -353,6 +367,7 @@ class BootnodeLink:
             self.last_answer = now
             self.state = REGISTERING
             self.token = None
+            self.relay_id = None
             self._attempt = 0
             self.events.append(ev.BootnodeReregistering("unknown_session"))
             self._register(now, new_request=True)

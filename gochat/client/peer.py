@@ -43,7 +43,7 @@ from gochat.crypto.noise import HandshakeState, NoiseError
 from gochat.crypto.transport import REKEY_AFTER_TIME_s, TransportError, TransportKeys
 from gochat.wire import data as pw
 from gochat.wire.control import DecodeError, Endpoint
-from gochat.wire.endpoints import format_endpoint
+from gochat.wire.endpoints import format_endpoint, is_relay
 
 # A responder that answered a new epoch's initiation sends no DATA for this long, or
 # until the initiator confirms (a round trip): it would go to the peer's old record.
@@ -51,6 +51,10 @@ NEW_EPOCH_HOLD_s = 2.0
 # A connected peer that the bootnode announces with a new name (/nick) proves it in a new
 # handshake; the mismatch is reported only if no such proof came within this long.
 NAME_PROOF_WAIT_s = 5.0
+# A relayed session probes the peer's direct candidates this long after it went to the
+# relay, then twice as long each time, up to DIRECT_PROBE_MAX_s.
+DIRECT_PROBE_s = 5.0
+DIRECT_PROBE_MAX_s = 60.0
 
 
 class PeerState(enum.Enum):
@@ -85,6 +89,16 @@ class PeerContext(Protocol):
     silence_s: float
     counters: Counter
     random_bytes: Callable[[int], bytes]
+
+    @property
+    def relay_delay_s(self) -> float:
+        """How far into a series of punch rounds the relay candidate joins."""
+        ...
+
+    @property
+    def relay_available(self) -> bool:
+        """We hold a relay binding (peers that cannot punch can still be reached)."""
+        ...
 
     def send(self, data: bytes, endpoint: Endpoint) -> None: ...
     def event(self, event: ev.Event) -> None: ...
@@ -131,7 +145,9 @@ class Peer:
         self.punching = Punching(pw.punch_key(ctx.shared_secret(key)), ctx.public_key, ctx.random_bytes, endpoints)
         self.state = PUNCHING
         self.path: Endpoint | None = None
-        self.path_kind = "direct"
+        self._last_direct = -1e18  # the latest authenticated packet from a direct path
+        self._probe_due: float | None = None  # relayed: when to probe the direct candidates next
+        self._probe_interval = DIRECT_PROBE_s
         self.reconnecting = False  # silent once connected: punching again before giving up
         self.failures = 0  # punch series or handshakes that ended without a session, in a row
         self._retry_due: float | None = None  # UNREACHABLE / FAILED: when to look again
@@ -164,6 +180,11 @@ class Peer:
         self._timer_table = self._timers()
 
     # --- punching -------------------------------------------------------------------
+
+    @property
+    def path_kind(self) -> str:
+        """ "relay" while the session runs through the bootnode's relay, else "direct"."""
+        return "relay" if self.path is not None and is_relay(self.path) else "direct"
 
     def _start_punching(self, now: float) -> None:
         self.state = PUNCHING
@@ -199,6 +220,12 @@ class Peer:
             self._send_all([self.punching.answer(punch, source, now)])
         else:
             self._send_all(self.punching.triggered_check(source, now))
+        if is_relay(source) and self.state in (PUNCHING, UNREACHABLE, FAILED) and validated:
+            # The peer went to the relay (its NAT cannot be punched, say): so do we, now,
+            # rather than at our own relay delay. Our check's reply proves the path.
+            self.punching.relay_open = True
+            if self.state is PUNCHING:
+                self._send_all([self.punching.request(source, now)])
         if self.state in (UNREACHABLE, FAILED) and self.punching.is_announced(source):
             self._on_retry(now)
         elif self.state is CONNECTED and self.initiator and self._hs is None and validated:
@@ -321,20 +348,27 @@ class Peer:
             name=name,
         )
         self._hs, self._hs_index, self._hs_next = None, None, None
-        self._move_path(source)
+        self._move_path(source, now)
         self._install(keypair, now)
         self._send_frame(pw.KEEPALIVE_FRAME, now)  # confirms the session to the responder at once
 
-    def _move_path(self, endpoint: Endpoint) -> None:
+    def _move_path(self, endpoint: Endpoint, now: float | None = None) -> None:
         """The path is where authenticated packets come from; a change on a live session
-        (a NAT rebinding, a restarted peer on a new port) is reported."""
-        if self.state is CONNECTED and self.path is not None and endpoint != self.path:
+        (a NAT rebinding, a restarted peer on a new port, relay to direct and back) is
+        reported."""
+        previous = self.path
+        self.path = endpoint
+        if is_relay(endpoint):
+            if now is not None and self._probe_due is None:
+                self._probe_due, self._probe_interval = now + DIRECT_PROBE_s, DIRECT_PROBE_s
+        else:
+            self._probe_due = None
+        if self.state is CONNECTED and previous is not None and endpoint != previous:
             self.ctx.event(
                 ev.PathChanged(
-                    self.name, self.fingerprint, self.path_kind, format_endpoint(endpoint), format_endpoint(self.path)
+                    self.name, self.fingerprint, self.path_kind, format_endpoint(endpoint), format_endpoint(previous)
                 )
             )
-        self.path = endpoint
 
     def _install(self, keypair: Keypair, now: float) -> None:
         if self.remote_epoch is not None and keypair.epoch != self.remote_epoch:
@@ -425,10 +459,14 @@ class Peer:
         if kp is self.next_keypair:  # the initiator's first packet: the handshake is confirmed
             self.next_keypair = None
             kp.confirmed = True
-            self._move_path(source)
+            self._move_path(source, now)
             self._install(kp, now)
-        elif source != self.path:
-            self._move_path(source)  # authenticated and fresh: the peer roamed (a NAT rebinding)
+        elif source != self.path and self._may_move_to(source, now):
+            # Authenticated and fresh: the peer roamed (a NAT rebinding), or a direct
+            # path opened while we were relayed, or the direct path failed.
+            self._move_path(source, now)
+        if not is_relay(source):
+            self._last_direct = now
         self.last_received = now
         self._on_frame(plaintext, now)
 
@@ -455,15 +493,32 @@ class Peer:
         except reliable.FrameError:
             self.ctx.counters["bad_frame"] += 1
 
+    def _may_move_to(self, source: Endpoint, now: float) -> bool:
+        """A direct source always wins over the relay; the relay takes over from a direct
+        path only once that path has been silent for two keepalive intervals (packets the
+        peer relayed before it moved to the direct path arrive for a while)."""
+        if self.path is None or not is_relay(source) or is_relay(self.path):
+            return True
+        return now >= self._last_direct + 2 * self.ctx.keepalive_s
+
+    def path_lost(self, now: float) -> None:
+        """The relay says the binding our path goes through is gone (the peer left, or
+        registered again with a new one): look for the peer again at once."""
+        if self.state is CONNECTED:
+            self._on_silence(now)
+
     def _usable_keypair(self) -> Keypair | None:
         for kp in (self.current, self.previous):
             if kp is not None and kp.confirmed:
                 return kp
         return None
 
-    def _send_frame(self, frame: bytes, now: float) -> bool:
+    def _send_frame(self, frame: bytes, now: float, to: Endpoint | None = None) -> bool:
+        """Encrypt and send one frame on the path (or to ``to``: a probe, which does not
+        count as traffic on the path)."""
         kp = self._usable_keypair()
-        if kp is None or self.path is None:
+        dest = to or self.path
+        if kp is None or dest is None:
             return False
         ad = pw.transport_ad(kp.remote_index, kp.keys.send_counter)  # the counter encrypt() uses next
         try:
@@ -471,8 +526,9 @@ class Peer:
         except TransportError:
             self.ctx.counters["keys_expired_send"] += 1
             return False
-        self.ctx.send(ad + ciphertext, self.path)
-        self.last_sent = now
+        self.ctx.send(ad + ciphertext, dest)
+        if to is None:
+            self.last_sent = now
         return True
 
     # --- chat ---------------------------------------------------------------------------
@@ -580,6 +636,7 @@ class Peer:
             (self._retransmit_at, self._flush),
             (self._hold_ends_at, self._on_hold_ends),
             (self._keepalive_at, self._on_keepalive),
+            (self._probe_at, self._on_probe),
             (self._names_check_at, self._on_names_check),
         )
 
@@ -624,11 +681,11 @@ class Peer:
         self.state = UNREACHABLE
         if self._reported != "unreachable":  # a retry that fails the same way is not news
             self._reported = "unreachable"
-            self.ctx.event(
-                ev.PeerUnreachable(
-                    self.name, self.fingerprint, f"no direct path to {self.name}: both sides' NATs may be symmetric"
-                )
-            )
+            if self.ctx.relay_available:
+                why = f"no path to {self.name}, direct or through the relay (is its relay binding refused?)"
+            else:
+                why = f"no direct path to {self.name}, and no relay binding: its NAT and ours may both filter"
+            self.ctx.event(ev.PeerUnreachable(self.name, self.fingerprint, why))
         self._give_up_pending("unreachable")
         self._schedule_retry(now)
 
@@ -636,7 +693,7 @@ class Peer:
         return self.punching.next_round if self.state is PUNCHING else None
 
     def _on_punch_round(self, now: float) -> None:
-        self._send_all(self.punching.run_round(now))
+        self._send_all(self.punching.run_round(now, self.ctx.relay_delay_s))
 
     def _handshake_deadline_at(self) -> float | None:
         return self._hs_deadline if self.state in (HANDSHAKING, CONNECTED) else None
@@ -703,6 +760,19 @@ class Peer:
 
     def _on_keepalive(self, now: float) -> None:
         self._send_frame(pw.KEEPALIVE_FRAME, now)
+
+    def _probe_at(self) -> float | None:
+        return self._probe_due if self.state is CONNECTED and self.path_kind == "relay" else None
+
+    def _on_probe(self, now: float) -> None:
+        """Relayed: an authenticated keepalive to each direct candidate, as WireGuard's
+        roaming does. Where it gets through, the peer moves to the direct path (a direct
+        source always wins) and its answers move us. Every DIRECT_PROBE_s at first, then
+        less often, up to DIRECT_PROBE_MAX_s: a NAT that cannot be punched stays so."""
+        for endpoint in self.punching.direct_candidates():
+            self._send_frame(pw.KEEPALIVE_FRAME, now, to=endpoint)
+        self._probe_interval = min(DIRECT_PROBE_MAX_s, self._probe_interval * 2)
+        self._probe_due = now + self._probe_interval
 
     # --- observation ----------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from gochat.constants import PUNCH_DEADLINE_s, PUNCH_INTERVAL_s, PUNCH_SCHEDULE_s
 from gochat.wire import data as pw
 from gochat.wire.control import Endpoint
+from gochat.wire.endpoints import is_relay
 
 MAX_TXIDS = 64  # requests awaiting a reply; older ones are forgotten
 MAX_REFLEXIVE = 4  # peer-reflexive candidates per peer
@@ -95,6 +96,7 @@ class Punching:
         self._last_time_ms = 0  # the clock of our last request (strictly increasing)
         self._newest_ms: int | None = None  # the peer's newest fresh request
         self._recent: set[int] = set()  # the peer's request clocks inside the window
+        self.relay_open = False  # the peer checked us through the relay in this series
 
     @property
     def candidates(self) -> list[Endpoint]:
@@ -161,14 +163,26 @@ class Punching:
         self._round = 0
         self._newest_ms = None
         self._recent.clear()
+        self.relay_open = False
 
     @property
     def deadline(self) -> float:
         return self.started + PUNCH_DEADLINE_s
 
-    def run_round(self, now: float) -> list[Datagram]:
-        """A request to every candidate that may get one; the schedule moves on."""
-        out = [self.request(endpoint, now) for endpoint in self.candidates if self._may_check(endpoint)]
+    def direct_candidates(self) -> list[Endpoint]:
+        """Every candidate but the relay: where a relayed session probes for a direct path."""
+        return [c for c in self.candidates if not is_relay(c)]
+
+    def run_round(self, now: float, relay_delay: float = 0.0) -> list[Datagram]:
+        """A request to every candidate that may get one; the schedule moves on. The
+        relay candidate is checked from ``relay_delay`` into the series (direct paths
+        are found first when they exist), or as soon as the peer checked us through it."""
+        relay_due = self.relay_open or now >= self.started + relay_delay
+        out = [
+            self.request(endpoint, now)
+            for endpoint in self.candidates
+            if (relay_due or not is_relay(endpoint)) and self._may_check(endpoint)
+        ]
         self._round += 1
         if self._round < len(PUNCH_SCHEDULE_s):
             self.next_round = self.started + PUNCH_SCHEDULE_s[self._round]

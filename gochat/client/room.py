@@ -40,8 +40,9 @@ from gochat.ratelimit import TokenBuckets
 from gochat.wire import control as wire
 from gochat.wire import data as pw
 from gochat.wire import stun
-from gochat.wire.control import DecodeError, Endpoint, LeaveReason
-from gochat.wire.endpoints import canonical_endpoint, format_endpoint
+from gochat.wire.constants import MAX_DATAGRAM_bytes, RELAY_OVERHEAD_bytes
+from gochat.wire.control import DecodeError, Endpoint, LeaveReason, RelayRefuseReason
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint, is_relay, relay_endpoint, relay_id_of
 
 # Announcements that arrive before our REGISTERED (UDP reorders the reply and the peer
 # list) are kept, this many at most, and read once the room tag is known.
@@ -56,9 +57,16 @@ ROSTER_MISSES_BEFORE_RESYNC = 2
 MAX_ROSTER = 1 << 16  # keys of the bootnode's view kept at most (a lying bootnode cannot fill memory)
 NAT_INDEPENDENT_MESSAGE = "your NAT keeps one public port for every destination: direct connections likely"
 NAT_DEPENDENT_MESSAGE = (
-    "your NAT gives each destination a public port of its own (a symmetric NAT): peers behind "
-    "port-restricted or symmetric NATs cannot reach you directly, and no relay exists yet"
+    "your NAT gives each destination a public port of its own (a symmetric NAT): it needs the "
+    "bootnode's relay for peers behind port-restricted or symmetric NATs"
 )
+NAT_DEPENDENT_NO_RELAY_MESSAGE = (
+    "your NAT gives each destination a public port of its own (a symmetric NAT): peers behind "
+    "port-restricted or symmetric NATs cannot reach you directly, and there is no relay"
+)
+# The relay candidate joins a series of punch rounds this long after it starts (at once
+# when our NAT maps per destination): direct paths, when they exist, are found first.
+RELAY_AFTER_s = 2.0
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -85,6 +93,7 @@ class RoomClient:
         register_timeout: float = DEFAULT_REGISTER_TIMEOUT_s,
         random_bytes: Callable[[int], bytes] = os.urandom,
         bootnode_alternatives: Sequence[Endpoint] = (),
+        relay: bool = True,
     ) -> None:
         self.static_private = static_private
         self.public_key = public_key(static_private)
@@ -142,6 +151,7 @@ class RoomClient:
             static_private=static_private,
             give_up_s=register_timeout,
             alternatives=[canonical_endpoint(a) for a in bootnode_alternatives],
+            relay=relay,
         )
         self.quitting = False
         self._failure: str | None = None
@@ -150,7 +160,24 @@ class RoomClient:
     # --- PeerContext ----------------------------------------------------------------
 
     def send(self, data: bytes, endpoint: Endpoint) -> None:
+        if is_relay(endpoint):  # through our binding at the bootnode
+            token, own = self.link.token, self.link.relay_id
+            if token is None or own is None or not 0 < len(data) <= MAX_DATAGRAM_bytes - RELAY_OVERHEAD_bytes:
+                self.counters["relay_unavailable"] += 1
+                return
+            self.counters["relay_sent"] += 1
+            self.outbox.append((wire.encode_relay(token, relay_id_of(endpoint), data), self.bootnode))
+            return
         self.outbox.append((data, endpoint))
+
+    @property
+    def relay_delay_s(self) -> float:
+        """When the relay candidate joins a series of punch rounds (PeerContext)."""
+        return 0.0 if self._nat is not None and self._nat.independent is False else RELAY_AFTER_s
+
+    @property
+    def relay_available(self) -> bool:
+        return self.link.relay_id is not None
 
     def event(self, event: ev.Event) -> None:
         if getattr(event, "fingerprint", None) in self._unannounced_fingerprints:
@@ -217,12 +244,40 @@ class RoomClient:
             elif pw.is_peer_datagram(data):
                 self._peer_datagram(pw.decode(data), source, now)
             elif source == self.bootnode:
-                self._bootnode_message(wire.decode(data), now)
+                msg = wire.decode(data)
+                if isinstance(msg, wire.Relayed):
+                    self._relayed(msg, now)
+                elif isinstance(msg, wire.RelayRefused):
+                    self._relay_refused(msg, now)
+                else:
+                    self._bootnode_message(msg, now)
             else:
                 self.counters["not_from_bootnode"] += 1
         except DecodeError as exc:
             self.counters[exc.reason] += 1
         self._drain_link(now)
+
+    def _relayed(self, msg: wire.Relayed, now: float) -> None:
+        """A peer's datagram through the bootnode's relay: it is handled as if it came
+        from the peer's binding (a pseudo-endpoint), and proves what it proves directly
+        (every payload is authenticated by the peers' keys, none by the bootnode)."""
+        self.counters["relay_received"] += 1
+        if not pw.is_peer_datagram(msg.payload):
+            self.counters["relayed_not_peer"] += 1
+            return
+        self._peer_datagram(pw.decode(msg.payload), relay_endpoint(msg.sender), now)
+
+    def _relay_refused(self, msg: wire.RelayRefused, now: float) -> None:
+        """The relay did not forward a datagram. A binding that is gone (its member left
+        or registered again) ends the path through it at once; the rest is retried by
+        reliable delivery."""
+        self.counters[f"relay_refused_{msg.reason.name.lower()}"] += 1
+        if msg.reason is RelayRefuseReason.NO_SUCH_PEER:
+            gone = relay_endpoint(msg.relay_id)
+            for peer in list(self.peers.values()):
+                if peer.path == gone:
+                    peer.path_lost(now)
+                    self._after_peer_input(peer, now)
 
     def _bootnode_message(self, msg: wire.Message, now: float) -> None:
         if isinstance(msg, (wire.PeerList, wire.PeerJoined, wire.PeerLeft)):
@@ -306,6 +361,8 @@ class RoomClient:
         if entry.public_key == self.public_key:
             return  # a coalesced PEER_JOINED may list ourselves
         endpoints = punchable(entry.endpoints, self.link.public_endpoint)
+        if entry.relay:
+            endpoints.append(relay_endpoint(entry.relay))
         if punched_from is not None:
             endpoints = [*endpoints, punched_from]
         peer = self.peers.get(entry.public_key)
@@ -558,12 +615,11 @@ class RoomClient:
         nat.outbox.clear()
         if nat.independent is not None and not self._nat_told:
             self._nat_told = True
-            self.events.append(
-                ev.NatMapping(
-                    nat.independent,
-                    NAT_INDEPENDENT_MESSAGE if nat.independent else NAT_DEPENDENT_MESSAGE,
-                )
-            )
+            if nat.independent:
+                message = NAT_INDEPENDENT_MESSAGE
+            else:
+                message = NAT_DEPENDENT_MESSAGE if self.relay_available else NAT_DEPENDENT_NO_RELAY_MESSAGE
+            self.events.append(ev.NatMapping(nat.independent, message))
 
     def _drain_link(self, now: float) -> None:
         """The end of every input: the link's datagrams and events, give-ups due."""

@@ -42,7 +42,27 @@ def sockaddr_for(family: int, endpoint: tuple) -> tuple:
     return socket.inet_ntop(socket.AF_INET, addr16[12:]), port
 
 
+# A peer reached through the bootnode's relay is addressed, inside a client, by this
+# pseudo-endpoint: ("relay", the 64-bit relay id of its binding). No socket ever yields
+# a host named "relay", so it cannot be confused with a real source address.
+RELAY_HOST = "relay"
+
+
+def relay_endpoint(relay_id: bytes) -> tuple[str, int]:
+    return RELAY_HOST, int.from_bytes(relay_id, "big")
+
+
+def is_relay(addr: tuple) -> bool:
+    return bool(addr[0] == RELAY_HOST)
+
+
+def relay_id_of(addr: tuple) -> bytes:
+    return int(addr[1]).to_bytes(8, "big")
+
+
 def format_endpoint(addr: tuple) -> str:
-    """HOST:PORT as people write it: [v6]:port for IPv6."""
+    """HOST:PORT as people write it: [v6]:port for IPv6; "relay" for a relayed peer."""
     host, port = addr[0], addr[1]
+    if host == RELAY_HOST:
+        return "relay"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
