@@ -127,6 +127,7 @@ def run_client(settings: Settings) -> int:
                 peer_timeout=settings.peer_timeout,
                 bootnode_public_key=settings.bootnode_public_key,
                 register_timeout=settings.register_timeout,
+                relay=settings.relay == "on",
             ),
             identity,
         )

@@ -137,7 +137,7 @@ ctypedef struct Slot:
     int32_t rnext
     uint32_t relay_nonce # the relay binding's nonce (as its 4 bytes lie in memory); 0: not bound
     uint32_t relay_ms    # when its token bucket was last refilled
-    uint32_t refused_ms  # when the last RELAY_REFUSED went to it, made odd (0: never)
+    uint32_t refused_ms  # when the last RELAY_REFUSED went to it (0: never; 1 for the clock's 0)
     uint64_t relay_tokens  # the bucket, in thousandths of a byte
 
 ctypedef struct Room:
@@ -650,8 +650,8 @@ cdef class RegistrationTable:
         if code == RELAY_FORWARD:
             self._touch(i, now_ms)
             return code
-        if s.refused_ms == 0 or (now_ms - s.refused_ms) >= REFUSAL_INTERVAL_ms:
-            s.refused_ms = now_ms | 1
+        if s.refused_ms == 0 or REFUSAL_INTERVAL_ms <= (now_ms - s.refused_ms) < 0x80000000:
+            s.refused_ms = now_ms if now_ms else 1
             tell[0] = 1
         return code
 

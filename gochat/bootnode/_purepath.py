@@ -131,7 +131,7 @@ class _Registration:
         self.relay_nonce = _NO_NONCE  # the relay binding's nonce; zero: not bound
         self.relay_tokens = 0  # the binding's token bucket, in thousandths of a byte
         self.relay_ms = 0  # when it was last refilled
-        self.refused_ms = 0  # when the last RELAY_REFUSED went to it, made odd (0: never)
+        self.refused_ms = 0  # when the last RELAY_REFUSED went to it (0: never; 1 for the clock's 0)
 
 
 class _Room:
@@ -351,9 +351,9 @@ class RegistrationTable:
         if code == RELAY_FORWARD:
             self._touch(i, s, now_ms)
             return code, i, value, False
-        tell = s.refused_ms == 0 or ((now_ms - s.refused_ms) & _U32) >= REFUSAL_INTERVAL_ms
+        tell = s.refused_ms == 0 or REFUSAL_INTERVAL_ms <= ((now_ms - s.refused_ms) & _U32) < 0x80000000
         if tell:
-            s.refused_ms = now_ms | 1
+            s.refused_ms = now_ms or 1
         return code, i, value, tell
 
     def _relay_decision(self, i: int, s: _Registration, to: bytes, cost: int, now_ms: int) -> tuple[int, int]:

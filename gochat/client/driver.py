@@ -60,6 +60,7 @@ class ClientConfig:
     # More bootnodes serving the same rooms (BOOTNODE=a:9595,b:9595): the room's hash picks
     # where all its members start, the list's order is the failover order.
     more_bootnodes: tuple[tuple[str, int], ...] = ()
+    relay: bool = True  # ask the bootnode for a relay binding and use it for peers that cannot punch
 
 
 def bootnode_addresses(
@@ -193,6 +194,7 @@ class ClientDriver:
             peer_timeout=self.config.peer_timeout,
             register_timeout=self.config.register_timeout,
             bootnode_alternatives=addresses[1:],
+            relay=self.config.relay,
         )
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
         self._pin_bootnode_key()
