@@ -60,17 +60,75 @@ def test_direct_path_through_nats(tmp_path, kind_a, kind_b):
             _stop(boot, clients=[alice, bob])
 
 
-@pytest.mark.parametrize("kind_a,kind_b", [(PORT_RESTRICTED, SYMMETRIC), (SYMMETRIC, PORT_RESTRICTED)])
-def test_port_restricted_against_symmetric_is_reported_unreachable(tmp_path, kind_a, kind_b):
+RELAYED = [(PORT_RESTRICTED, SYMMETRIC), (SYMMETRIC, PORT_RESTRICTED), (SYMMETRIC, SYMMETRIC)]
+
+
+def _exchange(alice, bob, n=100, timeout=60):
+    """n messages each way; both must arrive exactly once and in order."""
+    for i in range(n):
+        alice.say(f"a{i:03d}")
+        bob.say(f"b{i:03d}")
+    bob.wait_for(lambda e: e.get("text") == f"a{n - 1:03d}", timeout=timeout, what="the last of alice's messages")
+    alice.wait_for(lambda e: e.get("text") == f"b{n - 1:03d}", timeout=timeout, what="the last of bob's messages")
+    assert bob.messages("alice") == [f"a{i:03d}" for i in range(n)]
+    assert alice.messages("bob") == [f"b{i:03d}" for i in range(n)]
+    assert not alice.kinds("undelivered") and not bob.kinds("undelivered")
+
+
+@pytest.mark.parametrize("kind_a,kind_b", RELAYED)
+def test_pairs_that_cannot_punch_talk_through_the_bootnodes_relay(tmp_path, kind_a, kind_b):
+    """Real kernel NATs that no punch crosses: the pair meets through the bootnode's relay
+    (the symmetric side knows from NAT discovery and goes there at once), chats exactly
+    once and in order, and keeps probing for a direct path in vain."""
     with Lab(kind_a, kind_b) as lab:
         boot, (alice, bob) = _start(lab, tmp_path)
         try:
-            alice.wait_event("peer_joined", name="bob")
             for client, kind in ((alice, kind_a), (bob, kind_b)):  # the bootnode's two ports tell them apart
-                assert client.wait_event("nat_mapping")["independent"] is (kind != SYMMETRIC)
+                mapping = client.wait_event("nat_mapping")
+                assert mapping["independent"] is (kind != SYMMETRIC)
+            a_conn = alice.wait_event("peer_connected", name="bob", timeout=15)
+            b_conn = bob.wait_event("peer_connected", name="alice", timeout=15)
+            assert a_conn["path"] == b_conn["path"] == "relay"
+            assert a_conn["endpoint"] == b_conn["endpoint"] == "relay"
+            _exchange(alice, bob)
+            for client in (alice, bob):
+                client.say("/peers")
+                (peer,) = client.wait_event("peers")["peers"]
+                assert peer["path"] == "relay"
+            assert not alice.kinds("peer_unreachable") and not bob.kinds("peer_unreachable")
+            assert not alice.kinds("path_changed") and not bob.kinds("path_changed")
+        finally:
+            _stop(boot, [alice, bob])
+
+
+@pytest.mark.parametrize("run", range(2))
+def test_relayed_pair_on_a_lossy_reordering_path_delivers_exactly_once_in_order(tmp_path, run):
+    """20% loss, 50 ms delay and reordering jitter on every path through the internet
+    router, the bootnode's (and so the relay's) included."""
+    with Lab(SYMMETRIC, SYMMETRIC) as lab:
+        lab.impair(loss_percent=20, delay_ms=50, jitter_ms=10, seconds=240, bootnode_too=True)
+        boot, (alice, bob) = _start(lab, tmp_path)
+        try:
+            assert alice.wait_event("peer_connected", name="bob", timeout=45)["path"] == "relay"
+            assert bob.wait_event("peer_connected", name="alice", timeout=45)["path"] == "relay"
+            _exchange(alice, bob, timeout=150)
+            assert lab.impaired_drops() >= 20  # the path really was lossy
+        finally:
+            _stop(boot, [alice, bob])
+
+
+def test_without_the_relay_such_a_pair_is_reported_unreachable(tmp_path):
+    with Lab(PORT_RESTRICTED, SYMMETRIC) as lab:
+        boot = Bootnode(listen=BOOTNODE, prefix=lab.prefix(lab.ns["boot"]), extra=[*LAB_TIMERS, "--relay", "off"])
+        alice, bob = (
+            Client(BOOTNODE, name, tmp_path, prefix=lab.prefix(lab.hosts[side][0]), port=CLIENT_PORT, extra=LAB_TIMERS)
+            for name, side in (("alice", "a"), ("bob", "b"))
+        )
+        try:
             event = alice.wait_event("peer_unreachable", name="bob", timeout=PUNCH_DEADLINE_s + 5)
-            assert "both sides' NATs may be symmetric" in event["message"]
+            assert "no relay binding" in event["message"]
             bob.wait_event("peer_unreachable", name="alice", timeout=PUNCH_DEADLINE_s + 5)
+            assert any("gives no relay binding (disabled)" in e["message"] for e in alice.kinds("notice"))
             assert not alice.kinds("peer_connected") and not bob.kinds("peer_connected")
         finally:
             _stop(boot, [alice, bob])
