@@ -344,19 +344,55 @@ def test_a_binding_freed_by_a_leave_serves_the_next():
     assert Client(m, 3, ("198.51.100.1", 1002), now=1.0).registered.relay_refused is None
 
 
-def test_nothing_is_amplified_through_the_relay():
-    """Whatever a member sends to the relay, what leaves the bootnode for it is never
-    larger, and goes only to members' validated endpoints."""
-    m = machine()
+relay_inputs = st.lists(
+    st.tuples(
+        st.sampled_from(["alice", "bob", "carol", "unknown"]),  # whose token
+        st.sampled_from(["bob", "alice", "carol", "nobody", "self"]),  # to whom
+        st.sampled_from(["alice", "bob", "victim"]),  # from which address
+        st.integers(1, 1176),  # payload size
+        st.floats(0, 0.5),  # time since the previous one
+    ),
+    max_size=40,
+)
+
+
+@given(relay_inputs)
+@settings(max_examples=examples(100), deadline=None)
+def test_nothing_is_amplified_through_the_relay(inputs):
+    """Whatever anyone sends to the relay, with any token, destination and source
+    address: every datagram it causes is smaller than what came in, and goes either back
+    to the source (only UNKNOWN_TOKEN or RELAY_REFUSED, and only to a member's own
+    endpoint for the latter) or to a member's validated endpoint in the sender's room."""
+    m = machine(relay_rate=20_000, relay_burst=30_000)
     alice, bob = Client(m, 1, ("198.51.100.1", 1000)), Client(m, 2, ("198.51.100.2", 1000))
-    members = {alice.addr, bob.addr}
-    for size in (1, 50, 1176):
-        for to in (bob.registered.relay_id, bytes(8), alice.registered.relay_id):
-            data = wire.encode_relay(alice.registered.token, to, b"x" * size)
-            for t in (1.0, 1.0, 5.0):
-                out = m.receive_datagram(data, alice.addr, t)
-                assert all(isinstance(a, Send) and len(a.data) <= len(data) for a in out)
-                assert {a.addr for a in out} <= members
+    carol = Client(m, 3, ("198.51.100.3", 1000), room=ROOM_B)
+    who = {"alice": alice, "bob": bob, "carol": carol}
+    victim = ("192.0.2.99", 53)
+    now = 1.0
+    for token_of, to, source, size, dt in inputs:
+        now += dt
+        token = who[token_of].registered.token if token_of in who else b"\0\0\0\x09" + bytes(8)
+        if to in who:
+            dest = who[to].registered.relay_id
+        elif to == "self" and token_of in who:
+            dest = who[token_of].registered.relay_id
+        else:
+            dest = b"\0\0\0\x07" + bytes(4)
+        addr = who[source].addr if source in who else victim
+        data = wire.encode_relay(token, dest, b"x" * size)
+        for action in m.receive_datagram(data, addr, now):
+            assert isinstance(action, Send) and len(action.data) < len(data)
+            reply = wire.decode(action.data)
+            if isinstance(reply, wire.Relayed):
+                sender, receiver = who[token_of], next(c for c in who.values() if c.registered.relay_id == dest)
+                assert addr == sender.addr and action.addr == receiver.addr != addr
+                assert receiver is not carol and sender is not carol  # within one room only
+                assert reply == wire.Relayed(sender.registered.relay_id, b"x" * size)
+            elif isinstance(reply, wire.RelayRefused):
+                assert token_of in who and action.addr == addr == who[token_of].addr
+            else:
+                assert isinstance(reply, wire.TokenMessage) and reply.type is MsgType.UNKNOWN_TOKEN
+                assert token_of == "unknown" and action.addr == addr
 
 
 # --- peers through the relay (simulated world) ------------------------------------------

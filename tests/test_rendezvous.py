@@ -638,6 +638,12 @@ def test_no_reply_to_an_unvalidated_address_is_larger_than_what_it_answers(impl)
         assert [type(wire.decode(a.data)) for a in to_victim] == [reply_type]
         factors.append(sum(len(a.data) for a in to_victim) / len(data))
     assert max(factors) == 1.0 and factors[0] == 56 / 91
+    # The relay: a RELAY with a token nobody holds gets UNKNOWN_TOKEN (16 for at least 25);
+    # with a member's token from anywhere but the member's endpoint, nothing at all.
+    smallest_relay = wire.encode_relay(unknown, bytes(8), b"x")
+    (reply,) = net.machine.receive_datagram(smallest_relay, victim, 1001.0)
+    assert reply.addr == victim and len(reply.data) / len(smallest_relay) == 16 / 25
+    assert net.machine.receive_datagram(wire.encode_relay(member.token, bytes(8), b"x"), victim, 1001.0) == []
 
 
 def test_a_proved_rebinding_is_announced_to_the_room(impl):
