@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gochat.bootnode import fastpath
@@ -60,7 +61,9 @@ def log(msg: str) -> None:
 class Bootnode:
     """A real `gochat --mode bootnode` process with its metrics endpoint."""
 
-    def __init__(self, pure: bool, peers: int, timeout_s: float, batch_wait: str = "1ms") -> None:
+    def __init__(
+        self, pure: bool, peers: int, timeout_s: float, batch_wait: str = "1ms", extra: Sequence[str] = ()
+    ) -> None:
         env = {**os.environ, "GOCHAT_PURE_PYTHON": "1" if pure else "0"}
         self._key_dir = tempfile.TemporaryDirectory(prefix="gochat-load-")
         args = [
@@ -97,6 +100,7 @@ class Bootnode:
             batch_wait,
             "--discovery-port",
             "off",
+            *extra,
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))

@@ -1,0 +1,127 @@
+"""A real coturn (Debian's turnserver) on loopback, for the TURN tests and the relay
+benchmark. Each instance gets its own ports and log; it stops with the test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+from gochat.wire import stun
+
+
+def missing() -> str | None:
+    if shutil.which("turnserver") is None:
+        return "coturn's turnserver is not installed (make system-deps installs it)"
+    return None
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Coturn:
+    """turnserver on 127.0.0.1: anonymous (no credentials), with one long-term user, or
+    with the TURN REST API's shared secret (``secret``)."""
+
+    def __init__(
+        self,
+        *,
+        user: tuple[str, str] | None = None,
+        secret: str | None = None,
+        realm: str = "gochat",
+        relay_threads: int | None = None,
+    ) -> None:
+        self.port = _free_udp_port()
+        self.addr = ("127.0.0.1", self.port)
+        self.realm = realm
+        self._dir = tempfile.TemporaryDirectory(prefix="gochat-coturn-")
+        low = 20000 + (os.getpid() * 97 + self.port) % 30000
+        args = [
+            "turnserver",
+            "-n",  # no configuration file
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--listening-port",
+            str(self.port),
+            "--min-port",
+            str(low),
+            "--max-port",
+            str(low + 200),
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--allow-loopback-peers",
+            "--realm",
+            realm,
+            "--simple-log",
+            "--log-file",
+            os.path.join(self._dir.name, "turn.log"),
+            "--pidfile",
+            os.path.join(self._dir.name, "turn.pid"),
+        ]
+        if relay_threads is not None:
+            args += ["--relay-threads", str(relay_threads)]
+        if secret is not None:
+            args += ["--use-auth-secret", "--static-auth-secret", secret]
+        elif user is not None:
+            args += ["--lt-cred-mech", "--user", f"{user[0]}:{user[1]}"]
+        else:
+            args += ["--no-auth"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 15.0) -> None:
+        """Until it answers a STUN Binding request (bounded)."""
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"turnserver exited with {self.proc.returncode}: {self.log()[-2000:]}")
+                txid = os.urandom(12)
+                s.sendto(stun.binding_request(txid), self.addr)
+                try:
+                    data, _ = s.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                if stun.parse_binding_success(data, txid) is not None:
+                    return
+        self.stop()
+        raise RuntimeError("turnserver did not answer within 15 s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the whole process (all its threads) so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self._dir.name, "turn.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._dir.cleanup()
+
+    def __enter__(self) -> Coturn:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
