@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bootnode_load --peers 100000 --seconds 5 --json bench-results/load-100k.json
 	$(BIN)/python -m benchmarks.bootnode_load --peers 1000000 --seconds 5 --json bench-results/load-1m.json
 	$(BIN)/python -m benchmarks.peer_latency --json bench-results/peer-latency.json
+	$(BIN)/python -m benchmarks.relay_load --json bench-results/relay.json
 	$(BIN)/python -m benchmarks.natlab_connect --json bench-results/natlab-connect.json
 
 # The same wheel the Dockerfile builds, installed into a throwaway venv the way the

@@ -36,10 +36,12 @@ MAX_RATE = str(2**32 - 1)  # the relay's limits out of the way: this measures it
 CHANNEL = 0x4000
 
 
-def proc_cpu_seconds(pid: int) -> float:
+def proc_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def udp_socket() -> socket.socket:
@@ -113,11 +115,13 @@ def flood(sender: socket.socket, dest: tuple[str, int], frame: bytes, counter: C
     records = frame * 256
     sent = 0
     counter.count = 0
-    cpu0, t0 = cpu(), time.monotonic()
+    (user0, sys0), t0 = cpu(), time.monotonic()
     while time.monotonic() - t0 < seconds:
         sent += fastpath.send_records(sender, dest, records, len(frame), 0, 256)
     time.sleep(0.3)  # what is in flight arrives (not a synchronisation: the figures are totals)
-    cpu_s, wall = cpu() - cpu0, time.monotonic() - t0
+    (user1, sys1), wall = cpu(), time.monotonic() - t0
+    user_s, sys_s = user1 - user0, sys1 - sys0
+    cpu_s = user_s + sys_s
     got = counter.count
     return {
         "sent": sent,
@@ -125,13 +129,25 @@ def flood(sender: socket.socket, dest: tuple[str, int], frame: bytes, counter: C
         "seconds": round(wall, 2),
         "relay_cpu_s": round(cpu_s, 3),
         "us_per_datagram": round(cpu_s / got * 1e6, 3) if got else None,
+        "user_us_per_datagram": round(user_s / got * 1e6, 3) if got else None,
+        "system_us_per_datagram": round(sys_s / got * 1e6, 3) if got else None,
         "per_core_per_s": round(got / cpu_s) if cpu_s else None,
         "offered_per_s": round(sent / wall),
     }
 
 
+def quiet(counter: Counter, limit: float = 60.0) -> None:
+    """Wait until nothing has arrived for 0.3 s (the flood's backlog is through), bounded."""
+    deadline = time.monotonic() + limit
+    last = -1
+    while counter.count != last and time.monotonic() < deadline:
+        last = counter.count
+        time.sleep(0.3)
+
+
 def probe(sender, dest, make, counter: Counter, n: int) -> list[float]:
-    """One-way delays (ms) of n datagrams, one per ms, through dest."""
+    """One-way delays (ms) of n datagrams, one per ms, through dest (once the relay is idle)."""
+    quiet(counter)
     counter.arrivals.clear()
     counter.probing = True
     sent_at = {}

@@ -97,11 +97,12 @@ class Coturn:
         self.stop()
         raise RuntimeError("turnserver did not answer within 15 s")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the whole process (all its threads) so far."""
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the whole process (all its threads) so far."""
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def log(self) -> str:
         try:
