@@ -128,6 +128,8 @@ def run_client(settings: Settings) -> int:
                 bootnode_public_key=settings.bootnode_public_key,
                 register_timeout=settings.register_timeout,
                 relay=settings.relay == "on",
+                turn=settings.turn_url,
+                turn_credentials=(settings.turn_username, settings.turn_password) if settings.turn_username else None,
             ),
             identity,
         )
@@ -152,7 +154,7 @@ def _discovery_port(settings: Settings) -> int:
 def run_bootnode(settings: Settings) -> int:
     from gochat.bootnode.driver import BootnodeConfig, serve
     from gochat.bootnode.keys import BootnodeKeyError, default_key_path, load_or_create
-    from gochat.bootnode.rendezvous import Limits
+    from gochat.bootnode.rendezvous import Limits, TurnIssuer
 
     key_file = settings.bootnode_key or default_key_path(os.environ)
     try:  # refused up front, before the socket is bound
@@ -183,6 +185,9 @@ def run_bootnode(settings: Settings) -> int:
         key=key,
         discovery_port=_discovery_port(settings),
         batch_wait_s=settings.batch_wait,
+        turn=TurnIssuer(settings.turn_url.url, settings.turn_secret)
+        if settings.turn_url is not None and settings.turn_secret
+        else None,
     )
     try:
         return asyncio.run(serve(config, settings.metrics_listen, summary_interval_s=settings.log_summary_interval))

@@ -20,6 +20,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from gochat import constants as C
+from gochat.turn import TurnServer, parse_turn_url
 from gochat.wire.constants import MAX_NAME_bytes
 
 HostPort = tuple[str, int]
@@ -139,6 +140,10 @@ def parse_optional_host_port(text: str) -> HostPort | None:
 
 def parse_text(text: str) -> str:
     return text.strip()
+
+
+def parse_optional_turn_url(text: str) -> TurnServer | None:
+    return parse_turn_url(text) if text.strip() else None
 
 
 def parse_bool(text: str) -> bool:
@@ -452,6 +457,38 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: relay bindings held in total",
     ),
     Spec(
+        "turn_url",
+        "TURN_URL",
+        "--turn-url",
+        "",
+        parse_optional_turn_url,
+        "a TURN server, turn:HOST[:PORT] (client: relay through it; bootnode: hand its clients credentials for it)",
+    ),
+    Spec(
+        "turn_username",
+        "TURN_USERNAME",
+        "--turn-username",
+        "",
+        parse_text,
+        "client: TURN username (empty: credentials from the bootnode, if it mints them)",
+    ),
+    Spec(
+        "turn_password",
+        "TURN_PASSWORD",
+        "--turn-password",
+        "",
+        parse_text,
+        "client: TURN password (prefer the environment: flags show in ps)",
+    ),
+    Spec(
+        "turn_secret",
+        "TURN_SECRET",
+        "--turn-secret",
+        "",
+        parse_text,
+        "bootnode: the secret shared with the TURN server (coturn static-auth-secret) to mint clients' credentials",
+    ),
+    Spec(
         "bell",
         "BELL",
         "--bell",
@@ -522,6 +559,10 @@ class Settings:
     relay_total_rate: int
     relay_bindings_per_ip: int
     relay_max_bindings: int
+    turn_url: TurnServer | None
+    turn_username: str
+    turn_password: str
+    turn_secret: str
     bell: str
     log_level: str
     log_format: str
@@ -631,4 +672,13 @@ def resolve(
         )
     if values["peer_timeout"] > 86400:
         raise ConfigError(f"invalid {sources['peer_timeout']}: at most one day (86400s)")
+    if values["mode"] == "bootnode" and values["turn_secret"] and values["turn_url"] is None:
+        raise ConfigError(
+            f"{sources['turn_secret']} needs the TURN server it is shared with: set --turn-url or TURN_URL"
+        )
+    if bool(values["turn_username"]) != bool(values["turn_password"]):
+        raise ConfigError(
+            f"{sources['turn_username']} and {sources['turn_password']} go together (or leave both empty "
+            "to take credentials from the bootnode)"
+        )
     return Settings(sources=sources, **values)

@@ -7,10 +7,24 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
 from gochat.wire import stun
+
+
+# A STUN Binding request from where coturn runs (a network namespace), answered within 1 s.
+_PROBE = """
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+s.sendto(bytes.fromhex("000100002112a442") + os.urandom(12), (sys.argv[1], int(sys.argv[2])))
+try:
+    s.recv(2048)
+except OSError:
+    sys.exit(1)
+"""
 
 
 def missing() -> str | None:
@@ -36,9 +50,14 @@ class Coturn:
         secret: str | None = None,
         realm: str = "gochat",
         relay_threads: int | None = None,
+        ip: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = _free_udp_port()
-        self.addr = ("127.0.0.1", self.port)
+        """``prefix`` runs it elsewhere (ip netns exec NS) on ``ip`` and ``port``."""
+        self.prefix = prefix or []
+        self.port = port or _free_udp_port()
+        self.addr = (ip, self.port)
         self.realm = realm
         self._dir = tempfile.TemporaryDirectory(prefix="gochat-coturn-")
         low = 20000 + (os.getpid() * 97 + self.port) % 30000
@@ -46,9 +65,9 @@ class Coturn:
             "turnserver",
             "-n",  # no configuration file
             "--listening-ip",
-            "127.0.0.1",
+            ip,
             "--relay-ip",
-            "127.0.0.1",
+            ip,
             "--listening-port",
             str(self.port),
             "--min-port",
@@ -66,6 +85,8 @@ class Coturn:
             os.path.join(self._dir.name, "turn.log"),
             "--pidfile",
             os.path.join(self._dir.name, "turn.pid"),
+            "--userdb",
+            os.path.join(self._dir.name, "turndb"),
         ]
         if relay_threads is not None:
             args += ["--relay-threads", str(relay_threads)]
@@ -75,8 +96,23 @@ class Coturn:
             args += ["--lt-cred-mech", "--user", f"{user[0]}:{user[1]}"]
         else:
             args += ["--no-auth"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
+        self.proc = subprocess.Popen([*self.prefix, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.prefix:
+            self._wait_ready_inside()
+        else:
+            self._wait_ready()
+
+    def _wait_ready_inside(self, timeout: float = 15.0) -> None:
+        """Until a STUN request made beside it gets an answer (bounded: 1 s per try)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited with {self.proc.returncode}: {self.log()[-2000:]}")
+            probe = subprocess.run([*self.prefix, sys.executable, "-c", _PROBE, *map(str, self.addr)], timeout=10)
+            if probe.returncode == 0:
+                return
+        self.stop()
+        raise RuntimeError("turnserver did not answer within 15 s")
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
         """Until it answers a STUN Binding request (bounded)."""

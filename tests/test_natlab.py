@@ -8,6 +8,8 @@ import pytest
 
 from gochat.constants import PUNCH_DEADLINE_s
 
+from .coturn import Coturn
+from .coturn import missing as coturn_missing
 from .natlab import BOOTNODE, CLIENT_PORT, FULL_CONE, PORT_RESTRICTED, RESTRICTED, SYMMETRIC, Lab, missing_requirements
 from .procs import Bootnode, Client
 
@@ -181,3 +183,45 @@ def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path, 
             assert lab.impaired_drops() >= 20  # the path really was lossy
         finally:
             _stop(boot, [alice, bob])
+
+
+@pytest.mark.skipif(coturn_missing() is not None, reason=coturn_missing() or "")
+@pytest.mark.parametrize("loss", [0, 20], ids=["clean", "lossy"])
+def test_symmetric_pair_talks_through_coturn_with_credentials_the_bootnode_mints(tmp_path, loss):
+    """A deployment that runs coturn beside its bootnode (whose own relay is off): the
+    bootnode mints TURN REST credentials from the secret it shares with coturn, each
+    client allocates a relayed address and announces it, and two symmetric NATs meet
+    through coturn, exactly once and in order, at 20% loss too."""
+    with Lab(SYMMETRIC, SYMMETRIC) as lab:
+        if loss:
+            lab.impair(loss_percent=loss, delay_ms=30, jitter_ms=10, seconds=240, bootnode_too=True)
+        turn = Coturn(secret="deployment secret", ip="198.18.1.2", port=3478, prefix=lab.prefix(lab.ns["boot"]))
+        boot = Bootnode(
+            listen=BOOTNODE,
+            prefix=lab.prefix(lab.ns["boot"]),
+            extra=[
+                *LAB_TIMERS,
+                "--relay",
+                "off",
+                "--turn-url",
+                "turn:198.18.1.2:3478",
+                "--turn-secret",
+                "deployment secret",
+            ],
+        )
+        alice, bob = (
+            Client(BOOTNODE, name, tmp_path, prefix=lab.prefix(lab.hosts[side][0]), port=CLIENT_PORT, extra=LAB_TIMERS)
+            for name, side in (("alice", "a"), ("bob", "b"))
+        )
+        try:
+            a_conn = alice.wait_event("peer_connected", name="bob", timeout=45)
+            b_conn = bob.wait_event("peer_connected", name="alice", timeout=45)
+            assert a_conn["path"] == b_conn["path"] == "relay"
+            assert a_conn["endpoint"].startswith("turn 198.18.1.2:") and b_conn["endpoint"].startswith(
+                "turn 198.18.1.2:"
+            )
+            _exchange(alice, bob, timeout=150)
+            assert any("relaying through TURN" in e["message"] for e in alice.kinds("notice"))
+        finally:
+            _stop(boot, [alice, bob])
+            turn.stop()

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from gochat.bootnode import fastpath as default_fastpath
 from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
-from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table
+from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table, TurnIssuer
 from gochat.bootnode.summary import summarize
 from gochat.constants import (
     BATCH_SIZE,
@@ -91,6 +91,9 @@ class BootnodeConfig:
     # The second UDP port that answers STUN for NAT discovery: -1 off, 0 any free port,
     # else that port (the settings' "auto" is the listen port + 1).
     discovery_port: int = -1
+    # A TURN server whose REST-API secret we share: clients asking for a relay get
+    # time-limited credentials for it.
+    turn: TurnIssuer | None = None
     # After a wakeup that found less than one batch, leave the socket alone this long so
     # that the next read gets a fuller batch (as NAPI does): heartbeats can wait a
     # millisecond, and at a paced load the wakeups, not the datagrams, cost the CPU. 0: off.
@@ -139,6 +142,7 @@ class Bootnode:
             peer_timeout_s=config.peer_timeout_s,
             limits=config.limits,
             key=key,
+            turn=config.turn,
         )
         self.ticks = TickStats()
         self.internal_errors = 0
@@ -215,6 +219,8 @@ class Bootnode:
             )
         else:
             log.info("relay: off (clients that cannot punch each other cannot talk)")
+        if self.config.turn is not None:
+            log.info("TURN: clients that ask for a relay get credentials for %s", self.config.turn.url)
 
     def _on_discovery_readable(self) -> None:
         """The second port: a few STUN requests at a time, answered in Python (rare)."""

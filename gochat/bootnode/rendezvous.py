@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from gochat.constants import (
     WHEEL_TICK_ms,
 )
 from gochat.ratelimit import TokenBuckets
+from gochat.turn import rest_credentials
 from gochat.wire import control as wire
 from gochat.wire import stun
 from gochat.wire.constants import (
@@ -46,6 +48,7 @@ from gochat.wire.constants import (
     RELAY_NONCE_SIZE_bytes,
     ROOM_TAG_SIZE_bytes,
     TOKEN_SECRET_SIZE_bytes,
+    TURN_NONCE_SIZE_bytes,
 )
 from gochat.wire.control import LeaveReason, MsgType, RefuseReason, RelayRefuseReason
 from gochat.wire.endpoints import endpoint_key, key_endpoint
@@ -107,6 +110,14 @@ class Table(Protocol):
 
 
 @dataclass(frozen=True)
+class TurnIssuer:
+    """A TURN server to tell clients of, and the secret it shares with us (TURN REST API)."""
+
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class Limits:
     max_peers: int
     max_peers_per_room: int
@@ -132,8 +143,13 @@ class Rendezvous:
         cookies: CookieJar | None = None,
         key: BootnodeKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        turn: TurnIssuer | None = None,
+        unix_time: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
+        # A coturn that shares our secret: clients that ask for a relay get credentials for it.
+        self.turn = turn
+        self._unix_time = unix_time
         self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
         self.peer_timeout_ms = int(peer_timeout_s * 1000)
         self.limits = limits
@@ -298,6 +314,8 @@ class Rendezvous:
             relay,
         )
         actions: list[Action] = [Send(reply, addr)]
+        if msg.relay and self.turn is not None:
+            actions.append(Send(self._turn_credentials(msg, table.token(slot)), addr))
         members = [i for i in table.room_members(msg.room_id) if i != slot]
         entries = [table.entry(i) for i in members]
         batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
@@ -334,6 +352,19 @@ class Rendezvous:
             self._bindings_per_ip[source16] += 1
             self.stats["relay.bound"] += 1
         return wire.relay_grant(self.table.relay_id(slot), limits.relay_rate, limits.relay_burst)
+
+    def _turn_credentials(self, msg: wire.RegisterHead, token: bytes) -> bytes:
+        """Time-limited credentials for our TURN server, sealed for the registered client
+        alone (its REGISTER's proof key): they go over plain UDP."""
+        assert self.turn is not None
+        proof_key = self.key.proof_key(msg.public_key)
+        assert proof_key is not None  # the proof checked, so the key exchange worked
+        username, password = rest_credentials(self.turn.secret, msg.public_key[:8].hex(), self._unix_time())
+        expires = int(username.split(":", 1)[0])
+        grant = wire.TurnGrant(expires, self.turn.url, username, password)
+        self.stats["turn.credentials_sent"] += 1
+        key = wire.turn_credentials_key(proof_key)
+        return wire.seal_turn_credentials(key, token, grant, self._random(TURN_NONCE_SIZE_bytes))
 
     @property
     def relay_bindings(self) -> int:

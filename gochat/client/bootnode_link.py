@@ -134,6 +134,8 @@ class BootnodeLink:
         self.room_digest: bytes | None = None  # the latest HEARTBEAT_ACK's membership digest
         self.want_relay = relay  # ask for a relay binding with every registration
         self.relay_id: bytes | None = None  # our binding, while registered with one
+        self.turn_grant: wire.TurnGrant | None = None  # TURN credentials the bootnode minted for us
+        self._sealed_turn: wire.TurnCredentials | None = None
         self._relay_refusal_told: object = None
         self._register(now, new_request=True)
 
@@ -159,14 +161,16 @@ class BootnodeLink:
             return signed + bytes(PROOF_SIZE_bytes)
         return signed + wire.register_proof(self._proof_key, signed)
 
-    def rename(self, card: bytes, now: float) -> None:
-        """Register again with a new card (a new display name): the bootnode replaces the
-        registration and announces it to the room as a join with the new name."""
+    def rename(self, card: bytes, now: float, quiet: bool = False) -> None:
+        """Register again with a new card (a new display name, or our TURN address): the
+        bootnode replaces the registration and announces it to the room as a join.
+        ``quiet``: no Registered event for it (nothing the user did)."""
         card_key, self.name, _ = wire.decode_card(card)
         if self._static_private is not None and public_key(self._static_private) != card_key:
             raise ValueError("the card's public key is not the static private key's")
         self.card = card
         if self.state in (REGISTERED, REGISTERING):
+            self._resyncing = quiet and self.ever_registered
             self.state = REGISTERING
             self._attempt = 0
             self._register(now, new_request=True)
@@ -270,11 +274,26 @@ class BootnodeLink:
                 self.last_answer = now
                 self._refused(msg, now)
                 return True
+        elif isinstance(msg, wire.TurnCredentials):
+            return self._turn_credentials(msg)
         elif isinstance(msg, wire.TokenMessage) and msg.token == self.token and msg.type in _REPLIES:
             return self._token_reply(msg, now)
         elif isinstance(msg, wire.RebindChallenge) and self.state == REGISTERED:
             return self._rebind(msg, now)
         return False
+
+    def _turn_credentials(self, msg: wire.TurnCredentials) -> bool:
+        """Credentials for the bootnode's TURN server, sealed for us under our REGISTER's
+        proof key and bound to our token: nobody else can read them, or make us use a
+        TURN server of their choosing."""
+        if self.token is None or self._proof_key is None or self.state != REGISTERED:
+            self._sealed_turn = msg  # before its REGISTERED (UDP reorders): opened then
+            return True
+        try:
+            self.turn_grant = wire.open_turn_credentials(wire.turn_credentials_key(self._proof_key), self.token, msg)
+        except wire.DecodeError:
+            return False
+        return True
 
     def _rebind(self, msg: wire.RebindChallenge, now: float) -> bool:
         """Our heartbeat came from an address the bootnode has not seen us at (our NAT
@@ -306,12 +325,17 @@ class BootnodeLink:
         self.state = REGISTERED
         self.token, self.room_tag = msg.token, msg.room_tag
         self.relay_id = msg.relay_id or None
+        sealed, self._sealed_turn = self._sealed_turn, None
+        if sealed is not None:
+            self.state = REGISTERED
+            self._turn_credentials(sealed)
         if msg.relay_refused is not None and self._relay_refusal_told != msg.relay_refused:
             self._relay_refusal_told = msg.relay_refused
             self.events.append(
                 ev.Notice(
                     f"bootnode {format_endpoint(self.bootnode)} gives no relay binding "
-                    f"({msg.relay_refused.name.lower()}): peers that cannot punch through to us cannot reach us"
+                    f"({msg.relay_refused.name.lower()}): peers that cannot punch through to us can reach us "
+                    "only through TURN, if it offers one"
                 )
             )
         self.heartbeat_interval = msg.heartbeat_interval_ms / 1000.0

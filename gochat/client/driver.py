@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+
 from gochat import events as ev
 from gochat.client.bootnode_link import room_id_for
 from gochat.client.known_bootnodes import FILE_NAME as KNOWN_BOOTNODES_FILE
@@ -28,7 +31,10 @@ from gochat.client.room import RoomClient
 from gochat.constants import DEFAULT_REGISTER_TIMEOUT_s
 from gochat.crypto.identity import Identity, KnownPeers, fingerprint
 from gochat.crypto.noise import room_psk
-from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
+from gochat.turn import TurnServer, parse_turn_url
+from gochat.wire.endpoints import canonical_endpoint, format_endpoint, is_turn, sockaddr_for, turn_target
+
+TURN_ALLOCATE_TIMEOUT_s = 10.0  # an allocation not made by then is given up (the bootnode's relay remains)
 
 log = logging.getLogger("gochat.client")
 
@@ -61,6 +67,10 @@ class ClientConfig:
     # where all its members start, the list's order is the failover order.
     more_bootnodes: tuple[tuple[str, int], ...] = ()
     relay: bool = True  # ask the bootnode for a relay binding and use it for peers that cannot punch
+    # A TURN server of our own (TURN_URL) and its credentials; without credentials, those
+    # the bootnode mints (for its own TURN server, or this one) are used.
+    turn: TurnServer | None = None
+    turn_credentials: tuple[str, str] | None = None
 
 
 def bootnode_addresses(
@@ -132,6 +142,23 @@ class _Protocol(asyncio.DatagramProtocol):
         self.driver.machine.counters["send_error"] += 1
 
 
+class _TurnProtocol(asyncio.DatagramProtocol):
+    """What our TURN allocation relays to us: peers' datagrams, from their addresses."""
+
+    def __init__(self, driver: ClientDriver) -> None:
+        self.driver = driver
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.driver.machine.receive_via_turn(data, addr, self.driver.loop.time())
+        self.driver._after_input()
+
+    def error_received(self, exc: Exception) -> None:  # a channel that could not be bound, say
+        self.driver.machine.counters["turn_error"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.driver._turn_lost()
+
+
 class ClientDriver:
     def __init__(self, config: ClientConfig, identity: Identity, sink: EventSink) -> None:
         self.config = config
@@ -145,6 +172,8 @@ class ClientDriver:
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.finished = asyncio.Event()
+        self._turn: Any = None  # aioice's TurnTransport, once allocated
+        self._turn_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         bootnodes = [self.config.bootnode, *self.config.more_bootnodes]
@@ -198,7 +227,38 @@ class ClientDriver:
         )
         log.info("client on UDP port %d, bootnode %s, room %r", self.port, format_endpoint(bootnode), self.config.room)
         self._pin_bootnode_key()
+        if self.config.turn is not None and self.config.turn_credentials is not None:
+            self._start_turn(self.config.turn, *self.config.turn_credentials)
         self._after_input()
+
+    # --- TURN -------------------------------------------------------------------------
+
+    def _start_turn(self, server: TurnServer, username: str, password: str) -> None:
+        if self._turn_task is None:
+            self._turn_task = self.loop.create_task(self._allocate(server, username, password))
+
+    async def _allocate(self, server: TurnServer, username: str, password: str) -> None:
+        """A TURN allocation (aioice, RFC 8656): our relayed address goes into our card,
+        and peers on the same TURN server are reached through it."""
+        try:
+            infos = await self.loop.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)
+            infos.sort(key=lambda i: i[0] != socket.AF_INET)
+            address = canonical_endpoint(infos[0][4])
+            self._turn, _ = await asyncio.wait_for(
+                create_turn_endpoint(lambda: _TurnProtocol(self), address, username, password),
+                TURN_ALLOCATE_TIMEOUT_s,
+            )
+        except (OSError, ConnectionError, asyncio.TimeoutError, stun.TransactionError) as exc:
+            self.sink(ev.Notice(f"TURN server {server.url}: no allocation ({exc or type(exc).__name__})"))
+            log.warning("TURN server %s: no allocation: %r", server.url, exc)
+            return
+        relayed = self._turn.get_extra_info("sockname")
+        log.info("TURN allocation at %s: relayed address %s", server.url, format_endpoint(relayed))
+        self.machine.set_turn(relayed, self.loop.time())
+        self._after_input()
+
+    def _turn_lost(self) -> None:
+        self._turn = None
 
     def _pin_bootnode_key(self) -> None:
         """Each bootnode's key from the setting, or as remembered for it."""
@@ -264,9 +324,24 @@ class ClientDriver:
         machine = self.machine
         if machine.link.learned_key is not None:
             self._remember_bootnode_key(machine.link.learned_key)
+        grant = machine.link.turn_grant
+        if grant is not None and self._turn_task is None:  # the bootnode minted us TURN credentials
+            try:
+                server = self.config.turn or parse_turn_url(grant.url)
+            except ValueError as exc:
+                machine.link.turn_grant = None
+                log.warning("the bootnode named an unusable TURN server: %s", exc)
+            else:
+                self._start_turn(server, grant.username, grant.password)
         if machine.outbox and self.transport is not None:
             for data, endpoint in machine.outbox:
                 try:
+                    if is_turn(endpoint):  # through our TURN allocation
+                        if self._turn is None:
+                            machine.counters["turn_unavailable"] += 1
+                        else:
+                            self._turn.sendto(data, turn_target(endpoint))
+                        continue
                     self.transport.sendto(data, sockaddr_for(self.family, endpoint))
                 except OSError:
                     machine.counters["send_error"] += 1
@@ -353,6 +428,9 @@ class ClientDriver:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        if self._turn is not None:
+            self._turn.close()  # deletes the allocation (a last request, not waited for)
+            self._turn = None
         self.finished.set()
 
     def status(self) -> ev.PeersStatus:

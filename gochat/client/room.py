@@ -42,7 +42,14 @@ from gochat.wire import data as pw
 from gochat.wire import stun
 from gochat.wire.constants import MAX_DATAGRAM_bytes, RELAY_OVERHEAD_bytes
 from gochat.wire.control import DecodeError, Endpoint, LeaveReason, RelayRefuseReason
-from gochat.wire.endpoints import canonical_endpoint, format_endpoint, is_relay, relay_endpoint, relay_id_of
+from gochat.wire.endpoints import (
+    canonical_endpoint,
+    format_endpoint,
+    is_bootnode_relay,
+    relay_endpoint,
+    relay_id_of,
+    turn_endpoint,
+)
 
 # Announcements that arrive before our REGISTERED (UDP reorders the reply and the peer
 # list) are kept, this many at most, and read once the room tag is known.
@@ -120,6 +127,8 @@ class RoomClient:
         self._heap_order = itertools.count()
         self._early: list[wire.PeerList | wire.PeerJoined | wire.PeerLeft] = []
         self._roster: set[bytes] = set()  # the members' keys as the bootnode announced them
+        self._entries: dict[bytes, wire.PeerEntry] = {}  # each peer's latest announcement
+        self.turn: Endpoint | None = None  # our TURN relayed address, once allocated
         self._nat: NatDiscovery | None = None  # started at the first registration
         self._nat_told = False
         self._list_parts: dict[int, list[bytes]] = {}  # a PEER_LIST being received, by part
@@ -160,7 +169,7 @@ class RoomClient:
     # --- PeerContext ----------------------------------------------------------------
 
     def send(self, data: bytes, endpoint: Endpoint) -> None:
-        if is_relay(endpoint):  # through our binding at the bootnode
+        if is_bootnode_relay(endpoint):  # through our binding at the bootnode
             token, own = self.link.token, self.link.relay_id
             if token is None or own is None or not 0 < len(data) <= MAX_DATAGRAM_bytes - RELAY_OVERHEAD_bytes:
                 self.counters["relay_unavailable"] += 1
@@ -177,7 +186,7 @@ class RoomClient:
 
     @property
     def relay_available(self) -> bool:
-        return self.link.relay_id is not None
+        return self.link.relay_id is not None or self.turn is not None
 
     def event(self, event: ev.Event) -> None:
         if getattr(event, "fingerprint", None) in self._unannounced_fingerprints:
@@ -360,9 +369,8 @@ class RoomClient:
         """A member the bootnode told us of (or whose punch from ``punched_from`` did)."""
         if entry.public_key == self.public_key:
             return  # a coalesced PEER_JOINED may list ourselves
-        endpoints = punchable(entry.endpoints, self.link.public_endpoint)
-        if entry.relay:
-            endpoints.append(relay_endpoint(entry.relay))
+        self._entries[entry.public_key] = entry
+        endpoints = self._candidates(entry)
         if punched_from is not None:
             endpoints = [*endpoints, punched_from]
         peer = self.peers.get(entry.public_key)
@@ -395,6 +403,46 @@ class RoomClient:
             self._unannounced_fingerprints.add(peer.fingerprint)
         peer.handle_timer(now)  # the first punch round goes out at once
         self._schedule(peer)
+
+    def _candidates(self, entry: wire.PeerEntry) -> list[Endpoint]:
+        """Where to look for a member: its announced endpoints (filtered, punchable()),
+        its TURN relayed address through our own allocation when both are on the same
+        TURN server (we send nothing to an address of the member's choosing but through
+        that server, which relays only to addresses we gave it permission for), and its
+        binding at the bootnode's relay."""
+        endpoints = punchable(entry.endpoints, self.link.public_endpoint)
+        if entry.turn is not None and self.turn is not None and entry.turn[0] == self.turn[0]:
+            endpoints.append(turn_endpoint(entry.turn))
+        if entry.relay:
+            endpoints.append(relay_endpoint(entry.relay))
+        return endpoints
+
+    def set_turn(self, relayed: Endpoint, now: float) -> None:
+        """Our TURN allocation is up at ``relayed``: announce it with our card (a new
+        registration, seen by the room as a join) and look for members on the same TURN
+        server through it."""
+        self.turn = canonical_endpoint(relayed)
+        self.events.append(ev.Notice(f"relaying through TURN when needed (our relayed address {format_endpoint(relayed)})"))
+        self.link.rename(wire.encode_card(self.public_key, self.name, self.local_endpoints, self.turn), now, quiet=True)
+        for key, peer in self.peers.items():
+            entry = self._entries.get(key)
+            if entry is not None:
+                peer.reintroduced(entry.name, self._candidates(entry), now)
+                self._schedule(peer)
+        self._drain_link(now)
+
+    def receive_via_turn(self, data: bytes, addr: tuple, now: float) -> None:
+        """A datagram our TURN server relayed from ``addr`` (a peer's relayed address)."""
+        self._now = now
+        try:
+            source = turn_endpoint(canonical_endpoint(addr))
+            if not pw.is_peer_datagram(data):
+                self.counters["turn_not_peer"] += 1
+            else:
+                self._peer_datagram(pw.decode(data), source, now)
+        except (OSError, ValueError) as exc:  # DecodeError included
+            self.counters[getattr(exc, "reason", "bad_source")] += 1
+        self._drain_link(now)
 
     def _introduced_by_punch(self, punch: pw.Punch, source: Endpoint, now: float) -> Peer | None:
         """A valid punch from a key we were never told about: its announcement was lost
@@ -449,6 +497,7 @@ class RoomClient:
         return False
 
     def _forget(self, peer: Peer, now: float | None) -> None:
+        self._entries.pop(peer.key, None)
         peer.release()
         self.peers.pop(peer.key, None)
         self._secrets.pop(peer.key, None)
@@ -530,7 +579,7 @@ class RoomClient:
         the others); each session proves it in a new handshake: we start one towards the
         peers we initiate with and ask the others to (a punch from the session's path)."""
         self.name = name
-        self.link.rename(wire.encode_card(self.public_key, name, self.local_endpoints), now)
+        self.link.rename(wire.encode_card(self.public_key, name, self.local_endpoints, self.turn), now)
         for peer in self.peers.values():
             peer.renamed(now)
             self._schedule(peer)

@@ -68,6 +68,7 @@ T_REBIND_CHALLENGE = 0x0D
 T_RELAY = 0x0E  # client -> bootnode: an opaque peer datagram for another member's binding
 T_RELAYED = 0x0F  # bootnode -> client: a relayed peer datagram and whose binding sent it
 T_RELAY_REFUSED = 0x10  # bootnode -> client: a RELAY that was not forwarded, and why
+T_TURN_CREDENTIALS = 0x11  # bootnode -> client: a TURN server and time-limited credentials, sealed
 
 # --- flags (header byte 3) --------------------------------------------------------
 FLAG_ACK_REQUESTED = 0x01  # HEARTBEAT: the sender wants a HEARTBEAT_ACK
@@ -75,6 +76,10 @@ FLAG_REBIND = 0x02  # HEARTBEAT: the token is followed by the challenge of a REB
 FLAG_RELAY = 0x01  # REGISTER: the client asks for a relay binding with its registration
 FLAG_RELAY_BOUND = 0x01  # REGISTERED: the endpoint is followed by the binding (id, rate, burst)
 FLAG_RELAY_REFUSED = 0x02  # REGISTERED: the endpoint is followed by why no binding was made
+
+# TURN_CREDENTIALS are sealed (AES-256-GCM) under SHA-256(label || the REGISTER's proof key).
+TURN_CREDENTIALS_LABEL = b"gochat turn credentials v1\0"
+TURN_NONCE_SIZE_bytes = 12
 
 # --- relay ----------------------------------------------------------------------------
 # A relay id names a binding: the registration's slot index (4) and a random nonce (4,
@@ -89,3 +94,6 @@ RELAYED_OVERHEAD_bytes = HEADER_SIZE_bytes + RELAY_ID_SIZE_bytes
 RELAY_REFUSED_SIZE_bytes = HEADER_SIZE_bytes + 1 + 4 + RELAY_ID_SIZE_bytes
 # The endpoint family of a binding in a peer entry: 'R', then the relay id.
 FAMILY_RELAY = 0x52
+# The endpoint family of a TURN relayed address in a card (and so in its entry): 'T',
+# then an endpoint (family 4 or 6, address, port).
+FAMILY_TURN = 0x54

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from gochat.wire import constants as C
 from gochat.wire.constants import (
     FLAG_ACK_REQUESTED as FLAG_ACK_REQUESTED,  # re-exported: callers use wire.FLAG_ACK_REQUESTED
@@ -89,6 +92,7 @@ class MsgType(enum.IntEnum):
     RELAY = C.T_RELAY
     RELAYED = C.T_RELAYED
     RELAY_REFUSED = C.T_RELAY_REFUSED
+    TURN_CREDENTIALS = C.T_TURN_CREDENTIALS
 
 
 class RefuseReason(enum.IntEnum):
@@ -142,6 +146,7 @@ class PeerEntry:
     name: str
     endpoints: tuple[Endpoint, ...]
     relay: bytes = b""  # the member's relay binding (8-byte relay id), if it has one
+    turn: Endpoint | None = None  # the member's TURN relayed address, if it announced one
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,7 @@ class Register:
     local_endpoints: tuple[Endpoint, ...] = ()
     proof: bytes = bytes(PROOF_SIZE_bytes)
     relay: bool = False  # FLAG_RELAY: ask for a relay binding too
+    turn: Endpoint | None = None  # the client's TURN relayed address, announced with its card
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +281,26 @@ class RelayRefused:
     relay_id: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCredentials:
+    """A TURN server and credentials for it, as a bootnode mints them (sealed on the
+    wire: ``nonce`` and ``sealed``; open_turn_credentials reads them)."""
+
+    nonce: bytes
+    sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TurnGrant:
+    """What TURN_CREDENTIALS says, opened: the server's URL, a username and password
+    valid until ``expires`` (Unix seconds)."""
+
+    expires: int
+    url: str
+    username: str
+    password: str
+
+
 Message = (
     Register
     | Cookie
@@ -288,6 +314,7 @@ Message = (
     | Relay
     | Relayed
     | RelayRefused
+    | TurnCredentials
 )
 
 TOKEN_TYPES = frozenset(
@@ -381,27 +408,53 @@ class _Reader:
             raise DecodeError("bad_field", f"{n} endpoints")
         return tuple(self.endpoint() for _ in range(n))
 
+    def card_endpoints(self) -> tuple[tuple[Endpoint, ...], Endpoint | None]:
+        """A card's local endpoints (at most 4), then its TURN relayed address if any."""
+        n = self.u8()
+        if n > MAX_LOCAL_ENDPOINTS + 1:
+            raise DecodeError("bad_field", f"{n} endpoints")
+        locals_: list[Endpoint] = []
+        turn = None
+        for k in range(n):
+            if k == n - 1 and self.pos < len(self.data) and self.data[self.pos] == C.FAMILY_TURN:
+                self.pos += 1
+                turn = self.endpoint()
+            elif k == MAX_LOCAL_ENDPOINTS:
+                raise DecodeError("bad_field", f"{n} endpoints")
+            else:
+                locals_.append(self.endpoint())
+        return tuple(locals_), turn
+
     def peer_entry(self) -> PeerEntry:
         """Key, name, then the public endpoint, the local ones and, last, the relay
         binding if the member has one (family FAMILY_RELAY and its 8-byte relay id)."""
         key = self.take(PUBLIC_KEY_SIZE_bytes)
         name = self.name()
         n = self.u8()
-        if n > MAX_LOCAL_ENDPOINTS + 2:
+        if n > MAX_LOCAL_ENDPOINTS + 3:
             raise DecodeError("bad_field", f"{n} endpoints")
         endpoints = []
         relay = b""
+        turn = None
         for k in range(n):
-            if self.pos < len(self.data) and self.data[self.pos] == C.FAMILY_RELAY:
+            family = self.data[self.pos] if self.pos < len(self.data) else None
+            if family == C.FAMILY_RELAY:
                 if k != n - 1 or k == 0:
                     raise DecodeError("bad_field", "a relay binding must come last, after the public endpoint")
                 self.pos += 1
                 relay = self.take(C.RELAY_ID_SIZE_bytes)
+            elif family == C.FAMILY_TURN:
+                if k == 0 or turn is not None:
+                    raise DecodeError("bad_field", "one TURN address at most, after the public endpoint")
+                self.pos += 1
+                turn = self.endpoint()
+            elif turn is not None:
+                raise DecodeError("bad_field", "a TURN address must follow the local endpoints")
             else:
                 endpoints.append(self.endpoint())
         if len(endpoints) > MAX_LOCAL_ENDPOINTS + 1:
             raise DecodeError("bad_field", f"{len(endpoints)} endpoints")
-        return PeerEntry(key, name, tuple(endpoints), relay)
+        return PeerEntry(key, name, tuple(endpoints), relay, turn)
 
     def rest(self) -> bytes:
         """Everything left (a relayed payload: at least one byte)."""
@@ -430,18 +483,23 @@ def encode_name(name: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def encode_card(public_key: bytes, name: str, local_endpoints: Sequence[Endpoint]) -> bytes:
-    """What the bootnode stores per peer: key, name, local endpoints (entry minus the
-    public endpoint, which it learns from the socket and may change)."""
+def encode_card(
+    public_key: bytes, name: str, local_endpoints: Sequence[Endpoint], turn: Endpoint | None = None
+) -> bytes:
+    """What the bootnode stores per peer: key, name, local endpoints and the TURN
+    relayed address if there is one (entry minus the public endpoint, which it learns
+    from the socket and may change)."""
     if len(public_key) != PUBLIC_KEY_SIZE_bytes:
         raise ValueError("public key must be 32 bytes")
     if len(local_endpoints) > MAX_LOCAL_ENDPOINTS:
         raise ValueError(f"at most {MAX_LOCAL_ENDPOINTS} local endpoints")
+    tail = bytes([C.FAMILY_TURN]) + encode_endpoint(turn) if turn is not None else b""
     return (
         public_key
         + encode_name(name)
-        + bytes([len(local_endpoints)])
+        + bytes([len(local_endpoints) + bool(tail)])
         + b"".join(encode_endpoint(e) for e in local_endpoints)
+        + tail
     )
 
 
@@ -465,11 +523,13 @@ def encode_peer_entry(entry: PeerEntry) -> bytes:
     if entry.relay:
         _check_len(entry.relay, C.RELAY_ID_SIZE_bytes, "relay id")
         relay = bytes([C.FAMILY_RELAY]) + entry.relay
+    turn = bytes([C.FAMILY_TURN]) + encode_endpoint(entry.turn) if entry.turn is not None else b""
     return (
         entry.public_key
         + encode_name(entry.name)
-        + bytes([len(entry.endpoints) + bool(relay)])
+        + bytes([len(entry.endpoints) + bool(turn) + bool(relay)])
         + b"".join(encode_endpoint(e) for e in entry.endpoints)
+        + turn
         + relay
     )
 
@@ -483,6 +543,51 @@ def relay_grant(relay_id: bytes, rate: int, burst: int) -> tuple[int, bytes]:
 def relay_refusal(reason: RelayRefuseReason) -> tuple[int, bytes]:
     """REGISTERED's flags and trailer when the binding asked for was not made."""
     return C.FLAG_RELAY_REFUSED, bytes([int(reason)])
+
+
+def turn_credentials_key(proof_key: bytes) -> bytes:
+    """The key that seals TURN_CREDENTIALS: only the registered client (and the
+    bootnode) hold the REGISTER's proof key."""
+    return hashlib.sha256(C.TURN_CREDENTIALS_LABEL + proof_key).digest()
+
+
+def _short_text(text: str, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"{what} longer than 255 bytes")
+    return bytes([len(raw)]) + raw
+
+
+def seal_turn_credentials(key: bytes, token: bytes, grant: TurnGrant, nonce: bytes) -> bytes:
+    """TURN_CREDENTIALS: nonce (12), then AES-256-GCM(key, nonce, expires (8) + url +
+    username + password (each a length byte and UTF-8), ad = header + token)."""
+    _check_len(nonce, C.TURN_NONCE_SIZE_bytes, "nonce")
+    head = header(MsgType.TURN_CREDENTIALS)
+    plain = (
+        grant.expires.to_bytes(8, "big")
+        + _short_text(grant.url, "url")
+        + _short_text(grant.username, "username")
+        + _short_text(grant.password, "password")
+    )
+    return head + nonce + AESGCM(key).encrypt(nonce, plain, head + token)
+
+
+def open_turn_credentials(key: bytes, token: bytes, msg: TurnCredentials) -> TurnGrant:
+    """Raises DecodeError("bad_field") when it does not open under our key and token."""
+    try:
+        plain = AESGCM(key).decrypt(msg.nonce, msg.sealed, header(MsgType.TURN_CREDENTIALS) + token)
+    except (InvalidTag, ValueError):
+        raise DecodeError("bad_field", "TURN credentials do not open under our key") from None
+    r = _Reader(plain, 8)
+    texts = []
+    for _ in range(3):
+        n = r.u8()
+        try:
+            texts.append(r.take(n).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DecodeError("bad_field", "TURN credentials are not UTF-8") from None
+    r.done()
+    return TurnGrant(int.from_bytes(plain[:8], "big"), *texts)
 
 
 def encode_relay(token: bytes, to: bytes, payload: bytes) -> bytes:
@@ -598,7 +703,7 @@ def _register_body(msg: Register) -> bytes:
         + msg.cookie
         + _U32.pack(msg.request_id)
         + msg.room_id
-        + encode_card(msg.public_key, msg.name, msg.local_endpoints)
+        + encode_card(msg.public_key, msg.name, msg.local_endpoints, msg.turn)
     )
 
 
@@ -717,9 +822,9 @@ def decode(data: bytes) -> Message:
         cookie, request_id, room_id, key = _REGISTER_HEAD.unpack_from(data, HEADER_SIZE_bytes)
         r.pos += _REGISTER_HEAD.size
         name = r.name()
-        locals_ = r.endpoints(MAX_LOCAL_ENDPOINTS)
+        locals_, turn = r.card_endpoints()
         msg = Register(
-            cookie, request_id, room_id, key, name, locals_, r.take(PROOF_SIZE_bytes), bool(flags & C.FLAG_RELAY)
+            cookie, request_id, room_id, key, name, locals_, r.take(PROOF_SIZE_bytes), bool(flags & C.FLAG_RELAY), turn
         )
     elif msg_type is MsgType.COOKIE:
         msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes), r.take(PUBLIC_KEY_SIZE_bytes))
@@ -737,6 +842,12 @@ def decode(data: bytes) -> Message:
     elif msg_type is MsgType.RELAYED:
         sender = r.take(C.RELAY_ID_SIZE_bytes)
         msg = Relayed(sender, r.rest())
+    elif msg_type is MsgType.TURN_CREDENTIALS:
+        nonce = r.take(C.TURN_NONCE_SIZE_bytes)
+        sealed = r.rest()
+        if len(sealed) < 16 + 8 + 3:
+            raise DecodeError("truncated", "sealed TURN credentials too short")
+        msg = TurnCredentials(nonce, sealed)
     elif msg_type is MsgType.RELAY_REFUSED:
         relay_reason = _relay_reason(r.u8())
         msg = RelayRefused(relay_reason, r.u32(), r.take(C.RELAY_ID_SIZE_bytes))
@@ -808,10 +919,14 @@ def decode_register(data: bytes) -> RegisterHead:
     r = _Reader(data, REGISTER_CARD_OFFSET + PUBLIC_KEY_SIZE_bytes)
     r.name()
     n = r.u8()
-    if n > MAX_LOCAL_ENDPOINTS:
+    if n > MAX_LOCAL_ENDPOINTS + 1:
         raise DecodeError("bad_field", f"{n} endpoints")
-    for _ in range(n):
+    for k in range(n):
         family = r.u8()
+        if family == C.FAMILY_TURN and k == n - 1:  # the TURN relayed address, last
+            family = r.u8()
+        elif k == MAX_LOCAL_ENDPOINTS:
+            raise DecodeError("bad_field", f"{n} endpoints")
         if family not in (_FAMILY_V4, _FAMILY_V6):
             raise DecodeError("bad_field", f"address family {family}")
         r.take(4 if family == _FAMILY_V4 else 16)
@@ -829,6 +944,6 @@ def decode_card(card: bytes) -> tuple[bytes, str, tuple[Endpoint, ...]]:
     r = _Reader(card, 0)
     key = r.take(PUBLIC_KEY_SIZE_bytes)
     name = r.name()
-    locals_ = r.endpoints(MAX_LOCAL_ENDPOINTS)
+    locals_, _turn = r.card_endpoints()
     r.done()
     return key, name, locals_

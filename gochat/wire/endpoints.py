@@ -46,14 +46,36 @@ def sockaddr_for(family: int, endpoint: tuple) -> tuple:
 # pseudo-endpoint: ("relay", the 64-bit relay id of its binding). No socket ever yields
 # a host named "relay", so it cannot be confused with a real source address.
 RELAY_HOST = "relay"
+# A peer reached through our TURN allocation is addressed by ("turn/" + its address, port):
+# what we send there leaves through the TURN server, what the server relays from that
+# address arrives from there.
+TURN_PREFIX = "turn/"
 
 
 def relay_endpoint(relay_id: bytes) -> tuple[str, int]:
     return RELAY_HOST, int.from_bytes(relay_id, "big")
 
 
+def turn_endpoint(addr: tuple) -> tuple[str, int]:
+    return TURN_PREFIX + addr[0], int(addr[1])
+
+
 def is_relay(addr: tuple) -> bool:
+    """A relayed path, through the bootnode's relay or through TURN."""
+    return bool(addr[0] == RELAY_HOST or addr[0].startswith(TURN_PREFIX))
+
+
+def is_bootnode_relay(addr: tuple) -> bool:
     return bool(addr[0] == RELAY_HOST)
+
+
+def is_turn(addr: tuple) -> bool:
+    return bool(addr[0].startswith(TURN_PREFIX))
+
+
+def turn_target(addr: tuple) -> tuple[str, int]:
+    """The peer address a TURN pseudo-endpoint stands for."""
+    return addr[0][len(TURN_PREFIX) :], int(addr[1])
 
 
 def relay_id_of(addr: tuple) -> bytes:
@@ -65,4 +87,6 @@ def format_endpoint(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     if host == RELAY_HOST:
         return "relay"
+    if host.startswith(TURN_PREFIX):
+        return "turn " + format_endpoint(turn_target(addr))
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
