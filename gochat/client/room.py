@@ -422,7 +422,9 @@ class RoomClient:
         registration, seen by the room as a join) and look for members on the same TURN
         server through it."""
         self.turn = canonical_endpoint(relayed)
-        self.events.append(ev.Notice(f"relaying through TURN when needed (our relayed address {format_endpoint(relayed)})"))
+        self.events.append(
+            ev.Notice(f"relaying through TURN when needed (our relayed address {format_endpoint(relayed)})")
+        )
         self.link.rename(wire.encode_card(self.public_key, self.name, self.local_endpoints, self.turn), now, quiet=True)
         for key, peer in self.peers.items():
             entry = self._entries.get(key)
