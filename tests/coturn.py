@@ -13,7 +13,6 @@ import time
 
 from gochat.wire import stun
 
-
 # A STUN Binding request from where coturn runs (a network namespace), answered within 1 s.
 _PROBE = """
 import os, socket, sys
