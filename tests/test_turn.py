@@ -11,7 +11,6 @@ import pytest
 from aioice import stun as ice_stun
 from aioice.turn import create_turn_endpoint
 
-from gochat import events as ev
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
 from gochat.bootnode.rendezvous import Limits, Rendezvous, TurnIssuer
@@ -101,7 +100,10 @@ def test_coturn_takes_the_credentials_a_shared_secret_mints_and_nothing_else():
 # --- the bootnode's sealed credentials ---------------------------------------------------
 
 
-def _machine(turn=TurnIssuer("turn:198.51.100.7:3478", "north")):
+ISSUER = TurnIssuer("turn:198.51.100.7:3478", "north")
+
+
+def _machine(turn=ISSUER):
     from gochat.bootnode import _purepath
 
     return Rendezvous(
