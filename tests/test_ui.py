@@ -107,7 +107,7 @@ def test_undelivered_is_marked_on_the_message_and_errors_are_system_lines():
     screen.handle_event(ev.BootnodeLost())
     screen.handle_event(ev.PathChanged("bob", BOB_FP, "direct", "198.51.100.2:5000", "198.51.100.2:4545"))
     out = text_of(screen, 200, 14)
-    assert "bob now reached direct at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
+    assert "bob now reached directly at 198.51.100.2:5000 (was 198.51.100.2:4545)" in out
     assert "alice: did you get this?  ✗ not delivered to bob" in out
     screen.own_message("and this?")
     screen.handle_event(ev.Undelivered(("bob", "carol"), (BOB_FP, ME_FP), "and this?", "timeout"))
@@ -228,3 +228,20 @@ def test_without_a_bell_nothing_rings():
     screen = ChatScreen("lobby", "alice", ME_FP, lambda _: None, bell=None)
     screen.handle_event(ev.MessageReceived("bob", BOB_FP, "alice!", "private"))  # no error, no bell
     assert "bob → you (private): alice!" in text_of(screen, 100, 10)
+
+
+def test_the_sidebar_shows_a_relayed_peer_and_its_move_to_a_direct_path():
+    screen, _ = screen_with_bob()
+
+    def sidebar_state():
+        lines = text_of(screen, 160, 20).splitlines()
+        row = next(i for i, line in enumerate(lines) if "│bob 1234" in line)
+        return lines[row + 1].rsplit("│", 2)[1].strip()
+
+    assert sidebar_state() == "direct"
+    screen.handle_event(ev.PathChanged("bob", BOB_FP, "relay", "relay", "198.51.100.2:4545"))
+    assert "bob now reached through the relay (was 198.51.100.2:4545)" in text_of(screen, 160, 20)
+    assert sidebar_state() == "relay"
+    screen.handle_event(ev.PathChanged("bob", BOB_FP, "direct", "198.51.100.2:5000", "relay"))
+    assert "bob now reached directly at 198.51.100.2:5000 (was relay)" in text_of(screen, 160, 20)
+    assert sidebar_state() == "direct"

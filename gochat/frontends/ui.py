@@ -410,7 +410,10 @@ class ChatScreen(urwid.WidgetWrap):
                 self._peer(name, fp)["state"] = path
                 self.system(f"{self.label(name, fp)} connected ({path}, {endpoint})")
             case ev.PathChanged(name=name, fingerprint=fp, path=path, endpoint=endpoint, previous_endpoint=previous):
-                self.system(f"{self.label(name, fp)} now reached {path} at {endpoint} (was {previous})")
+                self._peer(name, fp)["state"] = path  # the sidebar says direct or relay
+                how = "through the relay" if path == "relay" else "directly"
+                at = "" if endpoint == "relay" else f" at {endpoint}"
+                self.system(f"{self.label(name, fp)} now reached {how}{at} (was {previous})")
             case ev.MessageReceived(sender=sender, fingerprint=fp, text=text, style=style):
                 self.received(sender, fp, text, style)
             case ev.Undelivered(to=to, fingerprints=fps, text=text, reason=reason):
