@@ -179,17 +179,22 @@ def run_bootnode(pure: bool, args, batch_wait: str) -> dict:
         b_sock, bob = register(node.addr, "bob")
         assert alice.token is not None and bob.relay_id is not None
         header = wire.encode_relay(alice.token, bob.relay_id, b"")
-        frame = header + bytes(args.payload)
-        counter = Counter(b_sock, offset=12)
-        result = flood(a_sock, node.addr, frame, counter, lambda: proc_cpu_seconds(node.proc.pid), args.seconds)
-        delays = probe(
-            a_sock, node.addr, lambda s: header + struct.pack("!Q", s) + bytes(args.payload - 8), counter, args.probes
-        )
-        counter.stop()
-        result.update(p50_ms=pct(delays, 0.5), p99_ms=pct(delays, 0.99), probes_delivered=len(delays))
-        return result
+        return measure(a_sock, b_sock, node.addr, header, 12, lambda: proc_cpu_seconds(node.proc.pid), args)
     finally:
         node.stop()
+
+
+def measure(sender, receiver, dest, header: bytes, offset: int, cpu, args) -> dict:
+    """The flood, then the latency probes, through one relay: datagrams are ``header``
+    and the payload; the receiver finds the probe's number ``offset`` bytes in."""
+    counter = Counter(receiver, offset=offset)
+    result = flood(sender, dest, header + bytes(args.payload), counter, cpu, args.seconds)
+    delays = probe(
+        sender, dest, lambda s: header + struct.pack("!Q", s) + bytes(args.payload - 8), counter, args.probes
+    )
+    counter.stop()
+    result.update(p50_ms=pct(delays, 0.5), p99_ms=pct(delays, 0.99), probes_delivered=len(delays))
+    return result
 
 
 def run_coturn(args) -> dict:
@@ -209,19 +214,8 @@ def run_coturn(args) -> dict:
 
         transact(ice_stun.Method.ALLOCATE, **{"REQUESTED-TRANSPORT": 0x11000000, "LIFETIME": 600})
         transact(ice_stun.Method.CHANNEL_BIND, **{"CHANNEL-NUMBER": CHANNEL, "XOR-PEER-ADDRESS": peer.getsockname()})
-        frame = struct.pack("!HH", CHANNEL, args.payload) + bytes(args.payload)
-        counter = Counter(peer, offset=0)
-        result = flood(client, turn.addr, frame, counter, turn.cpu_seconds, args.seconds)
-        delays = probe(
-            client,
-            turn.addr,
-            lambda s: struct.pack("!HH", CHANNEL, args.payload) + struct.pack("!Q", s) + bytes(args.payload - 8),
-            counter,
-            args.probes,
-        )
-        counter.stop()
-        result.update(p50_ms=pct(delays, 0.5), p99_ms=pct(delays, 0.99), probes_delivered=len(delays))
-        return result
+        header = struct.pack("!HH", CHANNEL, args.payload)  # ChannelData: channel, length
+        return measure(client, peer, turn.addr, header, 0, turn.cpu_seconds, args)
     finally:
         turn.stop()
 

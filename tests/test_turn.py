@@ -233,3 +233,31 @@ def test_clients_allocate_with_credentials_from_the_bootnode_and_announce_their_
             for c in (alice, bob):
                 c.kill()
             boot.stop()
+
+
+def test_lost_credentials_are_asked_for_again():
+    """UDP loses the TURN_CREDENTIALS: its REGISTERED said they follow, so the client
+    sends the same REGISTER again after a second and gets them with the retry's reply."""
+    machine = _machine()
+    client = _client(generate_private_key())
+    bootnode = ("192.0.2.1", 9595)
+    lost = []
+
+    def exchange(now):
+        for data, dest in client.outbox:
+            if dest == bootnode and data[0] == wire.MAGIC:
+                for action in machine.receive_datagram(data, ("198.51.100.1", 4000), now):
+                    if action.data[2] == wire.MsgType.TURN_CREDENTIALS and not lost:
+                        lost.append(action.data)  # the first one never arrives
+                        continue
+                    client.receive_datagram(action.data, bootnode, now)
+        client.outbox.clear()
+
+    for _ in range(3):
+        exchange(0.0)
+    assert lost and client.link.turn_grant is None and client.link.state.value == "registered"
+    assert client.get_timer() <= 1.0
+    client.handle_timer(1.0)
+    exchange(1.0)
+    assert client.link.turn_grant is not None
+    assert machine.stats["register.duplicate"] == 1 and machine.stats["turn.credentials_sent"] == 2

@@ -43,6 +43,7 @@ from gochat.turn import rest_credentials
 from gochat.wire import control as wire
 from gochat.wire import stun
 from gochat.wire.constants import (
+    FLAG_TURN_OFFERED,
     MAX_DATAGRAM_bytes,
     PUBLIC_KEY_SIZE_bytes,
     RELAY_NONCE_SIZE_bytes,
@@ -302,6 +303,8 @@ class Rendezvous:
         if msg.relay:
             unbound = slot not in self._bindings
             relay = self._bind(slot, source16, now)
+            if self.turn is not None:  # TURN_CREDENTIALS follow: the client asks again if they do not come
+                relay = (relay[0] | FLAG_TURN_OFFERED, relay[1])
             if duplicate and unbound and slot in self._bindings:  # the room must learn the binding
                 self._pending_joins.setdefault(msg.room_id, []).append((slot, table.token(slot)))
         reply = wire.encode_registered(

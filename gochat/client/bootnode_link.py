@@ -47,6 +47,12 @@ from gochat.wire.endpoints import format_endpoint
 _REPLIES = (MsgType.HEARTBEAT_ACK, MsgType.UNKNOWN_TOKEN, MsgType.DISCONNECT_ACK)
 
 
+# TURN_CREDENTIALS offered in a REGISTERED and not received within TURN_WAIT_s (then twice
+# as long each time) make the client send its REGISTER again, at most TURN_ASKS times.
+TURN_WAIT_s = 1.0
+TURN_ASKS = 5
+
+
 def room_id_for(room: str) -> bytes:
     """The opaque room id the bootnode sees (it never learns the name)."""
     return hashlib.sha256(b"gochat room v1\0" + room.encode()).digest()[:16]
@@ -136,6 +142,8 @@ class BootnodeLink:
         self.relay_id: bytes | None = None  # our binding, while registered with one
         self.turn_grant: wire.TurnGrant | None = None  # TURN credentials the bootnode minted for us
         self._sealed_turn: wire.TurnCredentials | None = None
+        self._turn_wait: float | None = None  # TURN_CREDENTIALS were offered: ask again if none by then
+        self._turn_asks = 0
         self._relay_refusal_told: object = None
         self._register(now, new_request=True)
 
@@ -325,6 +333,11 @@ class BootnodeLink:
         self.state = REGISTERED
         self.token, self.room_tag = msg.token, msg.room_tag
         self.relay_id = msg.relay_id or None
+        self._turn_wait = None
+        if msg.turn_offered and self.turn_grant is None and self._turn_asks < TURN_ASKS:
+            # its TURN_CREDENTIALS may be lost (UDP): without them by then, the same
+            # REGISTER again (a retry: the bootnode sends them again and announces nothing)
+            self._turn_wait = now + TURN_WAIT_s * 2**self._turn_asks
         sealed, self._sealed_turn = self._sealed_turn, None
         if sealed is not None:
             self.state = REGISTERED
@@ -409,6 +422,8 @@ class BootnodeLink:
         if self.state == REGISTERED:
             assert self._next_heartbeat is not None
             due = min(self._next_heartbeat, self.last_answer + self.peer_timeout)
+            if self._turn_wait is not None:
+                due = min(due, self._turn_wait)
             return due if self._heartbeat_retry_at is None else min(due, self._heartbeat_retry_at)
         if self.state == CLOSING:
             return min(self._deadline, self._close_deadline)
@@ -445,6 +460,12 @@ class BootnodeLink:
                 self._attempt = 0
                 self._register(now, new_request=True)
                 return
+            if self._turn_wait is not None and now >= self._turn_wait:
+                self._turn_wait = None
+                if self.turn_grant is None:
+                    self._turn_asks += 1
+                    self.resync(now)
+                    return
             assert self._next_heartbeat is not None
             if now >= self._next_heartbeat:
                 self.outbox.append(self._token_message(MsgType.HEARTBEAT, FLAG_ACK_REQUESTED))

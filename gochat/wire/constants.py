@@ -76,6 +76,7 @@ FLAG_REBIND = 0x02  # HEARTBEAT: the token is followed by the challenge of a REB
 FLAG_RELAY = 0x01  # REGISTER: the client asks for a relay binding with its registration
 FLAG_RELAY_BOUND = 0x01  # REGISTERED: the endpoint is followed by the binding (id, rate, burst)
 FLAG_RELAY_REFUSED = 0x02  # REGISTERED: the endpoint is followed by why no binding was made
+FLAG_TURN_OFFERED = 0x04  # REGISTERED: a TURN_CREDENTIALS follows it (ask again if it does not come)
 
 # TURN_CREDENTIALS are sealed (AES-256-GCM) under SHA-256(label || the REGISTER's proof key).
 TURN_CREDENTIALS_LABEL = b"gochat turn credentials v1\0"

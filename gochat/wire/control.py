@@ -192,6 +192,7 @@ class Registered:
     relay_rate: int = 0  # ... and what it may relay: bytes per second ...
     relay_burst: int = 0  # ... and at once
     relay_refused: RelayRefuseReason | None = None  # FLAG_RELAY_REFUSED: why there is none
+    turn_offered: bool = False  # FLAG_TURN_OFFERED: TURN_CREDENTIALS follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,6 +658,8 @@ def encode(msg: Message) -> bytes:
             relay = relay_grant(msg.relay_id, msg.relay_rate, msg.relay_burst)
         elif msg.relay_refused is not None:
             relay = relay_refusal(msg.relay_refused)
+        if msg.turn_offered:
+            relay = (relay[0] | C.FLAG_TURN_OFFERED, relay[1])
         return encode_registered(
             msg.request_id,
             msg.token,
@@ -830,12 +833,14 @@ def decode(data: bytes) -> Message:
         msg = Cookie(r.u32(), r.take(COOKIE_SIZE_bytes), r.take(PUBLIC_KEY_SIZE_bytes))
     elif msg_type is MsgType.REGISTERED:
         head = (r.u32(), r.take(TOKEN_SIZE_bytes), r.take(ROOM_TAG_SIZE_bytes), r.u32(), r.u32(), r.endpoint())
+        offered = bool(flags & C.FLAG_TURN_OFFERED)
         if flags & C.FLAG_RELAY_BOUND:
-            msg = Registered(*head, relay_id=r.take(C.RELAY_ID_SIZE_bytes), relay_rate=r.u32(), relay_burst=r.u32())
+            relay_id, rate, burst = r.take(C.RELAY_ID_SIZE_bytes), r.u32(), r.u32()
+            msg = Registered(*head, relay_id=relay_id, relay_rate=rate, relay_burst=burst, turn_offered=offered)
         elif flags & C.FLAG_RELAY_REFUSED:
-            msg = Registered(*head, relay_refused=_relay_reason(r.u8()))
+            msg = Registered(*head, relay_refused=_relay_reason(r.u8()), turn_offered=offered)
         else:
-            msg = Registered(*head)
+            msg = Registered(*head, turn_offered=offered)
     elif msg_type is MsgType.RELAY:
         token, to = r.take(TOKEN_SIZE_bytes), r.take(C.RELAY_ID_SIZE_bytes)
         msg = Relay(token, to, r.rest())
