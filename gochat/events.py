@@ -178,7 +178,8 @@ class NameClash(Event):
 
 @dataclass(frozen=True, slots=True)
 class PeerConnected(Event):
-    """An authenticated session with the peer is up. ``path``: direct."""
+    """An authenticated session with the peer is up. ``path``: direct or relay (the
+    bootnode's relay, or TURN)."""
 
     kind: ClassVar[str] = "peer_connected"
     name: str
@@ -190,7 +191,7 @@ class PeerConnected(Event):
 @dataclass(frozen=True, slots=True)
 class PathChanged(Event):
     """A connected peer's authenticated packets now come from elsewhere (NAT rebinding,
-    restart)."""
+    restart, a move between the relay and a direct path)."""
 
     kind: ClassVar[str] = "path_changed"
     name: str

@@ -103,11 +103,11 @@ def test_pairs_that_cannot_punch_talk_through_the_bootnodes_relay(tmp_path, kind
             _stop(boot, [alice, bob])
 
 
-@pytest.mark.parametrize("run", range(2))
-def test_relayed_pair_on_a_lossy_reordering_path_delivers_exactly_once_in_order(tmp_path, run):
+@pytest.mark.parametrize("kind_a,kind_b", RELAYED)
+def test_relayed_pair_on_a_lossy_reordering_path_delivers_exactly_once_in_order(tmp_path, kind_a, kind_b):
     """20% loss, 50 ms delay and reordering jitter on every path through the internet
     router, the bootnode's (and so the relay's) included."""
-    with Lab(SYMMETRIC, SYMMETRIC) as lab:
+    with Lab(kind_a, kind_b) as lab:
         lab.impair(loss_percent=20, delay_ms=50, jitter_ms=10, seconds=240, bootnode_too=True)
         boot, (alice, bob) = _start(lab, tmp_path)
         try:
@@ -186,13 +186,21 @@ def test_lossy_delayed_reordering_path_delivers_exactly_once_in_order(tmp_path, 
 
 
 @pytest.mark.skipif(coturn_missing() is not None, reason=coturn_missing() or "")
-@pytest.mark.parametrize("loss", [0, 20], ids=["clean", "lossy"])
-def test_symmetric_pair_talks_through_coturn_with_credentials_the_bootnode_mints(tmp_path, loss):
+@pytest.mark.parametrize(
+    "kind_a,kind_b,loss",
+    [
+        (PORT_RESTRICTED, SYMMETRIC, 0),
+        (SYMMETRIC, PORT_RESTRICTED, 0),
+        (SYMMETRIC, SYMMETRIC, 0),
+        (SYMMETRIC, SYMMETRIC, 20),
+    ],
+)
+def test_pairs_talk_through_coturn_with_credentials_the_bootnode_mints(tmp_path, kind_a, kind_b, loss):
     """A deployment that runs coturn beside its bootnode (whose own relay is off): the
     bootnode mints TURN REST credentials from the secret it shares with coturn, each
-    client allocates a relayed address and announces it, and two symmetric NATs meet
+    client allocates a relayed address and announces it, and NATs that cannot punch meet
     through coturn, exactly once and in order, at 20% loss too."""
-    with Lab(SYMMETRIC, SYMMETRIC) as lab:
+    with Lab(kind_a, kind_b) as lab:
         if loss:
             lab.impair(loss_percent=loss, delay_ms=30, jitter_ms=10, seconds=240, bootnode_too=True)
         turn = Coturn(secret="deployment secret", ip="198.18.1.2", port=3478, prefix=lab.prefix(lab.ns["boot"]))
