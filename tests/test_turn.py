@@ -200,16 +200,22 @@ def test_a_members_turn_address_is_used_only_on_our_own_turn_server():
     to an address we gave it no permission for. An address elsewhere is never sent to."""
     client = _client(generate_private_key(), turn=("203.0.113.9", 50000))
     same = wire.PeerEntry(
-        public_key(generate_private_key()), "bob", (("198.51.100.2", 4545),), turn=("203.0.113.9", 50001)
+        public_key(generate_private_key()),
+        "bob",
+        (("198.51.100.2", 4545),),
+        relay=bytes(8),
+        turn=("203.0.113.9", 50001),
     )
     victim = wire.PeerEntry(
         public_key(generate_private_key()), "eve", (("198.51.100.3", 4545),), turn=("192.0.2.99", 53)
     )
     assert turn_endpoint(("203.0.113.9", 50001)) in client._candidates(same)
+    assert not [c for c in client._candidates(same) if c[0] == "relay"]  # TURN instead of the bootnode's relay
     assert all(c[1] != 53 for c in client._candidates(victim))
     assert not any("192.0.2.99" in c[0] for c in client._candidates(victim))
     alone = _client(generate_private_key())  # no TURN of our own: no TURN candidates at all
     assert [c for c in alone._candidates(same) if c[0].startswith("turn/")] == []
+    assert [c[0] for c in alone._candidates(same)] == ["198.51.100.2", "relay"]  # the bootnode's relay then
 
 
 # --- real processes, real coturn on loopback ------------------------------------------------

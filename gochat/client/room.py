@@ -408,12 +408,12 @@ class RoomClient:
         """Where to look for a member: its announced endpoints (filtered, punchable()),
         its TURN relayed address through our own allocation when both are on the same
         TURN server (we send nothing to an address of the member's choosing but through
-        that server, which relays only to addresses we gave it permission for), and its
+        that server, which relays only to addresses we gave it permission for), else its
         binding at the bootnode's relay."""
         endpoints = punchable(entry.endpoints, self.link.public_endpoint)
         if entry.turn is not None and self.turn is not None and entry.turn[0] == self.turn[0]:
-            endpoints.append(turn_endpoint(entry.turn))
-        if entry.relay:
+            endpoints.append(turn_endpoint(entry.turn))  # TURN, where both have it, instead of the bootnode
+        elif entry.relay:
             endpoints.append(relay_endpoint(entry.relay))
         return endpoints
 
