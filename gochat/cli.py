@@ -189,6 +189,14 @@ def run_bootnode(settings: Settings) -> int:
         if settings.turn_url is not None and settings.turn_secret
         else None,
     )
+    if settings.workers > 1:
+        from gochat.bootnode.workers import run_workers
+
+        try:
+            return run_workers(config, settings.workers, settings.metrics_listen, settings.log_summary_interval)
+        except OSError as exc:
+            logging.getLogger("gochat").error("cannot serve on %s:%s: %s", *settings.listen, exc.strerror or exc)
+            return 1
     try:
         return asyncio.run(serve(config, settings.metrics_listen, summary_interval_s=settings.log_summary_interval))
     except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -140,6 +141,22 @@ def parse_optional_host_port(text: str) -> HostPort | None:
 
 def parse_text(text: str) -> str:
     return text.strip()
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError("a number of processes, or auto") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(f"between 1 and {MAX_WORKERS}")
+    return n
 
 
 def parse_optional_turn_url(text: str) -> TurnServer | None:
@@ -401,6 +418,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: after a short receive batch, let datagrams gather this long (0: off)",
     ),
     Spec(
+        "workers",
+        "WORKERS",
+        "--workers",
+        "1",
+        parse_workers,
+        "bootnode: processes serving the port (SO_REUSEPORT, steered by room and token): a number, or auto",
+    ),
+    Spec(
         "discovery_port",
         "DISCOVERY_PORT",
         "--discovery-port",
@@ -552,6 +577,7 @@ class Settings:
     recv_buffer: int
     metrics_listen: HostPort | None
     batch_wait: float
+    workers: int
     discovery_port: int | str
     relay: str
     relay_rate: int

@@ -37,7 +37,7 @@ def test_add_lookup_token_and_fields(impl):
     t = impl.RegistrationTable(100, 15.0, 100.0)
     s = add(t, 7, addr=("2001:db8::7", 999))
     tok = t.token(s)
-    assert len(tok) == 12 and tok[:4] == s.to_bytes(4, "big")
+    assert len(tok) == 12 and tok[:4] == s.to_bytes(4, "big")  # shard 0, then the slot (24 bits)
     assert t.lookup(tok) == s
     assert t.lookup(tok[:4] + bytes(8)) == -1
     assert t.lookup(b"\xff\xff\xff\xff" + tok[4:]) == -1
@@ -448,3 +448,24 @@ def test_room_digest_is_the_xor_of_the_members_keys_in_both_tables(ops):
         assert [t.room_digest(ROOM_A) for t in tables] == [want, want]
         assert (want != bytes(8)) == bool(members) or len(members) > 1
         assert [t.room_digest(ROOM_B) for t in tables] == [bytes(8), bytes(8)]
+
+
+def test_a_shard_byte_leads_every_token_and_relay_id(impl):
+    """With --workers, worker i's table writes i into the first byte of its tokens and
+    relay ids (the kernel steers by it) and takes none of another worker's."""
+    t = impl.RegistrationTable(10, 15.0, 0.0, shard=3)
+    s = add(t, 1)
+    t.bind_relay(s, b"\1\2\3\4", 0.0)
+    tok = t.token(s)
+    assert tok[0] == 3 and tok[1:4] == s.to_bytes(3, "big") and t.lookup(tok) == s
+    assert t.relay_id(s)[:4] == tok[:4]
+    assert t.lookup(bytes([0]) + tok[1:]) == -1 and t.lookup(bytes([4]) + tok[1:]) == -1
+    other = add(t, 2)
+    t.bind_relay(other, b"\5\6\7\x08", 0.0)
+    foreign = bytes([2]) + t.relay_id(other)[1:]  # the same slot and nonce, another worker's
+    assert t.relay(tok, foreign, t.endpoint(s), 100, 0.0)[0] == 2  # no_such_peer
+    assert t.relay(tok, t.relay_id(other), t.endpoint(s), 100, 0.0)[0] == 0
+    with pytest.raises(ValueError):
+        impl.RegistrationTable(1 << 24, 15.0, 0.0)  # a slot index has 24 bits
+    with pytest.raises(ValueError):
+        impl.RegistrationTable(10, 15.0, 0.0, shard=256)

@@ -107,6 +107,7 @@ cdef enum:
     REFUSE_RATE_LIMITED = 3
     REFUSE_BUSY = 4
     REFUSAL_INTERVAL_ms = 1000  # at most one RELAY_REFUSED per registration per second
+    MAX_SLOTS = 0xFFFFFF        # a token's slot index is 24 bits: its first byte is the shard
     MAX_REFILL_ms = 1048576     # refills are computed over at most this long
     NONE = -1
 
@@ -226,13 +227,17 @@ cdef class RegistrationTable:
     cdef uint64_t key0, key1
     cdef uint64_t relay_rate, relay_burst, total_rate, total_burst, total_tokens
     cdef uint32_t total_ms
+    cdef readonly int shard    # the first byte of every token and relay id (the worker, --workers)
 
-    def __cinit__(self, int capacity, double timeout_s, double now):
+    def __cinit__(self, int capacity, double timeout_s, double now, int shard=0):
         cdef uint32_t ticks, w
-        if capacity <= 0 or capacity >= 0x7FFFFFFF:
-            raise ValueError("capacity must be between 1 and 2**31-2")
+        if capacity <= 0 or capacity > MAX_SLOTS:
+            raise ValueError("capacity must be between 1 and 2**24-1")
         if not (0 < timeout_s <= 86400):
             raise ValueError("timeout_s must be in (0, 86400]")
+        if shard < 0 or shard > 255:
+            raise ValueError("shard must be 0..255")
+        self.shard = shard
         self.capacity = capacity
         self.slots = <Slot *>calloc(capacity, sizeof(Slot))
         self.cards = <uint8_t *>malloc(<size_t>capacity * CARD_CELL)  # untouched pages cost no RSS
@@ -454,9 +459,9 @@ cdef class RegistrationTable:
     # --- registrations --------------------------------------------------------------
 
     cdef inline int32_t _index_of(self, const uint8_t *token) noexcept:
-        cdef uint32_t idx = (<uint32_t>token[0] << 24) | (<uint32_t>token[1] << 16) | (<uint32_t>token[2] << 8) | token[3]
+        cdef uint32_t idx = (<uint32_t>token[1] << 16) | (<uint32_t>token[2] << 8) | token[3]
         cdef uint64_t secret
-        if idx >= <uint32_t>self.high:
+        if token[0] != self.shard or idx >= <uint32_t>self.high:
             return NONE
         memcpy(&secret, token + TOKEN_INDEX_SIZE, TOKEN_SECRET_SIZE)
         if secret == 0 or self.slots[idx].secret != secret or self.slots[idx].expiring:
@@ -562,7 +567,7 @@ cdef class RegistrationTable:
         s.refused_ms = 0
 
     cdef inline void _relay_id(self, int32_t i, uint8_t *out) noexcept:
-        out[0] = (i >> 24) & 0xff
+        out[0] = self.shard
         out[1] = (i >> 16) & 0xff
         out[2] = (i >> 8) & 0xff
         out[3] = i & 0xff
@@ -605,14 +610,14 @@ cdef class RegistrationTable:
         refusal reason with the retry-after ms in ``value``. Spends the buckets."""
         cdef Slot *s = &self.slots[i]
         cdef Slot *d
-        cdef uint32_t j = (<uint32_t>to[0] << 24) | (<uint32_t>to[1] << 16) | (<uint32_t>to[2] << 8) | to[3]
+        cdef uint32_t j = (<uint32_t>to[1] << 16) | (<uint32_t>to[2] << 8) | to[3]
         cdef uint32_t nonce, wait = 0
         cdef uint64_t before
         if s.relay_nonce == 0:
             value[0] = REFUSAL_INTERVAL_ms
             return REFUSE_NOT_BOUND
         memcpy(&nonce, to + 4, 4)
-        if j >= <uint32_t>self.high or <int32_t>j == i:
+        if to[0] != self.shard or j >= <uint32_t>self.high or <int32_t>j == i:
             value[0] = REFUSAL_INTERVAL_ms
             return REFUSE_NO_SUCH_PEER
         d = &self.slots[j]
@@ -678,7 +683,7 @@ cdef class RegistrationTable:
     def token(self, int32_t i):
         self._check(i)
         cdef uint8_t t[TOKEN_SIZE]
-        t[0] = (i >> 24) & 0xff
+        t[0] = self.shard
         t[1] = (i >> 16) & 0xff
         t[2] = (i >> 8) & 0xff
         t[3] = i & 0xff

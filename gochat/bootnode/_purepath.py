@@ -90,6 +90,7 @@ REFUSE_NOT_BOUND, REFUSE_NO_SUCH_PEER, REFUSE_RATE_LIMITED, REFUSE_BUSY = 1, 2, 
 REFUSAL_INTERVAL_ms = 1000  # a registration gets at most one RELAY_REFUSED per second
 _MAX_REFILL_ms = 1 << 20  # refills are computed over at most this long (no overflow in C)
 _NO_NONCE = bytes(RELAY_NONCE_SIZE_bytes)
+MAX_SLOTS = 0xFFFFFF  # a token's slot index is 24 bits: its first byte is the shard
 
 
 class TableFull(Exception):
@@ -152,9 +153,12 @@ class RegistrationTable:
     """Registrations addressed by the token's slot index; expiry by a timing wheel whose
     buckets stay sorted by deadline (see the Cython version for the reasoning)."""
 
-    def __init__(self, capacity: int, timeout_s: float, now: float) -> None:
-        if capacity <= 0 or capacity >= 0x7FFFFFFF:
-            raise ValueError("capacity must be between 1 and 2**31-2")
+    def __init__(self, capacity: int, timeout_s: float, now: float, shard: int = 0) -> None:
+        if capacity <= 0 or capacity > MAX_SLOTS:
+            raise ValueError("capacity must be between 1 and 2**24-1")
+        if not 0 <= shard <= 255:
+            raise ValueError("shard must be 0..255")
+        self.shard = shard
         if not (0 < timeout_s <= 86400):
             raise ValueError("timeout_s must be in (0, 86400]")
         self.capacity = capacity
@@ -244,9 +248,9 @@ class RegistrationTable:
 
     def _find(self, token: bytes) -> tuple[int, _Registration] | None:
         """The slot and registration of a live token."""
-        if len(token) != TOKEN_SIZE_bytes:
+        if len(token) != TOKEN_SIZE_bytes or token[0] != self.shard:
             return None
-        i = int.from_bytes(token[:TOKEN_INDEX_SIZE_bytes], "big")
+        i = int.from_bytes(token[1:TOKEN_INDEX_SIZE_bytes], "big")
         if i >= len(self._slots):
             return None
         s = self._slots[i]
@@ -321,7 +325,7 @@ class RegistrationTable:
     def relay_id(self, i: int) -> bytes:
         """The binding's relay id (slot index and nonce, 8 bytes), or b"" when unbound."""
         s = self._get(i)
-        return b"" if s.relay_nonce == _NO_NONCE else i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + s.relay_nonce
+        return b"" if s.relay_nonce == _NO_NONCE else self._index(i) + s.relay_nonce
 
     @staticmethod
     def _spend(tokens: int, last_ms: int, now_ms: int, rate: int, burst: int, cost: int) -> tuple[int, int]:
@@ -359,8 +363,8 @@ class RegistrationTable:
     def _relay_decision(self, i: int, s: _Registration, to: bytes, cost: int, now_ms: int) -> tuple[int, int]:
         if s.relay_nonce == _NO_NONCE:
             return REFUSE_NOT_BOUND, REFUSAL_INTERVAL_ms
-        j = int.from_bytes(to[:TOKEN_INDEX_SIZE_bytes], "big")
-        d = self._slots[j] if j < len(self._slots) else None
+        j = int.from_bytes(to[1:TOKEN_INDEX_SIZE_bytes], "big")
+        d = self._slots[j] if j < len(self._slots) and to[0] == self.shard else None
         if (
             d is None
             or d is s
@@ -392,7 +396,11 @@ class RegistrationTable:
         return RELAY_FORWARD, j
 
     def token(self, i: int) -> bytes:
-        return i.to_bytes(TOKEN_INDEX_SIZE_bytes, "big") + self._get(i).secret
+        return self._index(i) + self._get(i).secret
+
+    def _index(self, i: int) -> bytes:
+        """A slot's index as tokens and relay ids carry it: the shard byte, then 24 bits."""
+        return bytes([self.shard]) + i.to_bytes(TOKEN_INDEX_SIZE_bytes - 1, "big")
 
     def lookup(self, token: bytes) -> int:
         found = self._find(token)

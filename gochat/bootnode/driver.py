@@ -58,7 +58,7 @@ class FastPathModule(Protocol):
     @property
     def IMPLEMENTATION(self) -> str: ...
     @property
-    def RegistrationTable(self) -> Callable[[int, float, float], Table]: ...
+    def RegistrationTable(self) -> Callable[[int, float, float, int], Table]: ...
     @property
     def FastPath(self) -> Callable[[socket.socket, Any, int], FastPathSocket]: ...
 
@@ -98,14 +98,22 @@ class BootnodeConfig:
     # that the next read gets a fuller batch (as NAPI does): heartbeats can wait a
     # millisecond, and at a paced load the wakeups, not the datagrams, cost the CPU. 0: off.
     batch_wait_s: float = DEFAULT_BATCH_WAIT_s
+    # --workers: the socket of this worker in the reuseport group (and of the discovery
+    # port's group), made by the parent, and this worker's shard (the first byte of its
+    # tokens, by which the kernel steers their datagrams here).
+    sock: socket.socket | None = None
+    discovery_sock: socket.socket | None = None
+    shard: int = 0
 
 
-def _make_socket(listen: tuple[str, int], recv_buffer: int) -> socket.socket:
+def _make_socket(listen: tuple[str, int], recv_buffer: int, reuseport: bool = False) -> socket.socket:
     host, port = listen
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuseport:  # one of --workers' group on this address
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves IPv4 too
         try:  # root may exceed net.core.rmem_max; others get what the kernel allows
@@ -131,10 +139,10 @@ class Bootnode:
             key, created = load_or_create(path)
             self.key_created = path if created else None
         self.key = key
-        self.sock = _make_socket(config.listen, config.recv_buffer_bytes)
+        self.sock = config.sock or _make_socket(config.listen, config.recv_buffer_bytes)
         self.address = self.sock.getsockname()
         now = time.monotonic()
-        self.table = fastpath.RegistrationTable(config.limits.max_peers, config.peer_timeout_s, now)
+        self.table = fastpath.RegistrationTable(config.limits.max_peers, config.peer_timeout_s, now, config.shard)
         self.fast = fastpath.FastPath(self.sock, self.table, config.batch_size)
         self.machine = Rendezvous(
             self.table,
@@ -148,9 +156,11 @@ class Bootnode:
         self.internal_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.discovery_sock: socket.socket | None = None
+        self.discovery_sock: socket.socket | None = config.discovery_sock
         self._resume: asyncio.TimerHandle | None = None
-        if config.discovery_port >= 0:
+        if self.discovery_sock is not None:
+            self.machine.stun_other = canonical_endpoint(self.discovery_sock.getsockname())
+        elif config.sock is None and config.discovery_port >= 0:
             try:
                 self.discovery_sock = _make_socket((config.listen[0], config.discovery_port), 1 << 16)
                 self.machine.stun_other = canonical_endpoint(self.discovery_sock.getsockname())
