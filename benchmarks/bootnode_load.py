@@ -104,7 +104,11 @@ class Bootnode:
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.addr = ("127.0.0.1", int(self._line(r"listening on udp 127\.0\.0\.1:(\d+)")))
-        self.metrics_url = f"http://{self._line(r'metrics on http://([0-9.:]+)/metrics')}/metrics"
+        workers = int(extra[list(extra).index("--workers") + 1]) if "--workers" in extra else 1
+        # one metrics endpoint per worker: their counters (and CPU, RSS) are summed
+        self.metrics_urls = [
+            f"http://{self._line(r'metrics on http://([0-9.:]+)/metrics')}/metrics" for _ in range(workers)
+        ]
 
     def _line(self, pattern: str) -> str:
         deadline = time.monotonic() + 30
@@ -124,7 +128,11 @@ class Bootnode:
         raise RuntimeError(f"bootnode did not start: {''.join(seen)}")
 
     def metrics(self) -> dict[str, float]:
-        return scrape(self.metrics_url)
+        total: dict[str, float] = {}
+        for url in self.metrics_urls:
+            for name, value in scrape(url).items():
+                total[name] = total.get(name, 0.0) + value
+        return total
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -507,6 +515,41 @@ def run_one(pure: bool, args) -> dict[str, float]:
         node.stop()
 
 
+def run_flood(args, workers: int) -> dict[str, float]:
+    """The fast path with ``workers`` processes on one port: the heartbeat flood alone
+    (heartbeats per second, and CPU per heartbeat summed over the workers)."""
+    label = f"{workers} worker{'s' if workers > 1 else ''}"
+    node = Bootnode(False, args.peers, args.timeout, extra=["--workers", str(workers)])
+    gen = Generator(node.addr, args.sockets)
+    try:
+        gen.open()
+        tokens: dict[int, bytes] = {}
+        keys = PeerKeys(0, args.peers, gen.bootnode_key, args.generators)
+        log(f"[{label}] registering {args.peers} peers in rooms of {args.room_size}")
+        register_peers(gen, keys, 0, args.peers, args.room_size, tokens, lambda: None, deadline_s=600)
+        hb = Heartbeats(gen, tokens, list(tokens))
+        hb.sweep()
+        wait_until_idle(node, gen)
+        m0 = node.metrics()
+        t0 = time.perf_counter()
+        sent = hb.flood(args.seconds, args.generators)
+        elapsed = time.perf_counter() - t0
+        m1 = node.metrics()
+        hbs = m1["gochat_fast_heartbeats_total"] - m0["gochat_fast_heartbeats_total"]
+        cpu = m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"]
+        log(f"[{label}] sent {sent}, processed {hbs / elapsed:,.0f}/s, {cpu / max(hbs, 1) * 1e6:.2f} us CPU each")
+        return {
+            "workers": workers,
+            "heartbeats_per_s": hbs / elapsed,
+            "cpu_us_per_heartbeat": cpu / max(hbs, 1) * 1e6,
+            "bootnode_cpu_s_per_s": cpu / elapsed,
+            "heartbeats_sent": sent,
+        }
+    finally:
+        gen.close()
+        node.stop()
+
+
 def run_paced(args, batch_wait: str) -> dict[str, float]:
     """The fast path under a paced load: ``args.rate`` heartbeats/s offered evenly (not a
     flood), so the bootnode wakes for a few datagrams at a time unless it lets them gather
@@ -575,9 +618,24 @@ def main(argv=None) -> int:
         type=float,
         help="paced mode: offer this many heartbeats per second evenly (fast path, batch wait off and on)",
     )
+    p.add_argument(
+        "--workers-compare",
+        action="store_true",
+        help="the heartbeat flood with 1 and 2 worker processes (--workers) in one run",
+    )
     args = p.parse_args(argv)
     if args.peers < 100 or args.seconds <= 0 or args.seconds > 600:
         p.error("--peers >= 100 and 0 < --seconds <= 600")
+    if args.workers_compare:
+        compared: dict = {f"{w}_workers": run_flood(args, w) for w in (1, 2)}
+        compared["scaling"] = compared["2_workers"]["heartbeats_per_s"] / compared["1_workers"]["heartbeats_per_s"]
+        compared["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        compared["date"] = time.strftime("%Y-%m-%d")
+        print(json.dumps(compared, indent=2))
+        if args.json_path:
+            with open(args.json_path, "w") as f:
+                json.dump(compared, f, indent=2)
+        return 0
 
     if args.rate:
         paced = {wait: run_paced(args, wait) for wait in ("0", "1ms")}
