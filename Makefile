@@ -82,7 +82,7 @@ wheel-without-compiler: $(STAMP)
 # System packages the tests use (network namespaces, NAT, terminal tests). Needs root.
 system-deps:
 	apt-get update
-	apt-get install -y --no-install-recommends iproute2 nftables iptables tmux procps systemd coturn
+	apt-get install -y --no-install-recommends iproute2 nftables iptables tmux procps systemd coturn nats-server
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info gochat/bootnode/_fastpath.c gochat/bootnode/*.so .pytest_cache .benchmarks

@@ -185,6 +185,7 @@ def run_bootnode(settings: Settings) -> int:
         key=key,
         discovery_port=_discovery_port(settings),
         batch_wait_s=settings.batch_wait,
+        cluster=settings.cluster,
         turn=TurnIssuer(settings.turn_url.url, settings.turn_secret)
         if settings.turn_url is not None and settings.turn_secret
         else None,

@@ -144,6 +144,17 @@ def parse_text(text: str) -> str:
 
 
 MAX_WORKERS = 64
+_NATS_URL = re.compile(r"^nats://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]@]+):(\d{1,5})$")
+
+
+def parse_cluster(text: str) -> tuple[str, ...]:
+    """NATS servers of the cluster bus: nats://HOST:PORT, comma-separated."""
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    for url in urls:
+        m = _NATS_URL.match(url)
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            raise ValueError(f"not a NATS server URL (nats://HOST:PORT): {url!r}")
+    return urls
 
 
 def parse_workers(text: str) -> int:
@@ -418,6 +429,14 @@ SPECS: tuple[Spec, ...] = (
         "bootnode: after a short receive batch, let datagrams gather this long (0: off)",
     ),
     Spec(
+        "cluster",
+        "CLUSTER",
+        "--cluster",
+        "",
+        parse_cluster,
+        "bootnode: join other bootnodes through NATS, nats://HOST:PORT[,nats://HOST:PORT...] (empty: alone)",
+    ),
+    Spec(
         "workers",
         "WORKERS",
         "--workers",
@@ -577,6 +596,7 @@ class Settings:
     recv_buffer: int
     metrics_listen: HostPort | None
     batch_wait: float
+    cluster: tuple[str, ...]
     workers: int
     discovery_port: int | str
     relay: str

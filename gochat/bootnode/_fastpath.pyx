@@ -807,6 +807,17 @@ cdef class RegistrationTable:
             d = self.rooms[r].digest
         return PyBytes_FromStringAndSize(<char *>&d, ROOM_DIGEST_SIZE)
 
+    def xor_room_digest(self, bytes room_id, bytes public_key):
+        """Fold a member held elsewhere (another bootnode of the cluster) into the room's
+        digest, or out again: XOR is its own inverse. False when the room is not here."""
+        if len(room_id) != ROOM_ID_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
+            return False
+        cdef int32_t r = self._find_room(<const uint8_t *>PyBytes_AS_STRING(room_id))
+        if r == NONE:
+            return False
+        self.rooms[r].digest ^= _key8(PyBytes_AS_STRING(public_key))
+        return True
+
     def room_size(self, bytes room_id):
         if len(room_id) != ROOM_ID_SIZE:
             return 0

@@ -453,6 +453,15 @@ class RegistrationTable:
         room = self._rooms.get(room_id)
         return (room.digest if room else 0).to_bytes(ROOM_DIGEST_SIZE_bytes, "little")
 
+    def xor_room_digest(self, room_id: bytes, public_key: bytes) -> bool:
+        """Fold a member held elsewhere (another bootnode of the cluster) into the room's
+        digest, or out again: XOR is its own inverse. False when the room is not here."""
+        room = self._rooms.get(room_id)
+        if room is None or len(public_key) != PUBLIC_KEY_SIZE_bytes:
+            return False
+        room.digest ^= _key8(public_key)
+        return True
+
     def room_size(self, room_id: bytes) -> int:
         room = self._rooms.get(room_id)
         return len(room.members) if room else 0

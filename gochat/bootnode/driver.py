@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gochat.bootnode import fastpath as default_fastpath
+from gochat.bootnode.bus import ClusterBus
+from gochat.bootnode.cluster import ClusterRooms
 from gochat.bootnode.keys import BootnodeKey, default_key_path, load_or_create
 from gochat.bootnode.rendezvous import Action, Limits, Rendezvous, Send, Table, TurnIssuer
 from gochat.bootnode.summary import summarize
@@ -33,6 +35,7 @@ from gochat.constants import (
 from gochat.wire.endpoints import canonical_endpoint, format_endpoint, sockaddr_for
 
 # RELAY_REFUSED reasons decided per datagram (the others are about bindings, at registration).
+CLUSTER_RETRY_s = 2.0  # no NATS server answers yet: try again this often
 RELAY_PER_PACKET_REFUSALS = ("not_bound", "no_such_peer", "rate_limited", "busy")
 
 log = logging.getLogger("gochat.bootnode")
@@ -104,6 +107,8 @@ class BootnodeConfig:
     sock: socket.socket | None = None
     discovery_sock: socket.socket | None = None
     shard: int = 0
+    # --cluster: the NATS servers of the bus that joins bootnodes (empty: none).
+    cluster: tuple[str, ...] = ()
 
 
 def _make_socket(listen: tuple[str, int], recv_buffer: int, reuseport: bool = False) -> socket.socket:
@@ -151,7 +156,11 @@ class Bootnode:
             limits=config.limits,
             key=key,
             turn=config.turn,
+            cluster=ClusterRooms(os.urandom(8), config.peer_timeout_s) if config.cluster else None,
         )
+        self.bus: ClusterBus | None = None
+        if self.machine.cluster is not None:
+            self.bus = ClusterBus(list(config.cluster), self.machine.cluster, self._on_bus, self.machine.local_entries)
         self.ticks = TickStats()
         self.internal_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,6 +301,8 @@ class Bootnode:
                     self.internal_errors += 1
                     log.exception("internal error announcing joins")
                 fast.flush()  # one sendmmsg for the whole batch's replies and announcements
+                if self.bus is not None:
+                    self.bus.pump()
                 if announcements:  # the batch's registrations and their fan-out, as one figure
                     self.ticks.last_join_ms = (time.perf_counter() - t0) * 1000
                     self.ticks.last_join_room_size = machine.last_join_room_size
@@ -308,6 +319,17 @@ class Bootnode:
             # Readiness calls us at once if anything queued meanwhile; an idle socket costs
             # no timer at all (the pause starts only after a wakeup that found datagrams).
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _on_bus(self, subject: str, data: bytes) -> None:
+        """A message of the cluster bus (another bootnode's members of our rooms)."""
+        try:
+            self._execute(self.machine.receive_bus(subject, data, self._now()))
+        except Exception:  # a bug must cost one message, never the bus
+            self.internal_errors += 1
+            log.exception("internal error handling a cluster message on %s", subject)
+        self.fast.flush()
+        if self.bus is not None:
+            self.bus.pump()
 
     def _execute(self, actions: list[Action]) -> None:
         """Queue the actions' datagrams in order; the caller flushes the queue."""
@@ -331,6 +353,9 @@ class Bootnode:
             expired = self.machine.collect_expired(now)
             t1 = time.perf_counter()
             self._execute(self.machine.announce_expired(expired))
+            if self.bus is not None:
+                self._execute(self.machine.expire_nodes(now))
+                self.bus.pump()
             self.fast.flush()
             t2 = time.perf_counter()
             ts = self.ticks
@@ -358,6 +383,15 @@ class Bootnode:
         fast = self.fast.counters
         for reason in RELAY_PER_PACKET_REFUSALS:  # the fast path's and the machine's together
             out[f"relay.refused.{reason}"] = fast.get(f"relay_{reason}", 0) + out.get(f"relay.refused.{reason}", 0)
+        if self.bus is not None and self.machine.cluster is not None:
+            cluster = self.machine.cluster
+            out.update(
+                cluster_connected=float(self.bus.connected),
+                cluster_nodes=len(cluster.nodes),
+                cluster_remote_members=sum(len(m) for m in cluster.remote.values()),
+                cluster_published=self.bus.published,
+                cluster_received=self.bus.received,
+            )
         out.update(
             relay_bindings=self.machine.relay_bindings,
             relayed=fast.get("relayed", 0) + out.get("relay.forwarded", 0),
@@ -367,6 +401,25 @@ class Bootnode:
             **{f"tick.{k}": v for k, v in self.ticks.__dict__.items()},
         )
         return out
+
+
+async def _join_bus(bus: ClusterBus) -> None:
+    """Connect to the cluster bus, trying again every CLUSTER_RETRY_s while no server of
+    the list answers: meanwhile the bootnode serves its own members alone."""
+    said = False
+    while True:
+        try:
+            await bus.start()
+            return
+        except Exception as exc:
+            if not said:
+                log.warning(
+                    "cluster: no NATS server of %s answers (%s): serving our own members alone, trying again",
+                    ",".join(bus.servers),
+                    exc or type(exc).__name__,
+                )
+                said = True
+            await asyncio.sleep(CLUSTER_RETRY_s)
 
 
 async def serve(
@@ -383,6 +436,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node.start()
+    bus_task = loop.create_task(_join_bus(node.bus)) if node.bus is not None else None
     last = node.snapshot()
     summary: asyncio.TimerHandle | None = None
 
@@ -413,6 +467,10 @@ async def serve(
     finally:
         if summary is not None:
             summary.cancel()
+        if bus_task is not None:
+            bus_task.cancel()
+        if node.bus is not None:
+            await node.bus.stop()
         snap = node.snapshot()
         node.close()
         log.info(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from gochat.bootnode._purepath import TableFull  # shared by both fast paths
+from gochat.bootnode.cluster import ClusterRooms
 from gochat.bootnode.cookie import CookieJar
 from gochat.bootnode.keys import BootnodeKey
 from gochat.constants import (
@@ -104,6 +105,7 @@ class Table(Protocol):
     def room_members(self, room_id: bytes) -> list[int]: ...
     def count_source(self, room_id: bytes, address16: bytes) -> int: ...
     def find_in_room(self, room_id: bytes, public_key: bytes) -> int: ...
+    def xor_room_digest(self, room_id: bytes, public_key: bytes) -> bool: ...
     def set_relay_limits(self, rate: int, burst: int, total_rate: int, total_burst: int) -> None: ...
     def bind_relay(self, i: int, nonce: bytes, now: float) -> None: ...
     def relay_id(self, i: int) -> bytes: ...
@@ -146,8 +148,11 @@ class Rendezvous:
         random_bytes: Callable[[int], bytes] = os.urandom,
         turn: TurnIssuer | None = None,
         unix_time: Callable[[], float] = time.time,
+        cluster: ClusterRooms | None = None,
     ) -> None:
         self.table = table
+        # Other bootnodes' members of our rooms, through the cluster bus (--cluster).
+        self.cluster = cluster
         # A coturn that shares our secret: clients that ask for a relay get credentials for it.
         self.turn = turn
         self._unix_time = unix_time
@@ -240,7 +245,7 @@ class Rendezvous:
         for room_id, members in by_room.items():
             actions += self._announce_left(room_id, members, LeaveReason.TIMED_OUT, exclude=-1)
         for i in slots:
-            self._remove(i)
+            self._remove(i, LeaveReason.TIMED_OUT)
         self.stats["expired"] += len(slots)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("expired %d registrations", len(slots))
@@ -299,6 +304,7 @@ class Rendezvous:
             except TableFull:
                 return self._refuse(msg, addr, RefuseReason.SERVER_FULL, 30.0)
             self.stats["register.accepted"] += 1
+            self._cluster_joined(slot, msg.room_id)
         relay: tuple[int, bytes] = (0, b"")
         if msg.relay:
             unbound = slot not in self._bindings
@@ -321,6 +327,8 @@ class Rendezvous:
             actions.append(Send(self._turn_credentials(msg, table.token(slot)), addr))
         members = [i for i in table.room_members(msg.room_id) if i != slot]
         entries = [table.entry(i) for i in members]
+        if self.cluster is not None:  # the room's members at other bootnodes too
+            entries += self.cluster.entries(msg.room_id)
         batches = wire.pack_entries(entries, wire.PEER_LIST_OVERHEAD_bytes) or [[]]
         for part, batch in enumerate(batches):
             actions.append(Send(wire.encode_peer_list(tag, part, len(batches), batch), addr))
@@ -373,14 +381,75 @@ class Rendezvous:
     def relay_bindings(self) -> int:
         return len(self._bindings)
 
-    def _remove(self, slot: int) -> None:
-        """Every registration leaves through here: its binding goes with it."""
+    def _remove(self, slot: int, reason: LeaveReason | None = None) -> None:
+        """Every registration leaves through here: its binding goes with it, and the
+        cluster hears of the leave (not of a replacement: the new one's join follows)."""
         source16 = self._bindings.pop(slot, None)
         if source16 is not None:
             self._bindings_per_ip[source16] -= 1
             if self._bindings_per_ip[source16] <= 0:
                 del self._bindings_per_ip[source16]
+        room_id = self.table.room_of(slot)
+        key = self.table.card(slot)[:PUBLIC_KEY_SIZE_bytes]
         self.table.remove(slot)
+        if self.cluster is not None:
+            if reason is not None:
+                self.cluster.left(room_id, key, int(reason))
+            if self.table.room_size(room_id) == 0:
+                self.cluster.room_closed(room_id)
+
+    # --- the cluster ---------------------------------------------------------------------
+
+    def _cluster_joined(self, slot: int, room_id: bytes) -> None:
+        """A member of ours joined (or moved): the other bootnodes of the room hear of it.
+        If it was theirs until now (it failed over to us), it is ours from now on."""
+        cluster = self.cluster
+        if cluster is None:
+            return
+        key = self.table.card(slot)[:PUBLIC_KEY_SIZE_bytes]
+        if self.table.room_size(room_id) == 1:
+            cluster.room_opened(room_id)
+        if cluster.is_remote(room_id, key):
+            del cluster.remote[room_id][key]
+            self.table.xor_room_digest(room_id, key)  # it is in the table's own digest now
+        cluster.joined(room_id, self.table.entry(slot))
+
+    def local_entries(self, room_id: bytes) -> list[bytes]:
+        return [self.table.entry(i) for i in self.table.room_members(room_id)]
+
+    def _is_local(self, room_id: bytes, public_key: bytes) -> bool:
+        return self.table.find_in_room(room_id, public_key) >= 0
+
+    def receive_bus(self, subject: str, data: bytes, now: float) -> list[Action]:
+        """A message of the cluster bus: other bootnodes' members of our rooms."""
+        if self.cluster is None:
+            return []
+        changes = self.cluster.receive(subject, data, now, self.local_entries, self._is_local)
+        return self._apply_remote(changes)
+
+    def expire_nodes(self, now: float) -> list[Action]:
+        """Bootnodes of the cluster silent for the peer timeout: their members leave."""
+        if self.cluster is None:
+            return []
+        return self._apply_remote(self.cluster.expire_nodes(now))
+
+    def _apply_remote(self, changes: Sequence[tuple[str, bytes, bytes]]) -> list[Action]:
+        actions: list[Action] = []
+        for kind, room_id, data in changes:
+            tag = self.table.room_tag(room_id)
+            if tag is None:
+                continue
+            if kind == "leave":
+                key, reason = data[:PUBLIC_KEY_SIZE_bytes], LeaveReason(data[PUBLIC_KEY_SIZE_bytes])
+                self.table.xor_room_digest(room_id, key)
+                actions.append(SendToRoom(room_id, wire.encode_peer_left(tag, [(key, reason)])))
+                self.stats["cluster.remote_left"] += 1
+            else:
+                if kind == "join":
+                    self.table.xor_room_digest(room_id, data[:PUBLIC_KEY_SIZE_bytes])
+                actions.append(SendToRoom(room_id, wire.encode_peer_joined(tag, [data])))
+                self.stats["cluster.remote_joined"] += 1
+        return actions
 
     def _on_relay(self, msg: wire.Relay, size: int, addr: tuple, now: float) -> list[Action]:
         """A RELAY that reached the machine (the fast path forwards them itself; the
@@ -463,6 +532,7 @@ class Rendezvous:
             table.set_endpoint(slot, addr)
             self.stats["rebinds"] += 1
             self._pending_joins.setdefault(table.room_of(slot), []).append((slot, msg.token))
+            self._cluster_joined(slot, table.room_of(slot))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("registration %s moved to %s", msg.token[:4].hex(), addr)
         if msg.flags & wire.FLAG_ACK_REQUESTED:
@@ -476,7 +546,7 @@ class Rendezvous:
         if slot >= 0:
             room_id = self.table.room_of(slot)
             actions = self._announce_left(room_id, [slot], LeaveReason.DISCONNECTED, exclude=slot)
-            self._remove(slot)
+            self._remove(slot, LeaveReason.DISCONNECTED)
             self.stats["disconnected"] += 1
         else:
             self.stats["disconnect.unknown"] += 1
