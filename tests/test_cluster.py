@@ -205,3 +205,15 @@ def test_three_bootnodes_and_two_nats_servers_serve_one_room(tmp_path):
                 b.stop()
         n1.stop()
         n2.stop()
+
+
+def test_cluster_setting_is_checked_up_front():
+    from gochat.config import ConfigError, resolve
+
+    boot = {"mode": "bootnode", "listen": "127.0.0.1:9595"}
+    assert resolve(boot, {"CLUSTER": "nats://10.0.0.1:4222, nats://n2:4222"}, None).cluster == (
+        "nats://10.0.0.1:4222",
+        "nats://n2:4222",
+    )
+    with pytest.raises(ConfigError, match="invalid CLUSTER"):
+        resolve(boot, {"CLUSTER": "http://10.0.0.1:4222"}, None)

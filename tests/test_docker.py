@@ -75,3 +75,13 @@ def test_the_image_runs_a_client_by_default_and_compose_sets_the_bootnode_and_pa
     assert "MODE: bootnode" in bootnode and "MODE: client" in client
     assert bootnode.count("path: .env") == 1 and client.count("path: .env") == 1  # settings reach the containers
     assert "TIMEOUT" not in compose and "INTERVAL" not in compose  # timers come from .env or the defaults
+
+
+def test_the_cluster_compose_file_joins_two_bootnodes_through_two_nats_servers():
+    compose = (REPO / "deploy" / "docker-compose.cluster.yml").read_text()
+    assert compose.count("image: nats:2") == 2 and '"--routes"' in compose
+    clusters = [line.split(":", 1)[1].strip() for line in compose.splitlines() if line.strip().startswith("CLUSTER:")]
+    assert len(clusters) == 2 and all(
+        {"nats://nats-1:4222", "nats://nats-2:4222"} == set(c.split(",")) for c in clusters
+    )
+    assert "LISTEN: 0.0.0.0:9595" in compose and "LISTEN: 0.0.0.0:9695" in compose

@@ -116,6 +116,21 @@ SERIES: tuple[Series, ...] = (
     ),
     Series("gochat_expired", "counter", "Registrations expired after the peer timeout.", "expired"),
     Series("gochat_internal_errors", "counter", "Datagrams whose handling raised (a bug; logged).", "internal_errors"),
+    Series(
+        "gochat_cluster_connected",
+        "gauge",
+        "1 while on the cluster bus (--cluster), 0 while serving our own members alone.",
+        "cluster_connected",
+    ),
+    Series("gochat_cluster_nodes", "gauge", "Other bootnodes heard on the cluster bus.", "cluster_nodes"),
+    Series(
+        "gochat_cluster_remote_members",
+        "gauge",
+        "Members of our rooms registered at other bootnodes.",
+        "cluster_remote_members",
+    ),
+    Series("gochat_cluster_published", "counter", "Messages published on the cluster bus.", "cluster_published"),
+    Series("gochat_cluster_received", "counter", "Messages received from the cluster bus.", "cluster_received"),
     Series("gochat_relay_bindings", "gauge", "Relay bindings held.", "relay_bindings"),
     Series("gochat_relayed", "counter", "Datagrams relayed between two bindings.", "relayed"),
     Series(
