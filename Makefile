@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bootnode_load --peers 1000000 --seconds 5 --json bench-results/load-1m.json
 	$(BIN)/python -m benchmarks.peer_latency --json bench-results/peer-latency.json
 	$(BIN)/python -m benchmarks.relay_load --json bench-results/relay.json
+	$(BIN)/python -m benchmarks.cluster_load --json bench-results/cluster.json
+	$(BIN)/python -m benchmarks.bootnode_load --peers 20000 --seconds 4 --workers-compare --json bench-results/workers.json
 	$(BIN)/python -m benchmarks.natlab_connect --json bench-results/natlab-connect.json
 
 # The same wheel the Dockerfile builds, installed into a throwaway venv the way the

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gochat.bootnode import fastpath
@@ -260,6 +260,7 @@ def register_peers(
     keepalive,
     deadline_s: float,
     fixed_room: int | None = None,
+    room_of: Callable[[int], int] | None = None,
 ) -> float:
     """Register peers first..first+count-1 (peer i on socket i % K); returns seconds taken."""
     pending: dict[int, float] = {}
@@ -277,7 +278,10 @@ def register_peers(
 
     def send(i: int) -> None:
         k = i % len(gen.socks)
-        rid = room_id(fixed_room if fixed_room is not None else 1 + i // room_size)
+        if room_of is not None:
+            rid = room_id(room_of(i))
+        else:
+            rid = room_id(fixed_room if fixed_room is not None else 1 + i // room_size)
         local = b"\x01\x04\x0a" + (i & 0xFFFFFF).to_bytes(3, "big") + b"\x11\xc1"  # 1 local endpoint
         name = f"p{i}".encode()
         msg = (

@@ -24,8 +24,11 @@ class NatsServer:
     """nats-server on 127.0.0.1 with a client port and a cluster (route) port; ``routes``
     names the route ports of the servers it clusters with."""
 
-    def __init__(self, name: str, routes: list[int] = (), cluster_port: int | None = None) -> None:
+    def __init__(
+        self, name: str, routes: list[int] = (), cluster_port: int | None = None, monitor: bool = False
+    ) -> None:
         self.port = _free_tcp_port()
+        self.monitor_port = _free_tcp_port() if monitor else None
         self.cluster_port = cluster_port or _free_tcp_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         args = [
@@ -43,6 +46,8 @@ class NatsServer:
         ]
         if routes:
             args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+        if self.monitor_port:
+            args += ["-m", str(self.monitor_port)]  # /varz: its message and byte counters
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -100,9 +100,13 @@ class ClusterBus:
             sub = self._subs.pop(room_id, None)
             if sub is not None:
                 self._spawn(sub.unsubscribe())
-        for subject, data in cluster.outbox:
-            self._spawn(self._publish(subject, data))
-        cluster.outbox.clear()
+        if cluster.outbox:  # one task for the whole batch's messages, in order
+            batch, cluster.outbox = cluster.outbox, []
+            self._spawn(self._publish_all(batch))
+
+    async def _publish_all(self, batch: list[tuple[str, bytes]]) -> None:
+        for subject, data in batch:
+            await self._publish(subject, data)
 
     async def _subscribe(self, room_id: bytes) -> None:
         assert self.nc is not None
