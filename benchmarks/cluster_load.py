@@ -57,8 +57,17 @@ def registrations(args, cluster: str | None, servers: list[NatsServer]) -> dict:
         t0 = time.perf_counter()
         for k, (g, key) in enumerate(zip(gens, keys, strict=True)):
             base = k * args.peers
-            register_peers(g, key, base, args.peers, args.room_size, {}, lambda: None, 600,
-                           room_of=lambda i, base=base: 1 + (i - base) // half)
+            register_peers(
+                g,
+                key,
+                base,
+                args.peers,
+                args.room_size,
+                {},
+                lambda: None,
+                600,
+                room_of=lambda i, base=base: 1 + (i - base) // half,
+            )
         took = time.perf_counter() - t0
         cpu = sum(sum(proc_cpu_seconds(n.proc.pid)) for n in nodes) - sum(cpu0)
         time.sleep(1.0)  # the last joins' bus messages arrive (totals, not a synchronisation)
