@@ -33,8 +33,9 @@ MAX_RATE_LIMITED_SOURCES = 100_000
 # about 256 small datagrams) loses packets on a busy loopback even at 40% CPU.
 DEFAULT_LOG_SUMMARY_INTERVAL_s = 60.0  # the bootnode logs what it did this often (if anything)
 DEFAULT_RECV_BUFFER_bytes = 8 * 1024 * 1024
-# recvmmsg/sendmmsg batch size (datagrams per system call).
-BATCH_SIZE = 64
+# recvmmsg/sendmmsg batch size (datagrams per system call): a millisecond's batch wait at
+# 150,000 datagrams a second gathers about 150, read in one call.
+BATCH_SIZE = 256
 # Bytes the fast path reserves per datagram of a batch: more than MAX_DATAGRAM_bytes, so
 # oversized input is still seen whole enough to be counted.
 DATAGRAM_BUFFER_bytes = 2048

@@ -36,6 +36,7 @@ class RegistrationTable:
 
 class FastPath:
     drained: bool
+    last_received: int
     def __init__(self, sock: socket.socket, table: RegistrationTable, batch_size: int = 64) -> None: ...
     @property
     def counters(self) -> dict[str, int]: ...

@@ -90,7 +90,7 @@ cdef enum:
     CARD_CELL = 64             # INLINE_CARD_bytes: card bytes kept inline per slot; longer cards spill to a dict
     TICK_SHIFT = 7             # WHEEL_TICK_ms == 1 << TICK_SHIFT (128 ms)
     TICK_SPACE_MASK = 0x1FFFFFF  # 2**32 ms >> TICK_SHIFT: tick numbers wrap together with the clock
-    BATCH_SIZE = 64            # BATCH_SIZE: the default recvmmsg/sendmmsg batch
+    BATCH_SIZE = 256           # BATCH_SIZE: the default recvmmsg/sendmmsg batch
     T_RELAY = 0x0E             # wire: T_RELAY
     T_RELAYED = 0x0F           # wire: T_RELAYED
     T_RELAY_REFUSED = 0x10     # wire: T_RELAY_REFUSED
@@ -980,6 +980,7 @@ cdef class FastPath:
     cdef int tx_count
     cdef int batch_size
     cdef readonly bint drained
+    cdef readonly int last_received  # datagrams the last process_batch took (0: the socket was empty)
     cdef uint64_t c_received, c_heartbeats, c_acks, c_unknown, c_new_source, c_passed
     cdef uint64_t c_sent, c_send_errors, c_recv_errors, c_batches
     cdef uint64_t c_relayed, c_relayed_bytes, c_relay_unknown, c_relay_wrong_source, c_refusals_sent
@@ -1126,8 +1127,10 @@ cdef class FastPath:
             if errno != EAGAIN and errno != EINTR:
                 self.c_recv_errors += 1
             self.drained = True
+            self.last_received = 0
             return others
         self.drained = n < self.batch_size
+        self.last_received = n
         self.c_received += n
         self.c_batches += 1
         for i in range(n):

@@ -508,6 +508,7 @@ class FastPath:
         self._table = table
         self._batch_size = batch_size
         self.drained = True
+        self.last_received = 0  # datagrams the last process_batch took (0: the socket was empty)
         self._queue: list = []
         self._c = dict.fromkeys(
             (
@@ -599,6 +600,7 @@ class FastPath:
                 self._c["passed_to_python"] += 1
                 others.append((data, addr))
         self._c["received"] += n
+        self.last_received = n
         if n:
             self._c["batches"] += 1
         self._queue += replies

@@ -47,6 +47,8 @@ class FastPathSocket(Protocol):
     @property
     def drained(self) -> bool: ...
     @property
+    def last_received(self) -> int: ...
+    @property
     def counters(self) -> dict[str, int]: ...
     def process_batch(self, now: float) -> list[tuple[bytes, Any]]: ...
     def send(self, datagrams: list[Any]) -> int: ...
@@ -167,6 +169,7 @@ class Bootnode:
         self._timer: asyncio.TimerHandle | None = None
         self.discovery_sock: socket.socket | None = config.discovery_sock
         self._resume: asyncio.TimerHandle | None = None
+        self._batches_this_drain = 0
         if self.discovery_sock is not None:
             self.machine.stun_other = canonical_endpoint(self.discovery_sock.getsockname())
         elif config.sock is None and config.discovery_port >= 0:
@@ -279,6 +282,30 @@ class Bootnode:
         return time.monotonic()
 
     def _on_readable(self) -> None:
+        batches = self._drain()
+        if batches == 1 and self.config.batch_wait_s > 0 and self._loop is not None:
+            # One short batch: wait for more before reading again (the kernel queues them),
+            # and go on reading on that timer while datagrams keep coming (no readiness
+            # to re-arm per wakeup: that costs two epoll_ctl and a loop turn).
+            self._loop.remove_reader(self.sock.fileno())
+            self._resume = self._loop.call_later(self.config.batch_wait_s, self._poll)
+
+    def _poll(self) -> None:
+        """The batch wait is over: read what gathered. If there was anything, read again
+        after another wait; an empty socket goes back to readiness (an idle bootnode
+        keeps no timer)."""
+        self._resume = None
+        if self._loop is None or self.sock.fileno() == -1:
+            return
+        self._drain()
+        if self.fast.last_received == 0 and self._batches_this_drain == 1:
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        else:
+            self._resume = self._loop.call_later(self.config.batch_wait_s, self._poll)
+
+    def _drain(self) -> int:
+        """Receive batches until the socket is empty (or MAX_BATCHES_PER_WAKEUP); returns
+        how many recvmmsg calls it took."""
         machine, fast = self.machine, self.fast
         batches = 0
         for _ in range(MAX_BATCHES_PER_WAKEUP):
@@ -308,17 +335,8 @@ class Bootnode:
                     self.ticks.last_join_room_size = machine.last_join_room_size
             if fast.drained:
                 break
-        if batches == 1 and self.config.batch_wait_s > 0 and self._loop is not None:
-            # One short batch: wait for more before reading again (the kernel queues them).
-            self._loop.remove_reader(self.sock.fileno())
-            self._resume = self._loop.call_later(self.config.batch_wait_s, self._resume_reading)
-
-    def _resume_reading(self) -> None:
-        self._resume = None
-        if self._loop is not None and self.sock.fileno() != -1:
-            # Readiness calls us at once if anything queued meanwhile; an idle socket costs
-            # no timer at all (the pause starts only after a wakeup that found datagrams).
-            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._batches_this_drain = batches
+        return batches
 
     def _on_bus(self, subject: str, data: bytes) -> None:
         """A message of the cluster bus (another bootnode's members of our rooms)."""
