@@ -543,3 +543,38 @@ def test_a_peer_that_re_registers_is_found_again_through_its_new_binding():
     w.send(a, "found you")
     w.run_until(lambda: "found you" in texts(w, "bob"), limit=30)
     assert a.counters["relay_refused_no_such_peer"] >= 1
+
+
+def test_an_unreachable_peer_makes_the_room_ask_for_the_list_and_a_changed_card_is_tried_at_once():
+    """What the digest cannot see (a member's new card: a binding, a TURN address, a new
+    name) can be lost with its PEER_JOINED. A peer found unreachable makes the client ask
+    for the member list again (at most every 10 s), and a card that changed is tried at
+    once. Here the bootnode starts relaying after both registered without a binding: the
+    lists they ask for when unreachable (a duplicate REGISTER, which makes the binding)
+    bring each other's bindings, and they meet through the relay before their 4 s retry."""
+    import dataclasses
+
+    w = SimWorld()
+    machine = w.start_bootnode(relay=False)
+    na, nb = w.add_nat("203.0.113.1", SYMMETRIC), w.add_nat("203.0.113.2", PORT_RESTRICTED)
+    a = w.add_client("alice", "10.0.1.2", nat=na)
+    b = w.add_client("bob", "10.0.2.2", nat=nb)
+    w.run_for(5)  # registered without bindings (the relay was off), punching in vain
+    machine.limits = dataclasses.replace(machine.limits, relay=True)  # the operator turns the relay on
+    w.run_until(lambda: w.kinds("alice", ev.PeerUnreachable) and w.kinds("bob", ev.PeerUnreachable), limit=12)
+    t0 = w.now
+    w.run_until(lambda: connected(w, "alice") and connected(w, "bob"), limit=30)
+    assert a.counters["roster_resync_unreachable"] >= 1 and b.counters["roster_resync_unreachable"] >= 1
+    assert {e.path for n in ("alice", "bob") for e in w.kinds(n, ev.PeerConnected)} == {"relay"}
+    assert w.now - t0 < 2  # not the retry's 4 s: the changed card was tried at once
+
+
+def test_an_unchanged_list_does_not_break_the_retry_backoff():
+    w = SimWorld()
+    w.start_bootnode(relay=False)
+    na, nb = w.add_nat("203.0.113.1", SYMMETRIC), w.add_nat("203.0.113.2", PORT_RESTRICTED)
+    a = w.add_client("alice", "10.0.1.2", nat=na)
+    w.add_client("bob", "10.0.2.2", nat=nb)
+    w.run_for(60)
+    assert a.counters["roster_resync_unreachable"] >= 2  # asked again, at most every 10 s
+    assert len(w.kinds("alice", ev.PeerUnreachable)) == 1  # told once, retried quietly

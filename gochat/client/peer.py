@@ -113,6 +113,11 @@ class PeerContext(Protocol):
         authenticated one; the bootnode's word was only a hint."""
         ...
 
+    def peer_unreachable(self, peer: Peer, now: float) -> None:
+        """A series of punch rounds found no path to ``peer``: what the room knows of it
+        may be out of date (a lost announcement of its new card)."""
+        ...
+
     def new_index(self, peer: Peer) -> int: ...
     def release_index(self, index: int) -> None: ...
     def shared_secret(self, remote_key: bytes) -> bytes: ...
@@ -603,10 +608,12 @@ class Peer:
         else:  # a punch from our path while connected asks the initiator for a handshake
             self._send_all([self.punching.request(self.path, now)])
 
-    def reintroduced(self, name: str, endpoints: Sequence[Endpoint], now: float) -> None:
+    def reintroduced(self, name: str, endpoints: Sequence[Endpoint], now: float, listed: bool = False) -> None:
         """The bootnode announced this key again (re-registration): refresh candidates and
         try again if we had given up. The name is the bootnode's word: it names the peer
-        only until its handshake does."""
+        only until its handshake does. ``listed``: it came in a member list we asked for
+        again, which says nothing new unless the candidates changed (the retry backoff
+        goes on otherwise)."""
         self.announced_name = name
         if self.authenticated_name is None:
             self.name = name
@@ -615,8 +622,9 @@ class Peer:
                 self._names_check_due = now + NAME_PROOF_WAIT_s
             else:
                 self._tell_names()
+        changed = list(dict.fromkeys(endpoints)) != self.punching.announced
         self.punching.set_endpoints(endpoints)
-        if self.state in (UNREACHABLE, FAILED):
+        if self.state in (UNREACHABLE, FAILED) and (changed or not listed):
             self._on_retry(now)
 
     # --- timers -------------------------------------------------------------------------
@@ -679,6 +687,7 @@ class Peer:
             self.leave("timed_out")
             return
         self.state = UNREACHABLE
+        self.ctx.peer_unreachable(self, now)
         if self._reported != "unreachable":  # a retry that fails the same way is not news
             self._reported = "unreachable"
             if self.ctx.relay_available:

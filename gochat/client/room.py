@@ -74,6 +74,9 @@ NAT_DEPENDENT_NO_RELAY_MESSAGE = (
 # The relay candidate joins a series of punch rounds this long after it starts (at once
 # when our NAT maps per destination): direct paths, when they exist, are found first.
 RELAY_AFTER_s = 2.0
+# A peer found unreachable makes the room ask for the member list again (at most this
+# often): a lost announcement of its new card would otherwise never be repaired.
+UNREACHABLE_RESYNC_s = 10.0
 # Introductions refused while the peer table was full, kept to retry when room frees.
 MAX_WAITING_INTRODUCTIONS = 1024
 
@@ -133,6 +136,7 @@ class RoomClient:
         self._nat_told = False
         self._list_parts: dict[int, list[bytes]] = {}  # a PEER_LIST being received, by part
         self._digest_misses = 0
+        self._last_unreachable_resync: float | None = None
         self._waiting: OrderedDict[bytes, wire.PeerEntry] = OrderedDict()  # refused while full
         self._unannounced: set[bytes] = set()  # introduced by a punch, not yet named by a handshake
         self._unannounced_fingerprints: set[str] = set()
@@ -215,6 +219,16 @@ class RoomClient:
             self.event(ev.PeerJoined(authenticated, peer.fingerprint, peer.key.hex()))
         else:
             self.event(ev.PeerNamed(authenticated, peer.fingerprint, peer.key.hex(), announced))
+
+    def peer_unreachable(self, peer: Peer, now: float) -> None:
+        """No path to a peer: its announced card may be out of date (the digest covers
+        keys, not cards: a lost PEER_JOINED with a peer's new TURN address, name or
+        endpoint leaves it unchanged). Ask for the room's list again, at most once per
+        UNREACHABLE_RESYNC_s; the peer's retry (PEER_RETRY_s later) uses what it says."""
+        if self._last_unreachable_resync is None or now >= self._last_unreachable_resync + UNREACHABLE_RESYNC_s:
+            self._last_unreachable_resync = now
+            self.counters["roster_resync_unreachable"] += 1
+            self.link.resync(now)
 
     def new_index(self, peer: Peer) -> int:
         while True:
@@ -345,7 +359,7 @@ class RoomClient:
             for entry in msg.peers:
                 if entry.public_key != self.public_key and len(self._roster) < MAX_ROSTER:
                     self._roster.add(entry.public_key)
-                self._introduce(entry, now)
+                self._introduce(entry, now, listed=isinstance(msg, wire.PeerList))
             if isinstance(msg, wire.PeerList):
                 self._list_part(msg, now)
 
@@ -364,7 +378,12 @@ class RoomClient:
         self._forget(peer, now)
 
     def _introduce(
-        self, entry: wire.PeerEntry, now: float, announce: bool = True, punched_from: Endpoint | None = None
+        self,
+        entry: wire.PeerEntry,
+        now: float,
+        announce: bool = True,
+        punched_from: Endpoint | None = None,
+        listed: bool = False,
     ) -> None:
         """A member the bootnode told us of (or whose punch from ``punched_from`` did)."""
         if entry.public_key == self.public_key:
@@ -379,7 +398,7 @@ class RoomClient:
                 self._unannounced.discard(peer.key)
                 self._unannounced_fingerprints.discard(peer.fingerprint)
                 self.event(ev.PeerJoined(entry.name, peer.fingerprint, peer.key.hex()))
-            peer.reintroduced(entry.name, endpoints, now)
+            peer.reintroduced(entry.name, endpoints, now, listed)
             self._schedule(peer)
             return
         if len(self.peers) >= MAX_PEERS_PER_CLIENT and not self._evict_one_unanswered():
