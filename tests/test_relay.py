@@ -480,10 +480,10 @@ def test_a_relayed_pair_moves_to_a_direct_path_when_it_opens_and_back_when_it_fa
     assert not w.kinds("alice", ev.PeerLeft) and not w.kinds("bob", ev.Undelivered)
 
 
-def test_a_symmetric_nat_goes_to_the_relay_at_once_and_its_peer_follows():
+def test_a_symmetric_nat_goes_to_the_relay_early_and_its_peer_follows():
     """NAT discovery says alice's NAT maps per destination: her punch rounds include the
-    relay from the start, and bob (port-restricted, who would wait 2 s) answers through
-    it at once: connected in about a second, not after the punch deadline."""
+    relay from 1 s, and bob (port-restricted, who would wait 2 s) answers through it at
+    once: connected in about a second, not after the punch deadline."""
     w, _a, _b = relayed_pair(SYMMETRIC, PORT_RESTRICTED)
     took = w.run_until(lambda: connected(w, "alice") and connected(w, "bob"), limit=10)
     assert [e.independent for e in w.kinds("alice", ev.NatMapping)] == [False]

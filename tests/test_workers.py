@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from gochat.bootnode.driver import _make_socket
+from gochat.bootnode.metrics import parse_exposition
 from gochat.bootnode.workers import _reuseport, reuseport_sockets, shard_of_room
 from gochat.client.bootnode_link import room_id_for
 from gochat.wire import control as wire
@@ -69,13 +70,7 @@ def test_the_kernel_steers_registrations_by_room_and_the_rest_by_token():
 
 def _metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+        return parse_exposition(r.read().decode())
 
 
 def _free_tcp_pair() -> int:

@@ -74,6 +74,10 @@ NAT_DEPENDENT_NO_RELAY_MESSAGE = (
 # The relay candidate joins a series of punch rounds this long after it starts (at once
 # when our NAT maps per destination): direct paths, when they exist, are found first.
 RELAY_AFTER_s = 2.0
+# ... and this long when our NAT maps per destination: such a pair needs the relay unless
+# the peer's NAT is a full or restricted cone, whose direct path the first rounds find
+# well within a second (a pair that can punch must stay direct).
+RELAY_AFTER_SYMMETRIC_s = 1.0
 # A peer found unreachable makes the room ask for the member list again (at most this
 # often): a lost announcement of its new card would otherwise never be repaired.
 UNREACHABLE_RESYNC_s = 10.0
@@ -186,7 +190,8 @@ class RoomClient:
     @property
     def relay_delay_s(self) -> float:
         """When the relay candidate joins a series of punch rounds (PeerContext)."""
-        return 0.0 if self._nat is not None and self._nat.independent is False else RELAY_AFTER_s
+        symmetric = self._nat is not None and self._nat.independent is False
+        return RELAY_AFTER_SYMMETRIC_s if symmetric else RELAY_AFTER_s
 
     @property
     def relay_available(self) -> bool:
