@@ -217,3 +217,36 @@ def test_cluster_setting_is_checked_up_front():
     )
     with pytest.raises(ConfigError, match="invalid CLUSTER"):
         resolve(boot, {"CLUSTER": "http://10.0.0.1:4222"}, None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(nats_missing() is not None, reason=nats_missing() or "")
+def test_a_bootnode_of_two_workers_is_two_nodes_of_the_cluster(tmp_path):
+    """Workers and the bus compose: each worker is a node of its own, and a room on
+    either worker meets its members at another bootnode."""
+    n1 = NatsServer("n1")
+    boots, clients = [], []
+    try:
+        boots = [
+            Bootnode(extra=[*TIMERS, "--cluster", n1.url, "--workers", "2"]),
+            Bootnode(extra=[*TIMERS, "--cluster", n1.url]),
+        ]
+        boots[0].wait_for_line(r"worker 0: cluster: on the bus")
+        boots[0].wait_for_line(r"worker 1: cluster: on the bus")
+        boots[1].wait_for_line(r"cluster: on the bus")
+        from .test_workers import room_on
+
+        for worker in (0, 1):
+            room = room_on(worker, 2)
+            alice = Client(boots[0].address, f"alice{worker}", tmp_path, room=room, extra=TIMERS)
+            bob = Client(boots[1].address, f"bob{worker}", tmp_path, room=room, extra=TIMERS)
+            clients += [alice, bob]
+            alice.wait_event("peer_connected", name=f"bob{worker}", timeout=20)
+            bob.say(f"to worker {worker}")
+            alice.wait_for(lambda e, w=worker: e.get("text") == f"to worker {w}", what="bob's message")
+    finally:
+        for c in clients:
+            c.kill()
+        for b in boots:
+            b.stop()
+        n1.stop()
