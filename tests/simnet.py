@@ -107,6 +107,7 @@ class SimWorld:
             limits=Limits(1000, room_size, 1000.0, 1000, relay=relay, **limits),
             cookies=CookieJar(b"k" * 32),
             key=BootnodeKey(b"b" * 32),  # kept across restarts, as a real bootnode keeps its key file
+            random_bytes=self.rng.randbytes,  # tokens, room tags, relay nonces: a run replays exactly
         )
         self.nodes[self.bootnode_addr] = self.bootnode
         # its second port, answering STUN for NAT discovery (as a real bootnode's DISCOVERY_PORT)
