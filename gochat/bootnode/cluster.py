@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gochat.wire import control as wire
-from gochat.wire.constants import FAMILY_RELAY, PUBLIC_KEY_SIZE_bytes, RELAY_ID_SIZE_bytes
+from gochat.wire.constants import PUBLIC_KEY_SIZE_bytes
 
 TIMED_OUT = 2  # LeaveReason.TIMED_OUT: how members of a silent bootnode leave
 BUS_VERSION = 1
@@ -45,17 +45,6 @@ def room_of_subject(subject: str) -> bytes | None:
     except ValueError:
         return None
     return room_id if len(room_id) == 16 else None
-
-
-def without_relay(entry: bytes) -> bytes:
-    """A wire peer entry with its relay endpoint (always last) taken off."""
-    decoded = wire._Reader(entry, 0).peer_entry()
-    if not decoded.relay:
-        return entry
-    cut = entry[: -(1 + RELAY_ID_SIZE_bytes)]
-    name_end = PUBLIC_KEY_SIZE_bytes + 1 + entry[PUBLIC_KEY_SIZE_bytes]
-    assert entry[-(1 + RELAY_ID_SIZE_bytes)] == FAMILY_RELAY
-    return cut[:name_end] + bytes([cut[name_end] - 1]) + cut[name_end + 1 :]
 
 
 @dataclass
@@ -99,7 +88,8 @@ class ClusterRooms:
         self.remote.pop(room_id, None)
 
     def joined(self, room_id: bytes, entry: bytes) -> None:
-        self.outbox.append((room_subject(room_id), self._head(T_JOIN) + without_relay(entry)))
+        """``entry``: the member's peer entry without its relay binding."""
+        self.outbox.append((room_subject(room_id), self._head(T_JOIN) + entry))
         self._count("published.join")
 
     def left(self, room_id: bytes, public_key: bytes, reason: int) -> None:

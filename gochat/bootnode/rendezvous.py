@@ -389,14 +389,16 @@ class Rendezvous:
             self._bindings_per_ip[source16] -= 1
             if self._bindings_per_ip[source16] <= 0:
                 del self._bindings_per_ip[source16]
+        if self.cluster is None:  # (expiry removes many at a time: nothing more to do alone)
+            self.table.remove(slot)
+            return
         room_id = self.table.room_of(slot)
         key = self.table.card(slot)[:PUBLIC_KEY_SIZE_bytes]
         self.table.remove(slot)
-        if self.cluster is not None:
-            if reason is not None:
-                self.cluster.left(room_id, key, int(reason))
-            if self.table.room_size(room_id) == 0:
-                self.cluster.room_closed(room_id)
+        if reason is not None:
+            self.cluster.left(room_id, key, int(reason))
+        if self.table.room_size(room_id) == 0:
+            self.cluster.room_closed(room_id)
 
     # --- the cluster ---------------------------------------------------------------------
 
@@ -412,10 +414,16 @@ class Rendezvous:
         if cluster.is_remote(room_id, key):
             del cluster.remote[room_id][key]
             self.table.xor_room_digest(room_id, key)  # it is in the table's own digest now
-        cluster.joined(room_id, self.table.entry(slot))
+        cluster.joined(room_id, self._bus_entry(slot))
+
+    def _bus_entry(self, slot: int) -> bytes:
+        """A member's entry for the other bootnodes: without its relay binding, which is
+        only good here."""
+        return wire.entry_from_card(self.table.card(slot), self.table.endpoint(slot))
 
     def local_entries(self, room_id: bytes) -> list[bytes]:
-        return [self.table.entry(i) for i in self.table.room_members(room_id)]
+        """Our members of a room, as the other bootnodes get them."""
+        return [self._bus_entry(i) for i in self.table.room_members(room_id)]
 
     def _is_local(self, room_id: bytes, public_key: bytes) -> bool:
         return self.table.find_in_room(room_id, public_key) >= 0

@@ -339,8 +339,7 @@ class BootnodeLink:
             # REGISTER again (a retry: the bootnode sends them again and announces nothing)
             self._turn_wait = now + TURN_WAIT_s * 2**self._turn_asks
         sealed, self._sealed_turn = self._sealed_turn, None
-        if sealed is not None:
-            self.state = REGISTERED
+        if sealed is not None:  # (state is REGISTERED already: it opens now)
             self._turn_credentials(sealed)
         if msg.relay_refused is not None and self._relay_refusal_told != msg.relay_refused:
             self._relay_refusal_told = msg.relay_refused
