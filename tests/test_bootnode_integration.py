@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -253,6 +254,9 @@ def test_malformed_flood_never_stops_the_loop(bootnode_factory):
 
 
 class Process:
+    """A gochat process whose stderr a thread reads line by line (select() on a buffered
+    pipe misses lines already read into Python's buffer)."""
+
     def __init__(self, *args, env=None):
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
@@ -263,26 +267,40 @@ class Process:
             env=full_env,
         )
         self.lines = []
+        self._seen = 0  # lines wait_for_line has looked at
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
     def wait_for_line(self, pattern, timeout=15.0):
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
-                self.lines.append(line)
-                m = rx.search(line)
-                if m:
-                    return m
-        raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
+        with self._cond:
+            while True:
+                while self._seen < len(self.lines):
+                    m = rx.search(self.lines[self._seen])
+                    self._seen += 1
+                    if m:
+                        return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    raise AssertionError(f"no line matching {pattern!r}; got {self.lines}")
+                self._cond.wait(remaining)
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         self.proc.send_signal(sig)
         rc = self.proc.wait(timeout)
-        self.lines += self.proc.stderr.readlines()
+        self._reader.join(timeout)
         return rc
 
 
